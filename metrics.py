@@ -1,0 +1,8 @@
+"""Repo-root shim so `from metrics import f1_score` works as in the published FLIP README.
+
+The implementation lives in open_instruct/metrics.py; this file only re-exports it.
+"""
+
+from open_instruct.metrics import f1_score, normalize_answer
+
+__all__ = ["f1_score", "normalize_answer"]

@@ -1,0 +1,150 @@
+"""Verifiers: turn (conversation, response, ground truth) into a reward.
+
+A dataset row's `dataset` column names its verifier, e.g. `general-flip` or `general-quality`; the
+registry below maps that name to a verifier. Judge-based verifiers are `LMJudgeVerifier`s, one per judge
+type in judge_utils.JUDGE_TYPES, registered as `general-<judge type>`.
+
+FLIP's ground truth is the full text of the last user message in the row's `messages` (earlier turns are
+passed to the judge as context); rows without messages fall back to their `ground_truth` string.
+
+Every result says whether the judge answered (`judge_ok`) and whether its answer parsed (`parsed`).
+A judge that could not be reached gives `score=None`: such a sample has no reward and must not be
+trained on. When the judge answered but no instruction parses, the `raw` policy (the published
+recipe's behaviour) scores F1 against the judge's raw text and flags `parsed=False`; `fail` gives None.
+"""
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from open_instruct import judge_utils
+from open_instruct.judge_client import JudgeClient
+from open_instruct.metrics import f1_score
+
+Message = dict[str, str]
+OnUnparsed = Literal["raw", "fail"]
+
+
+@dataclass
+class VerifierResult:
+    score: float | None
+    """The reward, or None when there is none to give (judge failure, or unparsed under `fail`)."""
+    judge_ok: bool = True
+    parsed: bool = True
+    error: str | None = None
+    cost: float = 0.0
+    extracted: object = None
+    """What was parsed from the judge: the inferred instruction, the 1-10 score, ..."""
+    judge_output: str | None = None
+    details: dict[str, float] = field(default_factory=dict)
+
+
+def split_conversation(messages: list[Message]) -> tuple[list[Message], str]:
+    """(turns before the last user message, that message's full text). Raises ValueError with no user turn."""
+    for i in range(len(messages) - 1, -1, -1):
+        if messages[i].get("role") == "user":
+            return messages[:i], str(messages[i].get("content") or "")
+    raise ValueError("messages contain no user turn")
+
+
+class Verifier(ABC):
+    name: str
+
+    @abstractmethod
+    async def async_call(self, messages: list[Message] | None, response: str, ground_truth: str | None) -> VerifierResult:
+        """Score `response`, written in reply to `messages` (the prompt turns), against `ground_truth`."""
+
+
+class LMJudgeVerifier(Verifier):
+    """A reward from a judge model, for any judge type in judge_utils.JUDGE_TYPES."""
+
+    def __init__(self, judge_type: str, client: JudgeClient, on_unparsed: OnUnparsed = "raw"):
+        if judge_type not in judge_utils.JUDGE_TYPES or judge_type == "pairwise" or judge_type == "listwise":
+            raise ValueError(f"judge type {judge_type!r} does not score a single response")
+        if on_unparsed not in ("raw", "fail"):
+            raise ValueError(f"on_unparsed must be 'raw' or 'fail', not {on_unparsed!r}")
+        self.judge_type = judge_type
+        self.name = f"general-{judge_type}"
+        self.client = client
+        self.on_unparsed = on_unparsed
+
+    async def async_call(self, messages, response, ground_truth):
+        if self.judge_type == "flip":
+            return await self._flip(messages, response, ground_truth)
+        return await self._quality(messages, response, ground_truth)
+
+    async def _flip(self, messages, response, ground_truth) -> VerifierResult:
+        if messages:
+            context, instruction = split_conversation(messages)
+        elif ground_truth is not None:
+            context, instruction = [], ground_truth
+        else:
+            raise ValueError("FLIP needs the prompt messages or a ground-truth instruction")
+        result = await self.client.judge(lambda r: judge_utils.flip_messages(r, context), response)
+        if not result.ok:
+            return VerifierResult(None, judge_ok=False, error=result.error, cost=result.cost)
+        inferred = judge_utils.extract_inferred_instruction(result.text)
+        parsed = inferred is not None
+        if not parsed and self.on_unparsed == "fail":
+            return VerifierResult(None, parsed=False, error="judge answer has no inferred instruction",
+                                  cost=result.cost, judge_output=result.text)  # fmt: skip
+        f1 = f1_score(inferred if parsed else result.text or "", instruction)
+        return VerifierResult(
+            f1["f1"], parsed=parsed, cost=result.cost, extracted=inferred, judge_output=result.text,
+            details={"precision": f1["precision"], "recall": f1["recall"]},
+            error=None if parsed else "judge answer has no inferred instruction; scored its raw text",
+        )  # fmt: skip
+
+    async def _quality(self, messages, response, ground_truth) -> VerifierResult:
+        if not messages:
+            raise ValueError(f"{self.name} needs the prompt messages")
+        context, last = split_conversation(messages)
+        # A single-turn prompt is shown as is; a multi-turn one as the whole conversation.
+        prompt = judge_utils.format_context([*context, {"role": "user", "content": last}]) if context else last
+        reference = ground_truth if self.judge_type == "quality_ref" else None
+        if reference is None:
+            result = await self.client.judge(lambda p, r: judge_utils.pointwise_messages(p, r), prompt, response)
+        else:
+            result = await self.client.judge(
+                lambda p, r, ref: judge_utils.pointwise_messages(p, r, ref), prompt, response, reference
+            )
+        if not result.ok:
+            return VerifierResult(None, judge_ok=False, error=result.error, cost=result.cost)
+        score = judge_utils.extract_score(result.text)
+        if score is None or not 0 <= score <= 10:
+            error = "judge answer has no score" if score is None else f"judge score {score:g} is outside 0-10"
+            # No raw-text fallback exists for a rating; `raw` gives the lowest reward, `fail` none.
+            fallback = 0.0 if self.on_unparsed == "raw" else None
+            return VerifierResult(fallback, parsed=False, error=error, cost=result.cost, judge_output=result.text)
+        return VerifierResult(score / 10.0, cost=result.cost, extracted=score, judge_output=result.text)
+
+
+# --------------------------------------------------------------------------------------------------
+# Registry: verifier name (a dataset row's `dataset` column) -> factory
+
+VerifierFactory = Callable[..., Verifier]
+VERIFIER_REGISTRY: dict[str, VerifierFactory] = {}
+
+
+def register_verifier(name: str, factory: VerifierFactory) -> None:
+    if name in VERIFIER_REGISTRY:
+        raise ValueError(f"verifier {name!r} is already registered")
+    VERIFIER_REGISTRY[name] = factory
+
+
+for _judge_type in ("flip", "quality", "quality_ref"):
+    register_verifier(
+        f"general-{_judge_type}",
+        lambda client, on_unparsed="raw", _t=_judge_type: LMJudgeVerifier(_t, client, on_unparsed),
+    )
+
+
+def build_verifier(name: str, client: JudgeClient | None = None, on_unparsed: OnUnparsed = "raw") -> Verifier:
+    """The verifier registered under `name`; a clear error naming the known ones otherwise."""
+    key = name.strip().lower()
+    if key not in VERIFIER_REGISTRY:
+        raise KeyError(f"unknown verifier {name!r}; known: {', '.join(sorted(VERIFIER_REGISTRY))}")
+    if key.startswith("general-") and client is None:
+        raise ValueError(f"verifier {name!r} needs a judge model (--llm_judge_model / --judge-model)")
+    return VERIFIER_REGISTRY[key](client, on_unparsed=on_unparsed)

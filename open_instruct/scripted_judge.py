@@ -1,0 +1,129 @@
+"""A scripted OpenAI-compatible judge server on loopback, for exact reward checks, fault injection and
+benchmarks. It is never a stand-in for the real vLLM server in end-to-end tests.
+
+A handler decides each reply from the request's messages:
+
+    def handler(messages, n):            # n counts requests from 0
+        return Reply(text='{"INFERRED INSTRUCTION": "Write a poem."}', delay=0.1)
+
+    with ScriptedJudge(handler, max_concurrency=32) as judge:
+        client = JudgeClient(JudgeConfig("hosted_vllm/scripted", api_base=judge.api_base))
+
+`Reply(status=500)` answers an error; `Reply(delay=...)` holds the request (a hang, past a timeout).
+At most `max_concurrency` requests are served at once; the rest wait, as on a real server.
+"""
+
+import asyncio
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from open_instruct.judge_server import free_port
+
+
+@dataclass
+class Reply:
+    text: str = ""
+    status: int = 200
+    delay: float = 0.0
+
+
+Handler = Callable[[list[dict], int], Reply]
+
+
+def response_of(messages: list[dict]) -> str:
+    """The response a FLIP prompt carries between <response> tags (what the judge is asked about)."""
+    m = re.search(r"<response>\n(.*)\n</response>", messages[-1]["content"], flags=re.S)
+    return m.group(1) if m else ""
+
+
+class ScriptedJudge:
+    def __init__(self, handler: Handler, max_concurrency: int = 64, port: int | None = None):
+        self.handler = handler
+        self.max_concurrency = max_concurrency
+        self.port = port or free_port()
+        self.requests = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.received: list[list[dict]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def api_base(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def _chat(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        n = self.requests
+        self.requests += 1
+        self.received.append(body["messages"])
+        async with self._semaphore:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            try:
+                reply = self.handler(body["messages"], n)
+                if reply.delay:
+                    await asyncio.sleep(reply.delay)
+            finally:
+                self.in_flight -= 1
+        if reply.status != 200:
+            return web.json_response({"error": {"message": f"scripted error {reply.status}"}}, status=reply.status)
+        return web.json_response({
+            "id": f"chatcmpl-{n}", "object": "chat.completion", "created": int(time.time()),
+            "model": body.get("model", "scripted"),
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": reply.text}}],
+            "usage": {"prompt_tokens": sum(len(m["content"].split()) for m in body["messages"]),
+                      "completion_tokens": len(reply.text.split()),
+                      "total_tokens": 0},
+        })  # fmt: skip
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "scripted", "object": "model"}]})
+
+    async def _serve(self) -> None:
+        self._semaphore = asyncio.Semaphore(self.max_concurrency)
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        # backlog well above the concurrency so queued clients are not refused
+        await web.TCPSite(self._runner, "127.0.0.1", self.port, backlog=1024, shutdown_timeout=0.5).start()
+        self._started.set()
+
+    def start(self) -> "ScriptedJudge":
+        self._loop = asyncio.new_event_loop()
+
+        def run() -> None:
+            asyncio.set_event_loop(self._loop)
+            self._loop.run_until_complete(self._serve())
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, daemon=True, name="scripted-judge")
+        self._thread.start()
+        if not self._started.wait(10):
+            raise RuntimeError("scripted judge did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is None:
+            return
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop = None
+
+    def __enter__(self) -> "ScriptedJudge":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

