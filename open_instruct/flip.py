@@ -166,7 +166,7 @@ def add_judge_flags(p: argparse.ArgumentParser) -> None:
                    help="litellm model id, e.g. hosted_vllm/Qwen/Qwen3-4B (a vLLM server) or openai/gpt-4o-mini")
     g.add_argument("--judge-api-base", default=None,
                    help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (default: $HOSTED_VLLM_API_BASE)")
-    g.add_argument("--max-concurrency", type=_positive_int, default=32, help="judge requests in flight (default 32)")
+    g.add_argument("--max-concurrency", type=_positive_int, default=64, help="judge requests in flight (default 64)")
     g.add_argument("--timeout", type=_positive_float, default=120.0, help="seconds per judge request (default 120)")
     g.add_argument("--retries", type=_nonneg_int, default=3,
                    help="retries on timeouts, connection errors, 429 and 5xx, with backoff (default 3)")

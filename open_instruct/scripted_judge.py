@@ -11,9 +11,14 @@ A handler decides each reply from the request's messages:
 
 `Reply(status=500)` answers an error; `Reply(delay=...)` holds the request (a hang, past a timeout).
 At most `max_concurrency` requests are served at once; the rest wait, as on a real server.
+`ScriptedJudge` runs in a thread of the calling process (its counters can be read directly);
+`scripted_judge_process` runs one in a child process, so that timing the client is not skewed by the
+server sharing its interpreter.
 """
 
 import asyncio
+import contextlib
+import multiprocessing
 import re
 import threading
 import time
@@ -127,3 +132,25 @@ class ScriptedJudge:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def scripted_judge_process(handler: Handler, max_concurrency: int = 64):
+    """Serve `handler` from a forked child process; yields the api base URL."""
+    port = free_port()
+    ready = multiprocessing.get_context("fork").Event()
+
+    def serve() -> None:
+        judge = ScriptedJudge(handler, max_concurrency, port).start()
+        ready.set()
+        judge._thread.join()
+
+    proc = multiprocessing.get_context("fork").Process(target=serve, daemon=True)
+    proc.start()
+    try:
+        if not ready.wait(15):
+            raise RuntimeError("scripted judge process did not start")
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.kill()
+        proc.join(5)
