@@ -129,6 +129,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         retries=args.retries,
         max_tokens=args.judge_max_tokens,
+        temperature=args.judge_temperature,
         max_context_length=args.judge_max_context_length,
     )
     client = JudgeClient(config)
@@ -171,6 +172,7 @@ def add_judge_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--retries", type=_nonneg_int, default=3,
                    help="retries on timeouts, connection errors, 429 and 5xx, with backoff (default 3)")
     g.add_argument("--judge-max-tokens", type=_positive_int, default=2048, help="most tokens the judge writes")
+    g.add_argument("--judge-temperature", type=float, default=0.0, help="judge sampling temperature (default 0)")
     g.add_argument("--judge-max-context-length", type=_positive_int, default=25000,
                    help="judge context window in tokens; longer responses are cut in the middle (default 25000)")
     # fmt: skip

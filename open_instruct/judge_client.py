@@ -11,6 +11,7 @@ A call that fails after its retries returns `ok=False` with the reason: it is ne
 """
 
 import asyncio
+import logging
 import os
 import random
 import re
@@ -106,10 +107,23 @@ def _is_retryable(exc: BaseException) -> bool:
                     "ServiceUnavailableError", "BadGatewayError", "RateLimitError"}  # fmt: skip
 
 
+_REFUSED = re.compile(r"cannot connect to host|connection refused|connect call failed|name or service not known", re.I)
+
+
 def _is_unreachable(exc: BaseException) -> bool:
-    name = type(exc).__name__
+    """A refused connection, an unknown host or model, or rejected credentials. litellm wraps a refused
+    connection in various error types, so the cause chain and the message are checked too."""
     status = getattr(exc, "status_code", None)
-    return name in {"APIConnectionError", "NotFoundError", "AuthenticationError"} or status in (401, 404)
+    if type(exc).__name__ in {"NotFoundError", "AuthenticationError"} or status in (401, 404):
+        return True
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, ConnectionRefusedError) or _REFUSED.search(str(seen)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _short(exc: BaseException) -> str:
@@ -135,8 +149,11 @@ class JudgeClient:
         if config.model.startswith("hosted_vllm/") and config.model not in litellm.model_cost:
             # A self-hosted judge has no price. Registering it as free spares litellm a failed price
             # look-up on every call (about 40% of its per-call CPU).
+            quiet = logging.getLogger("LiteLLM")
+            level, quiet.level = quiet.level, logging.ERROR  # it warns that a free model has no cache prices
             litellm.register_model({config.model: {"input_cost_per_token": 0.0, "output_cost_per_token": 0.0,
                                                    "litellm_provider": "hosted_vllm", "mode": "chat"}})  # fmt: skip
+            quiet.setLevel(level)
         self._litellm = litellm
         self.config = config
         self.api_base = config.api_base or (

@@ -104,6 +104,14 @@ class ScriptedJudge:
         await web.TCPSite(self._runner, "127.0.0.1", self.port, backlog=1024, shutdown_timeout=0.5).start()
         self._started.set()
 
+    async def _shutdown(self) -> None:
+        await self._runner.cleanup()
+        # Requests still held by a scripted hang are cancelled, not left pending at loop stop.
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def start(self) -> "ScriptedJudge":
         self._loop = asyncio.new_event_loop()
 
@@ -122,7 +130,7 @@ class ScriptedJudge:
         if self._loop is None:
             return
         if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop = None

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The FLIP reward end to end, offline: build a tiny judge (random weights, cached), serve it with a real
+# vLLM server on loopback, score the sample responses in data/flip_demo.jsonl, stop the server.
+# A tiny random judge writes random words (sampled at temperature 1), so rewards are small and unparsed:
+# this shows the machinery; point
+# JUDGE_MODEL/JUDGE_BASE_URL at a real judge (e.g. Qwen/Qwen3-4B served by scripts/serve_judge.sh) for real rewards.
+#
+# Environment: OUTPUT_DIR (default output/demo), INPUT (default data/flip_demo.jsonl), PORT (default: a free one).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-.venv/bin/python}"
+OUTPUT_DIR="${OUTPUT_DIR:-output/demo}"
+INPUT="${INPUT:-data/flip_demo.jsonl}"
+JUDGE_DIR=.cache/tiny-judge
+PORT="${PORT:-$("$PY" -c 'from open_instruct.judge_server import free_port; print(free_port())')}"
+mkdir -p "$OUTPUT_DIR"
+export LITELLM_LOCAL_MODEL_COST_MAP=True
+
+echo "[demo] 1/3 tiny judge model -> $JUDGE_DIR"
+"$PY" -m open_instruct.tiny_models --output_dir "$JUDGE_DIR"
+
+echo "[demo] 2/3 vLLM judge server on port $PORT (log: $OUTPUT_DIR/judge_server.log)"
+SERVED_MODEL_NAME=tiny-judge MAX_MODEL_LEN=2048 JUDGE_LOG="$OUTPUT_DIR/judge_server.log" \
+  bash scripts/serve_judge.sh "$JUDGE_DIR" "$PORT" -- --enforce-eager > "$OUTPUT_DIR/judge_server.out" 2>&1 &
+SERVER_PID=$!
+cleanup() { kill -TERM "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null || true; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+for _ in $(seq 600); do
+  grep -q "judge ready" "$OUTPUT_DIR/judge_server.out" 2>/dev/null && break
+  kill -0 "$SERVER_PID" 2>/dev/null || { cat "$OUTPUT_DIR/judge_server.out"; echo "[demo] judge server failed"; exit 1; }
+  sleep 1
+done
+grep "judge ready" "$OUTPUT_DIR/judge_server.out"
+
+echo "[demo] 3/3 FLIP scoring $INPUT"
+"$PY" -m open_instruct.flip score --input "$INPUT" --output "$OUTPUT_DIR/scored.jsonl" \
+  --judge-model hosted_vllm/tiny-judge --judge-api-base "http://127.0.0.1:$PORT/v1" \
+  --judge-max-tokens 48 --judge-max-context-length 2048 --judge-temperature 1.0
+
+"$PY" - "$OUTPUT_DIR/scored.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+print(f"\n{'reward':>6}  {'parsed':>6}  instruction")
+for r in rows[:5]:
+    instruction = r.get("instruction") or r["messages"][-1]["content"]
+    print(f"{r['reward']:6.3f}  {str(r['parsed']):>6}  {instruction[:70]!r}")
+print(f"... {len(rows)} rows in {sys.argv[1]}")
+PY

@@ -1,0 +1,115 @@
+"""Verifiers: the FLIP ground truth, the unparsed policies, judge failures, the registry."""
+
+import asyncio
+import json
+
+import pytest
+
+from open_instruct.ground_truth_utils import (
+    VERIFIER_REGISTRY,
+    LMJudgeVerifier,
+    build_verifier,
+    split_conversation,
+)
+from open_instruct.judge_client import JudgeClient, JudgeConfig
+from open_instruct.metrics import f1_score
+from open_instruct.scripted_judge import Reply, ScriptedJudge
+
+
+def flip_answer(instruction: str) -> Reply:
+    return Reply(json.dumps({"REASONING": "r", "INFERRED INSTRUCTION": instruction}))
+
+
+def make_client(judge: ScriptedJudge, **kw) -> JudgeClient:
+    return JudgeClient(JudgeConfig("hosted_vllm/scripted", api_base=judge.api_base, backoff_base=0.01, **kw))
+
+
+def run(verifier, messages, response, ground_truth=None):
+    return asyncio.run(verifier.async_call(messages, response, ground_truth))
+
+
+def test_flip_reward_is_f1_against_the_full_multiline_last_user_message():
+    last_user = "Suggest a three-day itinerary for Kyoto.\nKeep it budget friendly.\nUse bullet points."
+    messages = [
+        {"role": "system", "content": "You are helpful."},
+        {"role": "user", "content": "I am going to Japan."},
+        {"role": "assistant", "content": "How can I help?"},
+        {"role": "user", "content": last_user},
+    ]
+    inferred = "Suggest a budget friendly Kyoto itinerary for three days."
+    with ScriptedJudge(lambda m, n: flip_answer(inferred)) as judge:
+        result = run(build_verifier("general-flip", make_client(judge)), messages, "Day 1: ...")
+        sent = judge.received[0][1]["content"]
+    expected = f1_score(inferred, last_user)
+    assert result.score == pytest.approx(expected["f1"])
+    assert result.details == pytest.approx({"precision": expected["precision"], "recall": expected["recall"]})
+    # the second and third lines matter: the published code kept only the first line
+    assert expected["recall"] < f1_score(inferred, last_user.splitlines()[0])["recall"]
+    assert result.judge_ok and result.parsed and result.extracted == inferred
+    # earlier turns reach the judge as context; the hidden instruction and the system prompt do not
+    assert "user: I am going to Japan." in sent and "assistant: How can I help?" in sent
+    assert "Kyoto" not in sent and "You are helpful." not in sent
+
+
+def test_flip_without_messages_uses_ground_truth_string():
+    with ScriptedJudge(lambda m, n: flip_answer("Write a haiku about rain")) as judge:
+        result = run(build_verifier("general-flip", make_client(judge)), None, "rain falls", "Write a haiku about rain")
+    assert result.score == 1.0
+
+
+def test_unparsed_raw_policy_scores_the_raw_text():
+    raw = "I think the user asked to write a haiku about rain"
+    with ScriptedJudge(lambda m, n: Reply(raw)) as judge:
+        result = run(build_verifier("general-flip", make_client(judge)), None, "r", "Write a haiku about rain")
+    assert result.judge_ok and not result.parsed and result.extracted is None
+    assert result.score == pytest.approx(f1_score(raw, "Write a haiku about rain")["f1"]) and result.score > 0
+    assert "raw text" in result.error
+
+
+def test_unparsed_fail_policy_gives_no_reward():
+    with ScriptedJudge(lambda m, n: Reply("no json")) as judge:
+        verifier = build_verifier("general-flip", make_client(judge), on_unparsed="fail")
+        result = run(verifier, None, "r", "Write a haiku")
+    assert result.judge_ok and not result.parsed and result.score is None
+
+
+def test_judge_failure_is_no_reward_never_zero():
+    with ScriptedJudge(lambda m, n: Reply("down", status=500)) as judge:
+        result = run(build_verifier("general-flip", make_client(judge, retries=1)), None, "r", "Write a haiku")
+    assert result.score is None and not result.judge_ok and "failed after 2 attempt(s)" in result.error
+
+
+@pytest.mark.parametrize("answer,score,parsed", [('{"SCORE": 7}', 0.7, True), ('{"SCORE": "10/10"}', 1.0, True),
+                                                 ('{"SCORE": 42}', 0.0, False), ("no score", 0.0, False)])  # fmt: skip
+def test_quality_verifier_scales_score_to_unit_interval(answer, score, parsed):
+    messages = [{"role": "user", "content": "Write a haiku"}]
+    with ScriptedJudge(lambda m, n: Reply(answer)) as judge:
+        result = run(build_verifier("general-quality", make_client(judge)), messages, "rain falls")
+        sent = judge.received[0][1]["content"]
+    assert result.score == pytest.approx(score) and result.parsed is parsed
+    assert "Write a haiku" in sent and "rain falls" in sent
+
+
+def test_quality_ref_sends_the_reference():
+    messages = [{"role": "user", "content": "2+2?"}]
+    with ScriptedJudge(lambda m, n: Reply('{"SCORE": 9}')) as judge:
+        result = run(build_verifier("general-quality_ref", make_client(judge)), messages, "4", "The answer is 4.")
+        sent = judge.received[0][1]["content"]
+    assert result.score == pytest.approx(0.9) and "The answer is 4." in sent
+
+
+def test_registry_names_and_errors():
+    assert {"general-flip", "general-quality", "general-quality_ref"} <= set(VERIFIER_REGISTRY)
+    with pytest.raises(KeyError, match="unknown verifier 'general-nope'; known: .*general-flip"):
+        build_verifier("general-nope")
+    with pytest.raises(ValueError, match="needs a judge model"):
+        build_verifier("general-flip")
+    with pytest.raises(ValueError):
+        LMJudgeVerifier("pairwise", client=None)  # type: ignore[arg-type]
+
+
+def test_split_conversation():
+    msgs = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c\nd"}]
+    assert split_conversation(msgs) == (msgs[:2], "c\nd")
+    with pytest.raises(ValueError):
+        split_conversation([{"role": "assistant", "content": "x"}])
