@@ -1,0 +1,385 @@
+"""Prompt data for GRPO: load a dataset mixture, validate it, apply a chat template, tokenize.
+
+Rows follow the RLVR schema:
+
+    {"messages": [{"role": "user", "content": "Write a haiku about rain."}],   # ends with a user turn
+     "ground_truth": "Write a haiku about rain.",                              # str (or list of str)
+     "dataset": "general-flip"}                                                # the verifier's name
+
+A mixture is given as in Open Instruct, pairs of source and amount:
+
+    --dataset_mixer_list data/general_chat_flip_sample.jsonl 1.0 allenai/some-dataset 500
+    --dataset_mixer_list_splits train            # one split for every source, or one per source
+
+Sources are local `.json` / `.jsonl` / `.parquet` files (the split is ignored, except for a `.json` file
+holding an object of splits) or anything else `datasets.load_dataset` accepts, such as a hub id.
+
+Amounts: a number written with a "." (or an exponent) is a fraction of the source, an integer is a row
+count. The selection from each source is
+    target = count, or floor(fraction * rows)      (a target of 0 rows is an error)
+    whole copies of the source, target // rows times, in file order,
+    then target % rows distinct rows drawn at random (seeded), kept in file order.
+So `1.0` takes every row in order, `0.5` half of them, `2.0` or a count above the source size repeats
+the source (upsampling, as Open Instruct does) and `300` of a 200-row source is every row once plus 100 drawn
+ones. Sources are concatenated in mixer order; shuffling between epochs is the trainer's job.
+
+Every row of every source is validated as soon as the source is read, before any model loads; the first bad
+row stops the run with one line naming the source, the row (counted from 0 in file order) and the field.
+"""
+
+import json
+import math
+import os
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")
+ROLES = ("system", "user", "assistant")
+
+Amount = float | int
+
+
+class DatasetError(ValueError):
+    """A mistake in the data flags or in a dataset row, reported as one line."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Mixer flags
+
+
+def parse_mixer_list(items: Sequence[str]) -> list[tuple[str, Amount]]:
+    """`["a.jsonl", "1.0", "org/b", "500"]` (or the same as one space-separated string) ->
+    `[("a.jsonl", 1.0), ("org/b", 500)]`. Floats are fractions of the source, ints are row counts."""
+    tokens = [tok for item in items for tok in str(item).split()]
+    if not tokens:
+        raise DatasetError(
+            "--dataset_mixer_list is empty; give pairs of source and amount, e.g. data/x.jsonl 1.0"
+        )
+    if len(tokens) % 2:
+        raise DatasetError(
+            f"--dataset_mixer_list needs pairs of source and amount; got {len(tokens)} items: {' '.join(tokens)}"
+        )
+    return [
+        (source, _parse_amount(source, amount))
+        for source, amount in zip(tokens[::2], tokens[1::2], strict=True)
+    ]
+
+
+def _parse_amount(source: str, text: str) -> Amount:
+    hint = "use a fraction like 0.5 or 1.0, or a row count like 500"
+    is_fraction = any(c in text for c in ".eE")
+    try:
+        amount: Amount = float(text) if is_fraction else int(text)
+    except ValueError:
+        raise DatasetError(
+            f"--dataset_mixer_list: amount {text!r} for {source!r} is not a number ({hint})"
+        ) from None
+    if not math.isfinite(amount) or amount <= 0:
+        raise DatasetError(f"--dataset_mixer_list: amount {text!r} for {source!r} must be positive ({hint})")
+    return amount
+
+
+def resolve_splits(splits: Sequence[str] | None, num_sources: int) -> list[str]:
+    """One split per source: none given -> "train" for all, one given -> it for all, else one each."""
+    splits = [s for item in (splits or []) for s in str(item).split()] or ["train"]
+    if len(splits) == 1:
+        return splits * num_sources
+    if len(splits) != num_sources:
+        raise DatasetError(
+            f"--dataset_mixer_list_splits has {len(splits)} splits for {num_sources} sources; "
+            "give one split for all of them or one per source"
+        )
+    return splits
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_source(source: str, split: str = "train") -> list[dict]:
+    """All rows of one source: a local .json/.jsonl/.parquet file, or a `datasets.load_dataset` path."""
+    path = Path(source)
+    if path.suffix.lower() in LOCAL_SUFFIXES:
+        if not path.is_file():
+            raise DatasetError(f"{source}: file not found")
+        if path.suffix.lower() == ".parquet":
+            return _read_parquet(path)
+        return _read_json(path, split)
+    if path.is_file():
+        raise DatasetError(f"{source}: unsupported file type; use {', '.join(LOCAL_SUFFIXES)}")
+    return _load_hub(source, split)
+
+
+def _read_json(path: Path, split: str) -> list[dict]:
+    """A JSON array, an object of splits ({"train": [...]}), or JSON lines (which `.json` files often are)."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            data = None  # not one JSON document: read it as JSON lines below
+        if isinstance(data, list):
+            return data
+        if isinstance(data, dict):
+            if isinstance(data.get(split), list):
+                return data[split]
+            raise DatasetError(f"{path}: a JSON object must hold the split {split!r} as a list of rows")
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{path} line {lineno}: not valid JSON ({e.msg})") from None
+    return rows
+
+
+def _read_parquet(path: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path).to_pylist()
+    except Exception as e:  # a corrupt or non-parquet file: pyarrow's errors are long
+        raise DatasetError(f"{path}: not a readable parquet file ({_one_line(e)})") from None
+
+
+def _load_hub(source: str, split: str) -> list[dict]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(source, split=split)
+    except Exception as e:  # offline, unknown id, missing split, auth...: all end the run the same way
+        offline = any(
+            os.environ.get(v, "").lower() in ("1", "true", "yes")
+            for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+        )
+        hint = " (offline mode is on: use a local .jsonl/.json/.parquet file)" if offline else ""
+        raise DatasetError(
+            f"{source}: could not load split {split!r} from the Hugging Face hub: {_one_line(e)}{hint}"
+        ) from None
+    return ds.to_list()
+
+
+def _one_line(e: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --------------------------------------------------------------------------------------------------
+# Sampling
+
+
+def sample_indices(num_rows: int, amount: Amount, rng: random.Random) -> list[int]:
+    """Row indices for one source (see the module docstring): whole copies, then a seeded draw without
+    replacement for the remainder, each part in file order."""
+    target = amount if isinstance(amount, int) else math.floor(amount * num_rows)
+    if target <= 0:
+        raise ValueError(f"amount {amount} selects no rows of a {num_rows}-row source")
+    copies, rest = divmod(target, num_rows)
+    return list(range(num_rows)) * copies + sorted(rng.sample(range(num_rows), rest))
+
+
+def load_mixture(
+    mixer_list: Sequence[str],
+    splits: Sequence[str] | None,
+    seed: int,
+    known_verifiers: set[str] | None = None,
+) -> list[dict]:
+    """Load, validate and sample every source of `--dataset_mixer_list`; rows concatenated in mixer order.
+    The same flags and seed always give the same rows in the same order."""
+    mixture = parse_mixer_list(mixer_list)
+    rows: list[dict] = []
+    for position, ((source, amount), split) in enumerate(
+        zip(mixture, resolve_splits(splits, len(mixture)), strict=True)
+    ):
+        source_rows = load_source(source, split)
+        validate_rows(source_rows, source, known_verifiers)
+        # One generator per source, keyed by its place in the mixer, so editing one entry leaves the
+        # others' draws alone. (A str seed is hashed with SHA-512: stable across runs and machines.)
+        rng = random.Random(f"{seed}:{position}:{source}")
+        try:
+            picked = sample_indices(len(source_rows), amount, rng)
+        except ValueError as e:
+            raise DatasetError(f"--dataset_mixer_list: {source}: {e}") from None
+        rows.extend(dict(source_rows[i]) for i in picked)  # copies: repeated rows must not alias
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation
+
+
+def validate_rows(rows: Iterable[Any], source: str, known_verifiers: set[str] | None = None) -> None:
+    """Raise DatasetError on the first row that does not fit the RLVR schema, naming source, row and field."""
+    known = {v.strip().lower() for v in known_verifiers} if known_verifiers is not None else None
+    count = 0
+    for index, row in enumerate(rows):
+        count += 1
+        problem = _row_problem(row, known)
+        if problem:
+            raise DatasetError(f"{source} row {index}: {problem}")
+    if count == 0:
+        raise DatasetError(f"{source}: no rows")
+
+
+def _row_problem(row: Any, known: set[str] | None) -> str | None:
+    """What is wrong with one row, or None."""
+    if not isinstance(row, dict):
+        return f"expected an object with 'messages', 'ground_truth' and 'dataset', got {type(row).__name__}"
+
+    messages = row.get("messages")
+    if messages is None:
+        return "missing 'messages'"
+    if not isinstance(messages, list) or not messages:
+        return "'messages' must be a non-empty list of {role, content} turns"
+    for j, turn in enumerate(messages):
+        if not isinstance(turn, dict):
+            return f"'messages'[{j}] must be an object with 'role' and 'content'"
+        role = turn.get("role")
+        if not isinstance(role, str) or role not in ROLES:
+            return f"'messages'[{j}] 'role' must be one of {', '.join(ROLES)}; got {_short(role)}"
+        if not isinstance(turn.get("content"), str):
+            return f"'messages'[{j}] 'content' must be a string; got {_short(turn.get('content'))}"
+    if messages[-1]["role"] != "user":
+        return "'messages' must end with a user turn"
+    if not messages[-1]["content"].strip():
+        return "'messages' last user turn is empty"
+
+    if row.get("ground_truth") is None:
+        return "missing 'ground_truth'"
+    truth = row["ground_truth"]
+    if not (
+        isinstance(truth, str)
+        or (isinstance(truth, list) and truth and all(isinstance(t, str) for t in truth))
+    ):
+        return f"'ground_truth' must be a string or a non-empty list of strings; got {_short(truth)}"
+
+    name = row.get("dataset")
+    if name is None:
+        return "missing 'dataset' (the verifier name, e.g. general-flip)"
+    if not isinstance(name, str) or not name.strip():
+        return f"'dataset' must be a verifier name such as general-flip; got {_short(name)}"
+    if known is not None and name.strip().lower() not in known:
+        return f"'dataset' {name!r} is not a known verifier (known: {', '.join(sorted(known))})"
+    return None
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    """A value for an error message: repr, on one line, cut short."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --------------------------------------------------------------------------------------------------
+# Chat templates
+
+# Written as single-line jinja so no stray whitespace reaches the prompt.
+_CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+# Tulu: <|user|>\n...\n turns; an assistant turn ends with the EOS token.
+_TULU = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{{ '<|assistant|>\n' + message['content'] }}{{ eos_token or '' }}{% if not loop.last %}{{ '\n' }}{% endif %}"
+    "{% else %}"
+    "{{ '<|' + message['role'] + '|>\n' + message['content'] + '\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+
+THINKER_INSTRUCTION = (
+    "Before you reply, reason about the request privately inside <think> </think>. "
+    "Then give the reply the user will read inside <answer> </answer>, and nothing after it."
+)
+
+# ChatML with the think-then-answer instruction in the system turn (merged ahead of the user's own system
+# message, if any) and the assistant turn opened with <think>, so every rollout starts by reasoning. The
+# response text therefore begins inside the think block: judge_utils.strip_reasoning handles the lone </think>.
+_OLMO_THINKER = (
+    "{% set instruction = '" + THINKER_INSTRUCTION + "' %}"
+    "{% if messages and messages[0]['role'] == 'system' %}"
+    "{% set system = instruction + '\n\n' + messages[0]['content'] %}{% set turns = messages[1:] %}"
+    "{% else %}"
+    "{% set system = instruction %}{% set turns = messages %}"
+    "{% endif %}"
+    "{{ '<|im_start|>system\n' + system + '<|im_end|>\n' }}"
+    "{% for message in turns %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n<think>' }}{% endif %}"
+)
+
+CHAT_TEMPLATES: dict[str, str] = {
+    "chatml": _CHATML,
+    "tulu": _TULU,
+    "olmo_thinker": _OLMO_THINKER,
+}
+
+
+def get_chat_template(tokenizer: Any, name: str | None) -> str:
+    """The tokenizer's own template for None or "tokenizer", else the named one from CHAT_TEMPLATES."""
+    if name is None or name == "tokenizer":
+        template = getattr(tokenizer, "chat_template", None)
+        if isinstance(template, dict):  # some tokenizers keep several; "default" is the chat one
+            template = template.get("default")
+        if not template:
+            raise DatasetError(
+                "the tokenizer has no chat template; pass --chat_template_name with one of: "
+                + ", ".join(CHAT_TEMPLATES)
+            )
+        return template
+    if name not in CHAT_TEMPLATES:
+        raise DatasetError(
+            f"unknown chat template {name!r}; known: {', '.join(CHAT_TEMPLATES)}, or 'tokenizer' for the tokenizer's own"
+        )
+    return CHAT_TEMPLATES[name]
+
+
+# --------------------------------------------------------------------------------------------------
+# Tokenization
+
+
+@dataclass
+class PromptRow:
+    index: int
+    """position in the rows given to tokenize_prompts (the mixture)."""
+    prompt_token_ids: list[int]
+    """the chat-templated prompt, assistant turn opened (add_generation_prompt=True)."""
+    messages: list[dict]
+    ground_truth: str | list[str]
+    dataset: str
+    """the verifier's name."""
+
+
+def tokenize_prompts(
+    rows: Sequence[dict], tokenizer: Any, chat_template: str, max_prompt_token_length: int
+) -> tuple[list[PromptRow], int]:
+    """Tokenized prompts of the (validated) rows, and how many were dropped for being longer than
+    `max_prompt_token_length` tokens (dropped, not truncated: a cut prompt asks a different question)."""
+    texts = [
+        tokenizer.apply_chat_template(
+            row["messages"], chat_template=chat_template, tokenize=False, add_generation_prompt=True
+        )
+        for row in rows
+    ]
+    # The template already writes any BOS/special tokens it wants; the tokenizer must not add more.
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    prompts, dropped = [], 0
+    for index, (row, token_ids) in enumerate(zip(rows, ids, strict=True)):
+        if len(token_ids) > max_prompt_token_length:
+            dropped += 1
+            continue
+        prompts.append(
+            PromptRow(index, list(token_ids), row["messages"], row["ground_truth"], row["dataset"])
+        )
+    return prompts, dropped
