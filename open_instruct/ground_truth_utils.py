@@ -140,6 +140,23 @@ for _judge_type in ("flip", "quality", "quality_ref"):
     )
 
 
+class WordShareVerifier(Verifier):
+    """A cheap verifiable reward for smoke and learning tests: the share of the response's words that
+    equal the ground-truth word (case-insensitive). Registered as `word-share`."""
+
+    name = "word-share"
+
+    async def async_call(self, messages, response, ground_truth):
+        if not ground_truth or not str(ground_truth).strip():
+            raise ValueError("word-share needs a ground-truth word")
+        target = str(ground_truth).strip().lower()
+        words = response.lower().split()
+        return VerifierResult(sum(w == target for w in words) / len(words) if words else 0.0)
+
+
+register_verifier("word-share", lambda client=None, on_unparsed="raw": WordShareVerifier())
+
+
 def build_verifier(name: str, client: JudgeClient | None = None, on_unparsed: OnUnparsed = "raw") -> Verifier:
     """The verifier registered under `name`; a clear error naming the known ones otherwise."""
     key = name.strip().lower()

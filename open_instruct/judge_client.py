@@ -16,6 +16,7 @@ import os
 import random
 import re
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -161,8 +162,8 @@ class JudgeClient:
         )
         self.stats = JudgeStats()
         self._secrets = [s for s in [config.api_key, *secret_values()] if s]
-        self._semaphore: asyncio.Semaphore | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # One semaphore per event loop (a semaphore belongs to its loop; the trainer runs two).
+        self._semaphores: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._in_flight = 0
 
     @property
@@ -207,9 +208,10 @@ class JudgeClient:
         return result
 
     async def complete(self, messages: list[Message]) -> JudgeResult:
-        if self._loop is not asyncio.get_running_loop():  # a semaphore belongs to one event loop
-            self._loop = asyncio.get_running_loop()
-            self._semaphore = asyncio.Semaphore(self.config.max_concurrency)
+        loop = asyncio.get_running_loop()
+        if loop not in self._semaphores:
+            self._semaphores[loop] = asyncio.Semaphore(self.config.max_concurrency)
+        semaphore = self._semaphores[loop]
         cfg, start, error = self.config, time.perf_counter(), None
         self.stats.calls += 1
         for attempt in range(cfg.retries + 1):
@@ -218,7 +220,7 @@ class JudgeClient:
                 delay = min(cfg.backoff_max, cfg.backoff_base * 2 ** (attempt - 1))
                 await asyncio.sleep(delay * (0.5 + random.random()))
             try:
-                async with self._semaphore:
+                async with semaphore:
                     self._in_flight += 1
                     self.stats.max_in_flight = max(self.stats.max_in_flight, self._in_flight)
                     try:

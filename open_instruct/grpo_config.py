@@ -1,0 +1,185 @@
+"""Every option of `python -m open_instruct.grpo_fast`, documented where it is defined.
+
+Names follow Open Instruct, so its published command lines run unchanged. Flags that only mean something
+on AI2's infrastructure (oe-eval jobs, Beaker, the code API) are accepted and reported once as not used.
+"""
+
+import argparse
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args, get_origin
+
+
+def opt(default: Any, help: str, **kw) -> Any:
+    """A dataclass field with its --help text."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class GRPOConfig:
+    # ---- data
+    dataset_mixer_list: list[str] = opt(["data/general_chat_flip_sample.jsonl", "1.0"],
+        "training mix: pairs of source (HF id or local .json/.jsonl/.parquet) and amount (fraction like 1.0, or a row count)")
+    dataset_mixer_list_splits: list[str] = opt(["train"], "split for each source (one for all, or one per source)")
+    dataset_mixer_eval_list: list[str] = opt([], "evaluation mix, same syntax; empty: no separate eval set")
+    dataset_mixer_eval_list_splits: list[str] = opt(["train"], "split for each eval source")
+    max_prompt_token_length: int = opt(2048, "prompts longer than this (after the chat template) are dropped and counted")
+    chat_template_name: str | None = opt(None, "named chat template (e.g. olmo_thinker, chatml, tulu); default: the tokenizer's own")
+    # ---- model
+    model_name_or_path: str = opt("", "policy model: HF id or local directory", required=True)
+    # ---- rollout
+    vllm_num_engines: int = opt(1, "number of vLLM engines (Ray actors)")
+    vllm_tensor_parallel_size: int = opt(1, "GPUs per vLLM engine")
+    vllm_enable_prefix_caching: bool = opt(False, "let vLLM reuse KV cache across the samples of a prompt")
+    vllm_gpu_memory_utilization: float = opt(0.9, "share of GPU memory a vLLM engine may take (on CPU: ignored, the KV cache is 1 GiB)")
+    num_samples_per_prompt_rollout: int = opt(8, "samples per prompt (the GRPO group size)")
+    num_unique_prompts_rollout: int = opt(24, "prompts per training step")
+    temperature: float = opt(1.0, "sampling temperature of the rollouts")
+    response_length: int = opt(512, "most tokens per response")
+    stop_strings: list[str] = opt([], "strings that end a response (e.g. </answer>)")
+    # ---- reward
+    llm_judge_model: str | None = opt(None, "litellm id of the judge, e.g. hosted_vllm/Qwen/Qwen3-4B (needed by general-* verifiers)")
+    llm_judge_api_base: str | None = opt(None, "judge base URL, e.g. http://127.0.0.1:8000/v1 (default: $HOSTED_VLLM_API_BASE)")
+    llm_judge_timeout: float = opt(600.0, "seconds per judge request")
+    llm_judge_max_tokens: int = opt(2048, "most tokens the judge writes")
+    llm_judge_max_context_length: int = opt(25000, "judge context window; longer responses are cut in the middle")
+    llm_judge_max_concurrency: int = opt(64, "judge requests in flight")
+    llm_judge_retries: int = opt(3, "retries on judge timeouts, connection errors, 429 and 5xx")
+    llm_judge_on_unparsed: Literal["raw", "fail"] = opt("raw", "judge answered but nothing parsed: raw = score its raw text (published recipe), fail = no reward")
+    non_stop_penalty: bool = opt(False, "give responses that hit response_length the penalty value instead of their reward")
+    non_stop_penalty_value: float = opt(0.0, "the reward of a response that did not stop, with --non_stop_penalty")
+    # ---- advantages
+    advantage_normalization_type: Literal["standard", "centered"] = opt("standard",
+        "standard: (r - mean) / std per prompt group; centered: r - mean")
+    filter_zero_std_samples: bool = opt(True, "skip prompt groups whose rewards are all equal (they carry no signal)")
+    # ---- learner
+    num_learners_per_node: list[int] = opt([1], "DeepSpeed learners (GPUs) on each node; on a CPU machine one learner")
+    deepspeed_stage: int = opt(2, "ZeRO stage, 2 or 3")
+    learning_rate: float = opt(1e-6, "AdamW learning rate")
+    lr_scheduler_type: Literal["constant", "linear", "cosine", "constant_with_warmup"] = opt("constant", "learning-rate schedule")
+    warmup_ratio: float = opt(0.0, "share of updates spent warming up the learning rate")
+    max_grad_norm: float = opt(1.0, "gradient clipping norm")
+    clip_lower: float = opt(0.2, "PPO clip below: ratio >= 1 - clip_lower")
+    clip_higher: float = opt(0.2, "PPO clip above: ratio <= 1 + clip_higher (0.272 in the published recipe)")
+    truncated_importance_sampling_ratio_cap: float = opt(0.0, "cap on exp(logp_learner - logp_vllm) weighting each token; 0: off")
+    beta: float = opt(0.0, "KL penalty weight to the initial policy; 0 loads no reference model")
+    kl_estimator: str = opt("k3", "KL estimator k1, k2 or k3 (or Open Instruct's index 0, 1, 2)")
+    mask_truncated_completions: bool = opt(False, "leave responses that hit response_length out of the loss")
+    num_mini_batches: int = opt(1, "optimizer updates per step")
+    num_epochs: int = opt(1, "passes over each step's samples")
+    per_device_train_batch_size: int = opt(1, "kept for compatibility: micro-batches are packed by --pack_length")
+    pack_length: int = opt(4096, "most tokens per micro-batch (sequences are packed into micro-batches up to this)")
+    gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass to save memory")
+    # ---- controller
+    async_steps: int = opt(1, "generation may run this many steps ahead of training (0: fully on-policy)")
+    total_episodes: int = opt(1000, "total samples to train on; steps = total_episodes / (prompts x samples per prompt)")
+    seed: int = opt(1, "seed for data order, sampling and initialisation")
+    output_dir: str = opt("output/grpo", "where metrics.jsonl, checkpoints and the final model go")
+    save_freq: int = opt(0, "save an HF checkpoint every N steps (0: only at the end)")
+    keep_last_n_checkpoints: int = opt(3, "step checkpoints kept (-1: all)")
+    local_eval_every: int = opt(0, "every N steps, sample eval responses and write them with their rewards (0: never)")
+    local_eval_prompts: int = opt(16, "eval prompts per evaluation")
+    with_tracking: bool = opt(False, "log to wandb as well (offline when WANDB_API_KEY is unset)")
+    wandb_project_name: str = opt("flip-grpo", "wandb project")
+    exp_name: str = opt("grpo_flip", "run name")
+    ray_address: str | None = opt(None, "Ray cluster to join (auto: the one this node belongs to); default: start a local one")
+    checkpoint_state_freq: int = opt(0, "accepted for compatibility; full-state checkpoints are not implemented yet")
+
+    @property
+    def batch_size(self) -> int:
+        return self.num_unique_prompts_rollout * self.num_samples_per_prompt_rollout
+
+    @property
+    def num_training_steps(self) -> int:
+        return max(1, self.total_episodes // self.batch_size)
+
+
+# Flags from the published scripts that drive AI2's infrastructure. Accepted, reported once, not used.
+INFRA_FLAG_PREFIXES = ("oe_eval", "beaker", "try_launch_beaker", "try_auto_save", "gs_bucket", "hf_entity",
+                       "hf_repo", "push_to_hub", "code_api_url", "eval_priority", "wandb_entity", "cluster",
+                       "budget", "image", "no_auto_dataset_cache", "save_traces", "vllm_sync_backend",
+                       "dataset_local_cache_dir", "dataset_transform_fn", "dataset_cache_mode", "add_bos",
+                       "apply_verifiable_reward", "llm_judge_hosted_vllm")  # fmt: skip
+
+
+def _bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m open_instruct.grpo_fast",
+        description="GRPO with FLIP (or LLM-judge) rewards: Ray-orchestrated vLLM rollouts, judge rewards, "
+        "DeepSpeed learners. Every flag is below; the launch scripts in scripts/train/ set the published recipe.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for f in dataclasses.fields(GRPOConfig):
+        kw: dict[str, Any] = {"help": f.metadata["help"], "dest": f.name}
+        if f.metadata.get("required"):
+            kw["required"] = True
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        kind, origin = f.type, get_origin(f.type)
+        if kind is bool:
+            # `--flag`, `--flag true` and `--flag False` all work, as in the published scripts
+            kw.update(type=_bool, nargs="?", const=True, default=default)
+        elif origin is list:
+            kw.update(nargs="*", type=get_args(kind)[0], default=default)
+        elif origin is Literal:
+            kw.update(choices=list(get_args(kind)), default=default)
+        else:
+            base = next((a for a in get_args(kind) if a is not type(None)), kind) if origin else kind
+            kw.update(type=base, default=default)
+        parser.add_argument(f"--{f.name}", **kw)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[GRPOConfig, list[str]]:
+    """(config, infra flags that were given and are not used). Unknown flags are an error."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    ignored, bad = [], []
+    i = 0
+    while i < len(unknown):
+        token = unknown[i]
+        if token.startswith("--"):
+            name = token[2:].split("=", 1)[0].replace("-", "_")
+            (ignored if name.startswith(INFRA_FLAG_PREFIXES) else bad).append(name)
+        i += 1
+    if bad:
+        parser.error(f"unknown flag(s): {', '.join('--' + b for b in bad)}")
+    cfg = GRPOConfig(**vars(args))
+    problems = validate(cfg)
+    if problems:
+        parser.error(problems[0])
+    return cfg, ignored
+
+
+def validate(cfg: GRPOConfig) -> list[str]:
+    checks = [
+        (len(cfg.dataset_mixer_list) >= 2, "--dataset_mixer_list needs pairs of source and amount"),
+        (cfg.num_samples_per_prompt_rollout >= 2, "--num_samples_per_prompt_rollout must be at least 2 (GRPO compares samples)"),
+        (cfg.num_unique_prompts_rollout >= 1, "--num_unique_prompts_rollout must be at least 1"),
+        (cfg.response_length >= 1, "--response_length must be positive"),
+        (cfg.deepspeed_stage in (2, 3), "--deepspeed_stage must be 2 or 3"),
+        (cfg.async_steps >= 0, "--async_steps must be 0 or more"),
+        (cfg.vllm_num_engines >= 1, "--vllm_num_engines must be at least 1"),
+        (all(n >= 1 for n in cfg.num_learners_per_node), "--num_learners_per_node entries must be at least 1"),
+        (cfg.num_mini_batches >= 1 and cfg.num_epochs >= 1, "--num_mini_batches and --num_epochs must be at least 1"),
+        (cfg.pack_length >= cfg.response_length, "--pack_length must be at least --response_length"),
+        (cfg.clip_lower >= 0 and cfg.clip_higher >= 0, "--clip_lower and --clip_higher must be >= 0"),
+        (cfg.total_episodes >= cfg.batch_size,
+         f"--total_episodes ({cfg.total_episodes}) is less than one step ({cfg.batch_size} samples)"),
+    ]  # fmt: skip
+    return [msg for ok, msg in checks if not ok]
+
+
+if __name__ == "__main__":  # print the defaults
+    build_parser().print_help(sys.stdout)

@@ -1,0 +1,487 @@
+"""GRPO with FLIP (or LLM-judge) rewards: the single controller that drives every role.
+
+    python -m open_instruct.grpo_fast --model_name_or_path M --dataset_mixer_list data.jsonl 1.0 \
+        --llm_judge_model hosted_vllm/Qwen/Qwen3-4B ...      (see --help, or scripts/train/grpo_flip.sh)
+
+One step:
+  1. rollout   the step's prompts go to the vLLM engines in chunks; each chunk's samples are sent to
+               the reward role as soon as the chunk is back, so judging overlaps generation;
+  2. reward    each sample is scored by the verifier its row names (rewards.py); a failed judge call
+               gives no reward and the sample is left out, never trained on as 0;
+  3. advantage group-normalised per prompt (rl_utils.group_advantages);
+  4. train     the DeepSpeed learners take a data-parallel shard each (learner.py);
+  5. sync      the learners' weights go to every vLLM engine (vllm_utils).
+With --async_steps k, rollouts for step s start once the weights of step s-1-k are in the engines, in a
+producer thread, so generation runs up to k steps ahead of training.
+"""
+
+import asyncio
+import json
+import math
+import os
+import queue
+import random
+import shutil
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from open_instruct.grpo_config import GRPOConfig, parse_args
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+
+class UserError(Exception):
+    """A mistake in flags or data: one line, exit status 2."""
+
+
+@dataclass
+class Rollout:
+    """One step's generated and scored samples, ready for the learners."""
+
+    step: int
+    prompts: list  # PromptRow, one per prompt
+    completions: list[list[dict]]  # per prompt, n samples from vllm_utils
+    results: list[list]  # per prompt, n VerifierResults
+    gen_seconds: float
+    reward_seconds: float  # reward time not hidden behind generation
+    weights_version: int
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+
+
+def load_prompts(cfg: GRPOConfig, mixer: list[str], splits: list[str], tokenizer, chat_template: str):
+    from open_instruct import dataset_utils
+    from open_instruct.ground_truth_utils import VERIFIER_REGISTRY
+
+    try:
+        rows = dataset_utils.load_mixture(mixer, splits, cfg.seed, known_verifiers=set(VERIFIER_REGISTRY))
+        prompts, dropped = dataset_utils.tokenize_prompts(rows, tokenizer, chat_template, cfg.max_prompt_token_length)
+    except (dataset_utils.DatasetError, ValueError, FileNotFoundError) as e:
+        raise UserError(str(e).splitlines()[0]) from None
+    return prompts, dropped
+
+
+class PromptSampler:
+    """Endless shuffled passes over the prompts, reproducible from the seed."""
+
+    def __init__(self, prompts: list, seed: int):
+        self.prompts, self.rng, self.order, self.pos, self.epoch = prompts, random.Random(seed), [], 0, 0
+
+    def take(self, k: int) -> list:
+        out = []
+        while len(out) < k:
+            if self.pos >= len(self.order):
+                self.order = list(range(len(self.prompts)))
+                self.rng.shuffle(self.order)
+                self.pos, self.epoch = 0, self.epoch + 1
+            out.append(self.prompts[self.order[self.pos]])
+            self.pos += 1
+        return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Rollout + reward
+
+
+async def rollout_and_score(engines, prompts: list, reward_model, cfg: GRPOConfig, n: int, seed: int):
+    """Generate n samples per prompt across the engines and score each chunk as soon as it is back.
+    Returns (completions, results, generation seconds, exposed reward seconds)."""
+    start = time.perf_counter()
+    # Two chunks per engine: the first chunk's rewards run while the second one generates.
+    chunk = max(1, math.ceil(len(prompts) / (2 * len(engines))))
+    chunks = [list(range(i, min(i + chunk, len(prompts)))) for i in range(0, len(prompts), chunk)]
+
+    async def generate(k: int, idx: list[int]):
+        engine = engines[k % len(engines)]
+        ref = engine.generate.remote([prompts[i].prompt_token_ids for i in idx], n, cfg.temperature,
+                                     cfg.response_length, cfg.stop_strings or None, seed + k)  # fmt: skip
+        return idx, await ref
+
+    completions: list = [None] * len(prompts)
+    results: list = [[None] * n for _ in prompts]
+    reward_tasks = []
+
+    async def score(i: int, j: int):
+        p, c = prompts[i], completions[i][j]
+        results[i][j] = await reward_model.score(p.dataset, p.messages, p.ground_truth, c["text"], c["finish_reason"])
+
+    for next_done in asyncio.as_completed([generate(k, idx) for k, idx in enumerate(chunks)]):
+        idx, outs = await next_done
+        for i, samples in zip(idx, outs, strict=True):
+            completions[i] = samples
+            reward_tasks += [asyncio.create_task(score(i, j)) for j in range(len(samples))]
+    gen_done = time.perf_counter()
+    await asyncio.gather(*reward_tasks)
+    return completions, results, gen_done - start, time.perf_counter() - gen_done
+
+
+# --------------------------------------------------------------------------------------------------
+# Actors
+
+
+def create_learners(cfg: GRPOConfig, total_steps: int):
+    import ray
+    from ray.util.placement_group import placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from open_instruct.judge_server import free_port
+    from open_instruct.learner import LearnerConfig, PolicyLearner
+    from open_instruct.rl_utils import LossConfig, parse_kl_estimator
+
+    on_gpu = _cluster_has_gpus()
+    world = sum(cfg.num_learners_per_node) if on_gpu else 1
+    bundles = [{"GPU": 1, "CPU": 1} if on_gpu else {"CPU": 1} for _ in range(world)]
+    pg = placement_group(bundles, strategy="PACK")
+    ray.get(pg.ready(), timeout=600)
+    lcfg = LearnerConfig(
+        model_name_or_path=cfg.model_name_or_path, learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler_type, warmup_ratio=cfg.warmup_ratio, total_steps=total_steps,
+        max_grad_norm=cfg.max_grad_norm, deepspeed_stage=cfg.deepspeed_stage,
+        gradient_checkpointing=cfg.gradient_checkpointing, pack_length=cfg.pack_length,
+        per_device_train_batch_size=cfg.per_device_train_batch_size, num_mini_batches=cfg.num_mini_batches,
+        num_epochs=cfg.num_epochs, seed=cfg.seed,
+        loss=LossConfig(clip_lower=cfg.clip_lower, clip_higher=cfg.clip_higher,
+                        tis_cap=cfg.truncated_importance_sampling_ratio_cap, beta=cfg.beta,
+                        kl_estimator=parse_kl_estimator(cfg.kl_estimator)),
+    )  # fmt: skip
+    actor = ray.remote(PolicyLearner)
+    master_addr, master_port = ray.util.get_node_ip_address(), free_port()
+    learners = [
+        actor.options(
+            num_cpus=1, num_gpus=1 if on_gpu else 0,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=r),
+        ).remote(lcfg, r, world, master_addr, master_port)
+        for r in range(world)
+    ]  # fmt: skip
+    ray.get([learner.setup.remote() for learner in learners])
+    return learners
+
+
+def _cluster_has_gpus() -> bool:
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Metrics
+
+
+def step_metrics(ro: Rollout, adv, train_stats: list[dict], sync_seconds: float, train_seconds: float,
+                 step_seconds: float) -> dict:  # fmt: skip
+    flat = [r for group in ro.results for r in group]
+    samples = [c for group in ro.completions for c in group]
+    scores = [r.score for r in flat if r.score is not None]
+    per_verifier: dict[str, list[float]] = {}
+    for p, group in zip(ro.prompts, ro.results, strict=True):
+        per_verifier.setdefault(p.dataset, []).extend(r.score for r in group if r.score is not None)
+    tokens = sum(t["tokens"] for t in train_stats) if train_stats else 0.0
+    response_tokens = sum(len(c["token_ids"]) for c in samples)
+    m = {
+        "step": ro.step,
+        "loss": sum(t["loss_sum"] for t in train_stats) / tokens if tokens else float("nan"),
+        "reward_mean": float(np.mean(scores)) if scores else float("nan"),
+        "reward_std": float(np.std(scores)) if scores else float("nan"),
+        **{f"reward/{name}": float(np.mean(v)) if v else float("nan") for name, v in per_verifier.items()},
+        "judge_failures": sum(not r.judge_ok for r in flat),
+        "unparsed": sum(r.judge_ok and not r.parsed for r in flat),
+        "kl": sum(t["kl_sum"] for t in train_stats) / tokens if tokens else float("nan"),
+        "clip_fraction": sum(t["clipped_tokens"] for t in train_stats) / tokens if tokens else float("nan"),
+        "response_length_mean": response_tokens / max(len(samples), 1),
+        "stop_rate": sum(c["finish_reason"] == "stop" for c in samples) / max(len(samples), 1),
+        "tokens_per_second": response_tokens / step_seconds if step_seconds else 0.0,
+        "samples_trained": int(adv.keep.sum()),
+        "zero_std_groups": adv.zero_std_groups,
+        "dropped_groups": adv.dropped_groups,
+        "grad_norm": train_stats[0]["grad_norm"] / max(train_stats[0]["updates"], 1) if train_stats else float("nan"),
+        "lr": train_stats[0]["lr"] if train_stats else float("nan"),
+        "judge_cost": sum(r.cost for r in flat),
+        "weights_staleness": ro.step - 1 - ro.weights_version,
+        "time/generation": ro.gen_seconds,
+        "time/reward": ro.reward_seconds,
+        "time/training": train_seconds,
+        "time/weight_sync": sync_seconds,
+        "time/step": step_seconds,
+    }
+    return m
+
+
+class MetricsLog:
+    """metrics.jsonl (one object per step) and, with --with_tracking, wandb."""
+
+    def __init__(self, cfg: GRPOConfig, out: Path):
+        self.path = out / "metrics.jsonl"
+        self.path.write_text("")
+        self.wandb = None
+        if cfg.with_tracking:
+            import wandb
+
+            mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+            self.wandb = wandb.init(project=cfg.wandb_project_name, name=cfg.exp_name, config=_public_config(cfg),
+                                    dir=str(out), mode=mode)  # fmt: skip
+
+    def log(self, metrics: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        if self.wandb is not None:
+            self.wandb.log(metrics, step=metrics["step"])
+
+    def close(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _public_config(cfg: GRPOConfig) -> dict:
+    return {k: v for k, v in asdict(cfg).items() if "key" not in k.lower() and "token" not in k.lower()}
+
+
+# --------------------------------------------------------------------------------------------------
+# Controller
+
+
+class Trainer:
+    def __init__(self, cfg: GRPOConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir)
+
+    def setup(self) -> None:
+        from transformers import AutoTokenizer
+
+        from open_instruct import dataset_utils
+        from open_instruct.ground_truth_utils import VERIFIER_REGISTRY
+        from open_instruct.judge_client import JudgeClient, JudgeConfig
+        from open_instruct.rewards import RewardConfig, RewardModel
+
+        cfg = self.cfg
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(cfg.model_name_or_path)
+            self.chat_template = dataset_utils.get_chat_template(self.tokenizer, cfg.chat_template_name)
+        except (OSError, ValueError, KeyError) as e:
+            raise UserError(f"--model_name_or_path / --chat_template_name: {str(e).splitlines()[0]}") from None
+        self.prompts, dropped = load_prompts(cfg, cfg.dataset_mixer_list, cfg.dataset_mixer_list_splits,
+                                             self.tokenizer, self.chat_template)  # fmt: skip
+        if not self.prompts:
+            raise UserError(f"no training prompts left after dropping {dropped} longer than --max_prompt_token_length")
+        self.eval_prompts = []
+        if cfg.dataset_mixer_eval_list:
+            self.eval_prompts, _ = load_prompts(cfg, cfg.dataset_mixer_eval_list, cfg.dataset_mixer_eval_list_splits,
+                                                self.tokenizer, self.chat_template)  # fmt: skip
+        names = {p.dataset for p in self.prompts + self.eval_prompts}
+        unknown = sorted(n for n in names if n.lower() not in VERIFIER_REGISTRY)
+        if unknown:
+            raise UserError(f"dataset names unknown verifier(s) {unknown}; known: {sorted(VERIFIER_REGISTRY)}")
+        needs_judge = any(n.lower().startswith("general-") for n in names)
+        if needs_judge and not cfg.llm_judge_model:
+            raise UserError(f"verifier(s) {sorted(names)} need a judge: set --llm_judge_model")
+        self.judge = None
+        if needs_judge:
+            self.judge = JudgeClient(JudgeConfig(
+                model=cfg.llm_judge_model, api_base=cfg.llm_judge_api_base, max_concurrency=cfg.llm_judge_max_concurrency,
+                timeout=cfg.llm_judge_timeout, retries=cfg.llm_judge_retries, max_tokens=cfg.llm_judge_max_tokens,
+                max_context_length=cfg.llm_judge_max_context_length,
+            ))  # fmt: skip
+        self.reward_model = RewardModel(
+            RewardConfig(cfg.non_stop_penalty, cfg.non_stop_penalty_value, cfg.llm_judge_on_unparsed), self.judge
+        )
+        print(f"data: {len(self.prompts)} training prompts ({dropped} dropped as too long), "
+              f"{len(self.eval_prompts)} eval prompts; verifiers: {', '.join(sorted(names))}")  # fmt: skip
+
+    def start_actors(self) -> None:
+        import ray
+
+        from open_instruct import vllm_utils
+
+        cfg = self.cfg
+        if cfg.ray_address:
+            ray.init(address=cfg.ray_address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=max(os.cpu_count() or 2, 2), include_dashboard=False, log_to_driver=False)
+        self.steps = cfg.num_training_steps
+        t0 = time.perf_counter()
+        self.engines = vllm_utils.create_vllm_engines(
+            num_engines=cfg.vllm_num_engines, tensor_parallel_size=cfg.vllm_tensor_parallel_size,
+            model_path=cfg.model_name_or_path, seed=cfg.seed,
+            max_model_len=cfg.max_prompt_token_length + cfg.response_length,
+            enable_prefix_caching=cfg.vllm_enable_prefix_caching,
+            gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+        )  # fmt: skip
+        self.learners = create_learners(cfg, self.steps)
+        vllm_utils.init_weight_sync(self.learners, self.engines)
+        print(f"actors: {len(self.engines)} vLLM engine(s), {len(self.learners)} learner(s), "
+              f"ready in {time.perf_counter() - t0:.0f}s")  # fmt: skip
+
+    # ----------------------------------------------------------------------------------------------
+    def train(self) -> dict:
+        import ray
+        from tqdm import tqdm
+
+        from open_instruct import vllm_utils
+        from open_instruct.learner import Sample
+        from open_instruct.rl_utils import group_advantages
+
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        log = MetricsLog(cfg, self.out)
+        sampler = PromptSampler(self.prompts, cfg.seed)
+        n = cfg.num_samples_per_prompt_rollout
+        synced = {"version": 0}
+        cond = threading.Condition()
+        batches: queue.Queue = queue.Queue(maxsize=max(cfg.async_steps, 1))
+        stop = threading.Event()
+
+        def produce() -> None:
+            loop = asyncio.new_event_loop()
+            try:
+                for step in range(1, self.steps + 1):
+                    with cond:  # rollouts for `step` may use weights at most `async_steps` updates old
+                        cond.wait_for(lambda: synced["version"] >= step - 1 - cfg.async_steps or stop.is_set())
+                    if stop.is_set():
+                        return
+                    version = synced["version"]
+                    prompts = sampler.take(cfg.num_unique_prompts_rollout)
+                    comps, results, gen_s, rew_s = loop.run_until_complete(
+                        rollout_and_score(self.engines, prompts, self.reward_model, cfg, n, cfg.seed * 100_003 + step)
+                    )
+                    batches.put(Rollout(step, prompts, comps, results, gen_s, rew_s, version))
+            except BaseException as e:  # noqa: BLE001  (handed to the training loop, which re-raises)
+                batches.put(e)
+            finally:
+                loop.close()
+
+        producer = threading.Thread(target=produce, name="rollout-producer", daemon=True)
+        producer.start()
+        history = []
+        bar = tqdm(range(1, self.steps + 1), desc="GRPO", unit="step", dynamic_ncols=True)
+        try:
+            for step in bar:
+                step_start = time.perf_counter()
+                ro = batches.get()
+                if isinstance(ro, BaseException):
+                    raise ro
+                scores = [r.score for group in ro.results for r in group]
+                adv = group_advantages(scores, n, "mean_std" if cfg.advantage_normalization_type == "standard" else "mean",
+                                       keep_zero_std=not cfg.filter_zero_std_samples)  # fmt: skip
+                samples = []
+                flat = [(p, c) for p, group in zip(ro.prompts, ro.completions, strict=True) for c in group]
+                for k, (p, c) in enumerate(flat):
+                    if cfg.mask_truncated_completions and c["finish_reason"] != "stop":
+                        adv.keep[k] = False
+                    if adv.keep[k] and c["token_ids"]:
+                        samples.append(Sample(p.prompt_token_ids, c["token_ids"], c["logprobs"], float(adv.values[k])))
+                train_stats, train_s, sync_s = [], 0.0, 0.0
+                if samples:
+                    t0 = time.perf_counter()
+                    shards = [samples[r :: len(self.learners)] for r in range(len(self.learners))]
+                    per_rank = sum(len(s.response_ids) for s in samples) / len(self.learners)
+                    train_stats = ray.get([lr.train.remote(sh, per_rank) for lr, sh in zip(self.learners, shards, strict=True)])
+                    train_s = time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    vllm_utils.sync_weights(self.learners, self.engines)
+                    sync_s = time.perf_counter() - t0
+                with cond:
+                    synced["version"] = step
+                    cond.notify_all()
+                metrics = step_metrics(ro, adv, train_stats, sync_s, train_s, time.perf_counter() - step_start)
+                metrics["episodes"] = step * cfg.batch_size
+                metrics["epoch"] = sampler.epoch
+                log.log(metrics)
+                history.append(metrics)
+                bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", loss=f"{metrics['loss']:.4f}")
+                if cfg.save_freq and step % cfg.save_freq == 0 and step < self.steps:
+                    self.save(self.out / "checkpoints" / f"step_{step}")
+                if cfg.local_eval_every and step % cfg.local_eval_every == 0:
+                    self.evaluate(step)
+        finally:
+            stop.set()
+            with cond:
+                cond.notify_all()
+            bar.close()
+            log.close()
+        self.save(self.out)
+        return self.summary(history)
+
+    # ----------------------------------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        import ray
+
+        ray.get([lr.save_model.remote(str(path), self.chat_template) for lr in self.learners])
+        if path != self.out:
+            self._prune_checkpoints()
+
+    def _prune_checkpoints(self) -> None:
+        keep = self.cfg.keep_last_n_checkpoints
+        ckpts = sorted((self.out / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+        for old in ckpts[: -keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def evaluate(self, step: int) -> None:
+        prompts = self.eval_prompts or self.prompts
+        prompts = prompts[: self.cfg.local_eval_prompts]
+        comps, results, _, _ = asyncio.run(
+            rollout_and_score(self.engines, prompts, self.reward_model, self.cfg, 1, self.cfg.seed)
+        )
+        path = self.out / "eval" / f"step_{step}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w") as f:
+            for p, c, r in zip(prompts, comps, results, strict=True):
+                f.write(json.dumps({"messages": p.messages, "response": c[0]["text"], "reward": r[0].score,
+                                    "judge_ok": r[0].judge_ok, "error": r[0].error}) + "\n")  # fmt: skip
+
+    def summary(self, history: list[dict]) -> dict:
+        rewards = [m["reward_mean"] for m in history if not math.isnan(m["reward_mean"])]
+        total = {k: sum(m[k] for m in history) for k in ("time/generation", "time/reward", "time/training",
+                                                         "time/weight_sync", "time/step")}  # fmt: skip
+        return {
+            "steps": len(history),
+            "reward_first": rewards[0] if rewards else float("nan"),
+            "reward_last": rewards[-1] if rewards else float("nan"),
+            "judge_failures": sum(m["judge_failures"] for m in history),
+            "unparsed": sum(m["unparsed"] for m in history),
+            **total,
+        }
+
+
+def print_summary(cfg: GRPOConfig, s: dict) -> None:
+    t = s["time/step"] or 1.0
+    print(
+        f"\ntrained {s['steps']} steps -> {cfg.output_dir}\n"
+        f"  reward {s['reward_first']:.4f} (first step) -> {s['reward_last']:.4f} (last step)\n"
+        f"  judge failures {s['judge_failures']}, unparsed {s['unparsed']}\n"
+        f"  time {t:.0f}s: generation {s['time/generation']:.0f}s, reward (exposed) {s['time/reward']:.0f}s, "
+        f"training {s['time/training']:.0f}s, weight sync {s['time/weight_sync']:.0f}s\n"
+        f"  metrics: {Path(cfg.output_dir) / 'metrics.jsonl'}; final model: {cfg.output_dir}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg, ignored = parse_args(argv)
+    if ignored:
+        print(f"note: not used on this stack (AI2 infrastructure flags): {', '.join('--' + f for f in ignored)}")
+    trainer = Trainer(cfg)
+    try:
+        trainer.setup()  # data and flags are checked before any model or actor starts
+        trainer.start_actors()
+        print_summary(cfg, trainer.train())
+        return 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Flags of `grpo_fast`: the published recipe parses, infra flags are reported, mistakes are usage errors."""
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from open_instruct.grpo_config import GRPOConfig, parse_args
+
+REPO = Path(__file__).resolve().parent.parent
+
+PAPER = """--model_name_or_path allenai/Olmo-3-7B-Think-DPO --dataset_mixer_list yikeee/rlvr_general_chat_flip 1.0
+ --beta 0.0 --async_steps 1 --truncated_importance_sampling_ratio_cap 2.0 --num_samples_per_prompt_rollout 8
+ --num_unique_prompts_rollout 24 --num_mini_batches 1 --num_epochs 1 --learning_rate 1e-6
+ --per_device_train_batch_size 1 --kl_estimator 2 --max_prompt_token_length 2048 --response_length 16384
+ --pack_length 18432 --chat_template_name olmo_thinker --stop_strings </answer> --non_stop_penalty False
+ --temperature 1.0 --total_episodes 10000000 --deepspeed_stage 3 --num_learners_per_node 8 8 8
+ --vllm_num_engines 16 --vllm_tensor_parallel_size 1 --llm_judge_model hosted_vllm/Qwen/Qwen3-4B
+ --llm_judge_timeout 3600 --llm_judge_max_tokens 2048 --llm_judge_max_context_length 25000
+ --lr_scheduler_type constant --seed 1 --local_eval_every 50 --save_freq 50 --checkpoint_state_freq 50
+ --gradient_checkpointing --vllm_enable_prefix_caching --clip_higher 0.272 --mask_truncated_completions True
+ --with_tracking --oe_eval_tasks gsm8k,ifeval --try_launch_beaker_eval_jobs_on_weka True --beaker_image x/y"""
+
+
+def test_published_recipe_parses_to_its_values():
+    cfg, ignored = parse_args(shlex.split(PAPER))
+    assert cfg.num_learners_per_node == [8, 8, 8] and cfg.vllm_num_engines == 16
+    assert cfg.stop_strings == ["</answer>"] and cfg.non_stop_penalty is False
+    assert cfg.mask_truncated_completions is True and cfg.gradient_checkpointing is True
+    assert cfg.clip_higher == 0.272 and cfg.truncated_importance_sampling_ratio_cap == 2.0
+    assert cfg.kl_estimator == "2" and cfg.deepspeed_stage == 3 and cfg.learning_rate == 1e-6
+    assert cfg.batch_size == 24 * 8 and cfg.num_training_steps == 10_000_000 // 192
+    assert ignored == ["oe_eval_tasks", "try_launch_beaker_eval_jobs_on_weka", "beaker_image"]
+
+
+def test_defaults_are_sane():
+    cfg, _ = parse_args(["--model_name_or_path", "m"])
+    assert isinstance(cfg, GRPOConfig) and cfg.clip_lower == 0.2 and cfg.beta == 0.0
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "open_instruct.grpo_fast", *args], capture_output=True,
+                          text=True, cwd=REPO, timeout=120)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--model_name_or_path", "m", "--no_such_flag", "1"], "unknown flag(s): --no_such_flag"),
+        (["--model_name_or_path", "m", "--deepspeed_stage", "1"], "--deepspeed_stage must be 2 or 3"),
+        (["--model_name_or_path", "m", "--num_samples_per_prompt_rollout", "1"], "must be at least 2"),
+        (["--model_name_or_path", "m", "--mask_truncated_completions", "maybe"], "expected true or false"),
+        ([], "--model_name_or_path"),
+    ],
+)
+def test_flag_mistakes_are_usage_errors_without_traceback(args, message):
+    proc = run(*args)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_help_documents_every_flag():
+    proc = run("--help")
+    assert proc.returncode == 0
+    for flag in ("--num_samples_per_prompt_rollout", "--truncated_importance_sampling_ratio_cap", "--async_steps",
+                 "--llm_judge_model", "--pack_length", "--kl_estimator"):  # fmt: skip
+        assert flag in proc.stdout
+
+
+def test_bad_dataset_row_is_one_line_before_any_model_loads(tmp_path, tiny_judge_dir):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}], "ground_truth": "hi", "dataset": "general-flip"}\n'
+                   '{"messages": [{"role": "assistant", "content": "x"}], "ground_truth": "x", "dataset": "general-flip"}\n')  # fmt: skip
+    proc = run("--model_name_or_path", str(tiny_judge_dir), "--dataset_mixer_list", str(bad), "1.0",
+               "--output_dir", str(tmp_path / "out"))  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "bad.jsonl row 1" in proc.stderr and "user turn" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_judge_verifier_without_judge_model(tmp_path, tiny_judge_dir):
+    proc = run("--model_name_or_path", str(tiny_judge_dir), "--dataset_mixer_list",
+               str(REPO / "data/general_chat_flip_sample.jsonl"), "1.0", "--output_dir", str(tmp_path / "o"))  # fmt: skip
+    assert proc.returncode == 2 and "set --llm_judge_model" in proc.stderr
