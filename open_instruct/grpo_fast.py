@@ -90,7 +90,7 @@ class PromptSampler:
 # Rollout + reward
 
 
-async def rollout_and_score(engines, prompts: list, reward_model, cfg: GRPOConfig, n: int, seed: int):
+async def rollout_and_score(engines, prompts: list, reward_model, cfg: GRPOConfig, n: int, seed_key: str):
     """Generate n samples per prompt across the engines and score each chunk as soon as it is back.
     Returns (completions, results, generation seconds, exposed reward seconds)."""
     start = time.perf_counter()
@@ -100,8 +100,11 @@ async def rollout_and_score(engines, prompts: list, reward_model, cfg: GRPOConfi
 
     async def generate(k: int, idx: list[int]):
         engine = engines[k % len(engines)]
+        # The engine seeds prompt i, sample j with seed + i*n + j: draw each chunk's base at random from the
+        # run seed, step and chunk, so no two samples of a run share a random stream.
+        seed = random.Random(f"{seed_key}/{k}").randrange(2**31)
         ref = engine.generate.remote([prompts[i].prompt_token_ids for i in idx], n, cfg.temperature,
-                                     cfg.response_length, cfg.stop_strings or None, seed + k)  # fmt: skip
+                                     cfg.response_length, cfg.stop_strings or None, seed)  # fmt: skip
         return idx, await ref
 
     completions: list = [None] * len(prompts)
@@ -347,7 +350,7 @@ class Trainer:
                     version = synced["version"]
                     prompts = sampler.take(cfg.num_unique_prompts_rollout)
                     comps, results, gen_s, rew_s = loop.run_until_complete(
-                        rollout_and_score(self.engines, prompts, self.reward_model, cfg, n, cfg.seed * 100_003 + step)
+                        rollout_and_score(self.engines, prompts, self.reward_model, cfg, n, f"{cfg.seed}/train/{step}")
                     )
                     batches.put(Rollout(step, prompts, comps, results, gen_s, rew_s, version))
             except BaseException as e:  # noqa: BLE001  (handed to the training loop, which re-raises)
@@ -425,7 +428,7 @@ class Trainer:
         prompts = self.eval_prompts or self.prompts
         prompts = prompts[: self.cfg.local_eval_prompts]
         comps, results, _, _ = asyncio.run(
-            rollout_and_score(self.engines, prompts, self.reward_model, self.cfg, 1, self.cfg.seed)
+            rollout_and_score(self.engines, prompts, self.reward_model, self.cfg, 1, f"{self.cfg.seed}/eval/{step}")
         )
         path = self.out / "eval" / f"step_{step}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)

