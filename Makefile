@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup demo test test-fast bench lint clean
+.PHONY: setup demo demo-score test test-fast bench lint clean
 
 setup: $(STAMP)
 
@@ -11,9 +11,14 @@ $(STAMP): pyproject.toml scripts/setup_env.sh
 	bash scripts/setup_env.sh
 	touch $(STAMP)
 
-## demo: FLIP-score sample responses with a tiny judge served by a real vLLM server
+## demo: GRPO with FLIP rewards on the embedded tiny preset (tiny policy and judge built offline, real vLLM
+## judge server, Ray, vLLM engine, DeepSpeed learner); OUTPUT_DIR defaults to output/grpo_flip_tiny
 demo: $(STAMP)
-	bash scripts/demo.sh
+	PRESET=tiny bash scripts/train/grpo_flip.sh
+
+## demo-score: FLIP-score sample responses with a tiny judge served by a real vLLM server
+demo-score: $(STAMP)
+	bash scripts/demo_flip_score.sh
 
 ## test: the whole suite, end-to-end tests included
 test: $(STAMP)
@@ -25,6 +30,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/judge_stage.py
+	$(PY) benchmarks/grpo_step.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -125,6 +125,31 @@ async def rollout_and_score(engines, prompts: list, reward_model, cfg: GRPOConfi
     return completions, results, gen_done - start, time.perf_counter() - gen_done
 
 
+class AsyncRunner:
+    """One event loop in a background thread, shared by every rollout and eval coroutine of the run, so
+    the judge client and litellm see a single loop for the whole run."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="reward-loop", daemon=True)
+        self.thread.start()
+
+    def run(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def close(self) -> None:
+        async def drain():  # cancel what is left (litellm's logging worker) before the loop goes
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        self.run(drain())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
 # --------------------------------------------------------------------------------------------------
 # Actors
 
@@ -332,6 +357,7 @@ class Trainer:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         log = MetricsLog(cfg, self.out)
+        self.runner = AsyncRunner()
         sampler = PromptSampler(self.prompts, cfg.seed)
         n = cfg.num_samples_per_prompt_rollout
         synced = {"version": 0}
@@ -340,23 +366,20 @@ class Trainer:
         stop = threading.Event()
 
         def produce() -> None:
-            loop = asyncio.new_event_loop()
             try:
                 for step in range(1, self.steps + 1):
                     with cond:  # rollouts for `step` may use weights at most `async_steps` updates old
-                        cond.wait_for(lambda: synced["version"] >= step - 1 - cfg.async_steps or stop.is_set())
+                        cond.wait_for(lambda s=step: synced["version"] >= s - 1 - cfg.async_steps or stop.is_set())
                     if stop.is_set():
                         return
                     version = synced["version"]
                     prompts = sampler.take(cfg.num_unique_prompts_rollout)
-                    comps, results, gen_s, rew_s = loop.run_until_complete(
+                    comps, results, gen_s, rew_s = self.runner.run(
                         rollout_and_score(self.engines, prompts, self.reward_model, cfg, n, f"{cfg.seed}/train/{step}")
                     )
                     batches.put(Rollout(step, prompts, comps, results, gen_s, rew_s, version))
             except BaseException as e:  # noqa: BLE001  (handed to the training loop, which re-raises)
                 batches.put(e)
-            finally:
-                loop.close()
 
         producer = threading.Thread(target=produce, name="rollout-producer", daemon=True)
         producer.start()
@@ -407,6 +430,10 @@ class Trainer:
                 cond.notify_all()
             bar.close()
             log.close()
+            while not batches.empty():  # unblock a producer waiting to hand over a batch
+                batches.get_nowait()
+            producer.join(timeout=60)  # a rollout in flight finishes before the loop closes
+            self.runner.close()
         self.save(self.out)
         return self.summary(history)
 
@@ -427,7 +454,7 @@ class Trainer:
     def evaluate(self, step: int) -> None:
         prompts = self.eval_prompts or self.prompts
         prompts = prompts[: self.cfg.local_eval_prompts]
-        comps, results, _, _ = asyncio.run(
+        comps, results, _, _ = self.runner.run(
             rollout_and_score(self.engines, prompts, self.reward_model, self.cfg, 1, f"{self.cfg.seed}/eval/{step}")
         )
         path = self.out / "eval" / f"step_{step}.jsonl"

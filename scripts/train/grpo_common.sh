@@ -40,7 +40,9 @@ case "$PRESET" in
       --clip_higher 0.272 --mask_truncated_completions True --llm_judge_max_context_length 8192
       --llm_judge_max_tokens 1024 --save_freq 100 --local_eval_every 50 --seed "$SEED")
     ;;
-  tiny)  # the embedded default: tiny models built offline, real vLLM judge server, a few steps on CPU
+  tiny)  # the embedded default: tiny models built offline, real vLLM judge server, a few steps on CPU.
+    # The tiny judge has random weights, so its rewards are mostly equal within a group; keeping those
+    # groups (advantage 0) still runs the learner and the weight sync on every step.
     [[ -n "${MODEL_NAME_OR_PATH:-}" ]] || { MODEL_NAME_OR_PATH=.cache/tiny-policy
       "$PY" -m open_instruct.tiny_models --output_dir "$MODEL_NAME_OR_PATH" --seed 1; }
     DATASETS="${DATASETS:-$LOCAL_DATA 1.0}"
@@ -55,7 +57,7 @@ case "$PRESET" in
       --learning_rate 1e-5 --deepspeed_stage 2 --num_learners_per_node 1 --vllm_num_engines 1
       --truncated_importance_sampling_ratio_cap 2.0 --clip_higher 0.272 --llm_judge_max_tokens 48
       --llm_judge_max_context_length 2048 --llm_judge_timeout 60 --local_eval_every 2 --local_eval_prompts 8
-      --seed "$SEED")
+      --filter_zero_std_samples False --save_freq 2 --keep_last_n_checkpoints 1 --with_tracking --seed "$SEED")
     ;;
   *) echo "error: PRESET must be paper, single_gpu or tiny, not '$PRESET'" >&2; exit 2 ;;
 esac
