@@ -327,8 +327,9 @@ class Trainer:
         from open_instruct import vllm_utils
 
         cfg = self.cfg
-        if cfg.ray_address:
-            ray.init(address=cfg.ray_address, log_to_driver=False)
+        address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
+        if address:  # join a running cluster (Slurm/Beaker launchers start one)
+            ray.init(address=address, log_to_driver=False)
         else:
             ray.init(num_cpus=max(os.cpu_count() or 2, 2), include_dashboard=False, log_to_driver=False)
         self.steps = cfg.num_training_steps
