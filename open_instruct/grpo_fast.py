@@ -22,6 +22,7 @@ import os
 import queue
 import random
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -332,6 +333,7 @@ class Trainer:
             ray.init(address=address, log_to_driver=False)
         else:
             ray.init(num_cpus=max(os.cpu_count() or 2, 2), include_dashboard=False, log_to_driver=False)
+        handle_stop_signals()
         self.steps = cfg.num_training_steps
         t0 = time.perf_counter()
         self.engines = vllm_utils.create_vllm_engines(
@@ -433,7 +435,7 @@ class Trainer:
             log.close()
             while not batches.empty():  # unblock a producer waiting to hand over a batch
                 batches.get_nowait()
-            producer.join(timeout=60)  # a rollout in flight finishes before the loop closes
+            producer.join(timeout=10)  # a rollout in flight may finish before the loop closes
             self.runner.close()
         self.save(self.out)
         return self.summary(history)
@@ -491,7 +493,20 @@ def print_summary(cfg: GRPOConfig, s: dict) -> None:
     )
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def handle_stop_signals() -> None:
+    """SIGTERM (a launcher or scheduler stopping us) and SIGINT both end in a clean shutdown. Installed
+    again after ray.init, whose own SIGTERM handler would abort; SIGINT is set explicitly because a shell
+    starts background jobs with it ignored."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
+    handle_stop_signals()
     cfg, ignored = parse_args(argv)
     if ignored:
         print(f"note: not used on this stack (AI2 infrastructure flags): {', '.join('--' + f for f in ignored)}")

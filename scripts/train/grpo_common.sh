@@ -67,7 +67,18 @@ mkdir -p "$OUTPUT_DIR"
 
 # Serve the judge ourselves unless one is given; stop it, and everything else started here, on any exit.
 JUDGE_PID=""
-cleanup() { [[ -n "$JUDGE_PID" ]] && kill -TERM "$JUDGE_PID" 2>/dev/null && wait "$JUDGE_PID" 2>/dev/null; true; }
+TRAIN_PID=""
+cleanup() {
+  set +e  # every step of the clean-up runs, whatever the one before it returned
+  # The trainer first (SIGTERM: it shuts its Ray cluster down), then the judge server and its engine.
+  if [[ -n "$TRAIN_PID" ]] && kill -0 "$TRAIN_PID" 2>/dev/null; then
+    kill -TERM "$TRAIN_PID" 2>/dev/null
+    for _ in $(seq 60); do kill -0 "$TRAIN_PID" 2>/dev/null || break; sleep 1; done
+    kill -KILL "$TRAIN_PID" 2>/dev/null
+  fi
+  [[ -n "$JUDGE_PID" ]] && kill -TERM "$JUDGE_PID" 2>/dev/null && wait "$JUDGE_PID" 2>/dev/null
+  true
+}
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 if [[ -z "${JUDGE_BASE_URL:-}" ]]; then
@@ -96,4 +107,6 @@ echo "[grpo] preset=$PRESET model=$MODEL_NAME_OR_PATH judge=$JUDGE_MODEL@$JUDGE_
 "$PY" -m open_instruct.grpo_fast \
   --model_name_or_path "$MODEL_NAME_OR_PATH" --dataset_mixer_list "${DATASET_ARGS[@]}" "${EVAL_ARGS[@]}" \
   --llm_judge_model "$JUDGE_MODEL" --llm_judge_api_base "$JUDGE_BASE_URL" \
-  --output_dir "$OUTPUT_DIR" --exp_name "$EXP_NAME" "${TEMPLATE_ARGS[@]}" "${PRESET_ARGS[@]}" "$@"
+  --output_dir "$OUTPUT_DIR" --exp_name "$EXP_NAME" "${TEMPLATE_ARGS[@]}" "${PRESET_ARGS[@]}" "$@" &
+TRAIN_PID=$!
+wait "$TRAIN_PID"  # in the background + wait, so a signal to this script runs the traps at once

