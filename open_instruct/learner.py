@@ -109,6 +109,18 @@ def deepspeed_config(cfg: LearnerConfig, on_gpu: bool) -> dict:
     }
 
 
+def attention_implementation(on_gpu: bool) -> str:
+    """flash-attention 2 on a GPU where it is installed, else PyTorch's SDPA: chosen by the hardware."""
+    if on_gpu:
+        try:
+            import flash_attn  # noqa: F401
+
+            return "flash_attention_2"
+        except ImportError:
+            pass
+    return "sdpa"
+
+
 class PolicyLearner:
     """One data-parallel rank. Created as a Ray actor by the controller (see `create_learners`)."""
 
@@ -126,7 +138,8 @@ class PolicyLearner:
         torch.manual_seed(self.cfg.seed + self.rank)
         deepspeed.init_distributed(dist_backend="nccl" if self.on_gpu else "gloo")
         dtype = torch.bfloat16 if self.on_gpu else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(self.cfg.model_name_or_path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(self.cfg.model_name_or_path, dtype=dtype,
+                                                     attn_implementation=attention_implementation(self.on_gpu))  # fmt: skip
         if self.cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
@@ -144,7 +157,8 @@ class PolicyLearner:
         )  # fmt: skip
         self.ref_model = None
         if self.cfg.loss.beta > 0:  # frozen reference policy for the KL term
-            self.ref_model = AutoModelForCausalLM.from_pretrained(self.cfg.model_name_or_path, dtype=dtype)
+            self.ref_model = AutoModelForCausalLM.from_pretrained(self.cfg.model_name_or_path, dtype=dtype,
+                                                                  attn_implementation=model.config._attn_implementation)  # fmt: skip
             self.ref_model.to(self.device).eval().requires_grad_(False)
         return {"rank": self.rank, "device": str(self.device), "params": sum(p.numel() for p in model.parameters())}
 
