@@ -21,8 +21,9 @@ Both are fully on-policy with one optimizer update per step and no reference mod
         `_calculate_rewards` (reward), and the rest of the step is reported as training (log-probs,
         loss, backward, optimizer). TRL has no weight sync: it samples from the model it trains.
 
-The two sides run one after the other, never at once (2 cores). Start-up (Ray, vLLM, DeepSpeed, model
-loading) and the first --warmup steps are left out; the table shows medians over the remaining steps.
+The two sides run one after the other, never at once (2 cores). Each side waits (up to a minute) for the cores
+to be idle before it starts, and a warning is printed when they were not. Start-up (Ray, vLLM, DeepSpeed,
+model loading) and the first --warmup steps are left out; the table shows medians over the remaining steps.
 Printed: our seconds per step over TRL's (target: at most 1.0).
 
     python benchmarks/grpo_step.py [--steps 12] [--warmup 2] [--prompts 4] [--samples 16]
@@ -30,6 +31,7 @@ Printed: our seconds per step over TRL's (target: at most 1.0).
 """
 
 import argparse
+import asyncio
 import json
 import os
 import statistics
@@ -41,8 +43,17 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET_WORD = "dogs"
-BASE_PROMPTS = ["Say something.", "Tell me a story.", "Write a line.", "What do you like?",
-                "Describe a city.", "Give me three words.", "Write about food.", "Explain the weather."]  # fmt: skip
+# The first four are the ones tests/test_grpo_fast.py learns on.
+BASE_PROMPTS = [
+    "Say something.",
+    "Tell me a story.",
+    "Write a line.",
+    "What do you like?",
+    "Describe a city.",
+    "Give me three words.",
+    "Write about food.",
+    "Explain the weather.",
+]
 STAGES = ["generation", "reward", "training", "weight_sync"]
 SEED = 1
 TEMPERATURE = 1.0
@@ -52,9 +63,41 @@ MAX_PROMPT_TOKENS = 256
 def write_prompts(path: Path, n: int) -> None:
     """n prompts in our RLVR schema; the `dataset` column names the verifier."""
     texts = [BASE_PROMPTS[i] if i < len(BASE_PROMPTS) else f"Write line {i}." for i in range(n)]
-    rows = [{"messages": [{"role": "user", "content": t}], "ground_truth": TARGET_WORD, "dataset": "word-share"}
-            for t in texts]  # fmt: skip
+    rows = [{"messages": [{"role": "user", "content": t}], "ground_truth": TARGET_WORD,
+             "dataset": "word-share"} for t in texts]  # fmt: skip
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def cpu_busy_share(seconds: float = 2.0) -> float | None:
+    """Share of all cores busy over `seconds` (from /proc/stat), or None where there is no /proc/stat.
+    Sampled just before each side starts: anything busy then is another program competing for the cores."""
+
+    def sample() -> tuple[int, int]:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = values[3] + values[4]  # idle + iowait
+        return sum(values) - idle, sum(values)
+
+    try:
+        busy0, total0 = sample()
+        time.sleep(seconds)
+        busy1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return (busy1 - busy0) / max(total1 - total0, 1)
+
+
+def wait_until_quiet(side: str, patience: float = 60.0) -> str | None:
+    """Wait (up to `patience` seconds) until the cores are idle, so that `side` does not share them with
+    another program; returns a warning when they never were."""
+    deadline = time.monotonic() + patience
+    while True:
+        busy = cpu_busy_share()
+        if busy is None or busy <= 0.2:
+            return None
+        if time.monotonic() > deadline:
+            msg = f"the machine was {busy:.0%} busy when {side} started (other programs use the cores)"
+            print(f"  warning: {msg}", flush=True)
+            return msg
 
 
 def run_logged(cmd: list[str], log: Path, what: str) -> float:
@@ -76,16 +119,18 @@ def run_ours(args, model: Path, data: Path, work: Path) -> tuple[list[dict], flo
     out = work / "ours"
     cmd = [sys.executable, "-m", "open_instruct.grpo_fast", "--model_name_or_path", str(model),
            "--dataset_mixer_list", str(data), "1.0", "--output_dir", str(out),
-           "--num_unique_prompts_rollout", str(args.prompts), "--num_samples_per_prompt_rollout", str(args.samples),
+           "--num_unique_prompts_rollout", str(args.prompts),
+           "--num_samples_per_prompt_rollout", str(args.samples),
            "--response_length", str(args.response_length), "--temperature", str(TEMPERATURE),
            "--learning_rate", str(args.lr), "--total_episodes", str(args.steps * args.prompts * args.samples),
            "--max_prompt_token_length", str(MAX_PROMPT_TOKENS), "--async_steps", "0", "--beta", "0",
            "--filter_zero_std_samples", "False", "--seed", str(SEED)]  # fmt: skip
     wall = run_logged(cmd, work / "ours.log", "our trainer")
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    per_step = [{"step": m["time/step"], **{s: m[f"time/{s}"] for s in STAGES},
-                 "reward_mean": m["reward_mean"]}
-                for m in steps]  # fmt: skip
+    per_step = []
+    for m in steps:
+        per_step.append({"step": m["time/step"], "reward_mean": m["reward_mean"]})
+        per_step[-1].update({s: m[f"time/{s}"] for s in STAGES})
     return per_step, wall
 
 
@@ -95,9 +140,10 @@ def run_ours(args, model: Path, data: Path, work: Path) -> tuple[list[dict], flo
 
 def run_trl(args, model: Path, data: Path, work: Path) -> tuple[list[dict], float]:
     result = work / "trl_steps.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_trl-worker", "--model", str(model), "--data", str(data),
-           "--result", str(result), "--steps", str(args.steps), "--prompts", str(args.prompts),
-           "--samples", str(args.samples), "--response-length", str(args.response_length), "--lr", str(args.lr)]  # fmt: skip
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--_trl-worker", "--model", str(model),
+           "--data", str(data), "--result", str(result), "--steps", str(args.steps),
+           "--prompts", str(args.prompts), "--samples", str(args.samples),
+           "--response-length", str(args.response_length), "--lr", str(args.lr)]  # fmt: skip
     wall = run_logged(cmd, work / "trl.log", "TRL")
     return json.loads(result.read_text()), wall
 
@@ -112,14 +158,12 @@ def trl_worker(args) -> None:
     from open_instruct.rewards import RewardConfig, RewardModel
 
     rows = [json.loads(line) for line in Path(args.data).read_text().splitlines()]
-    dataset = Dataset.from_list([{"prompt": r["messages"], "ground_truth": r["ground_truth"], "dataset": r["dataset"]}
-                                 for r in rows])  # fmt: skip
+    train_data = Dataset.from_list([{"prompt": r["messages"], "ground_truth": r["ground_truth"],
+                                     "dataset": r["dataset"]} for r in rows])  # fmt: skip
     reward_model = RewardModel(RewardConfig(), judge=None)
 
     async def word_share(prompts, completions, ground_truth, dataset, **_):
         # the same dispatch, final-answer extraction and verifier our trainer uses
-        import asyncio
-
         results = await asyncio.gather(*(
             reward_model.score(name, p, gt, c[-1]["content"], "stop")
             for p, c, gt, name in zip(prompts, completions, ground_truth, dataset, strict=True)
@@ -153,8 +197,9 @@ def trl_worker(args) -> None:
 
         def on_step_end(self, *_, **__):
             total = time.perf_counter() - self.t0
-            per_step.append({"step": total, "generation": timer["generation"], "reward": timer["reward"],
-                             "training": total - timer["generation"] - timer["reward"], "weight_sync": 0.0})  # fmt: skip
+            gen, rew = timer["generation"], timer["reward"]
+            per_step.append({"step": total, "generation": gen, "reward": rew, "training": total - gen - rew,
+                             "weight_sync": 0.0})  # fmt: skip
 
         def on_log(self, _args, _state, _control, logs=None, **__):
             if logs and "reward" in logs and per_step:
@@ -163,9 +208,10 @@ def trl_worker(args) -> None:
     batch = args.prompts * args.samples
     config = GRPOConfig(
         output_dir=str(Path(args.result).parent / "trl_out"), report_to="none", save_strategy="no",
-        use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False, disable_tqdm=True, logging_steps=1,
-        seed=SEED, max_steps=args.steps, learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0,
-        weight_decay=0.0, max_grad_norm=1.0,
+        logging_steps=1, disable_tqdm=True, seed=SEED, max_steps=args.steps,
+        use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
+        learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+        max_grad_norm=1.0,
         # one step = `prompts` prompts x `samples` completions, one optimizer update
         per_device_train_batch_size=batch, gradient_accumulation_steps=1, generation_batch_size=batch,
         num_generations=args.samples, num_iterations=1,
@@ -175,7 +221,7 @@ def trl_worker(args) -> None:
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype="float32")
     trainer = TimedGRPOTrainer(model=model, processing_class=tokenizer, reward_funcs=word_share, args=config,
-                               train_dataset=dataset, callbacks=[StepTimer()])  # fmt: skip
+                               train_dataset=train_data, callbacks=[StepTimer()])  # fmt: skip
     trainer.train()
     Path(args.result).write_text(json.dumps(per_step))
 
@@ -226,29 +272,43 @@ def main() -> None:
         model = build_tiny_model(work / "tiny-policy", seed=SEED)
         data = work / "prompts.jsonl"
         write_prompts(data, args.prompts)
-        print(f"grpo step benchmark: {args.prompts} prompts x {args.samples} samples, {args.response_length} tokens, "
-              f"lr {args.lr}, {args.steps} steps per side ({args.warmup} warm-up); reward: share of words == "
-              f"{TARGET_WORD!r}", flush=True)  # fmt: skip
+        setting = (
+            f"{args.prompts} prompts x {args.samples} samples, {args.response_length} tokens, lr {args.lr}"
+        )
+        print(f"grpo step benchmark: {setting}, {args.steps} steps per side ({args.warmup} warm-up); "
+              f"reward: share of words == {TARGET_WORD!r}", flush=True)  # fmt: skip
+        warnings = [wait_until_quiet("ours")]
         ours_steps, ours_wall = run_ours(args, model, data, work)
         print(f"  ours done in {ours_wall:.0f}s (start-up included)", flush=True)
+        warnings.append(wait_until_quiet("TRL"))
         trl_steps, trl_wall = run_trl(args, model, data, work)
         print(f"  TRL done in {trl_wall:.0f}s (start-up included)", flush=True)
     ours, trl = steady(ours_steps, args.warmup), steady(trl_steps, args.warmup)
 
-    print(f"\nmedian seconds per step over steps {args.warmup + 1}-{args.steps} ({ours['n']} steps per side):")
-    print(f"  {'':6}{'step':>8}{'generation':>12}{'reward':>9}{'training':>10}{'weight sync':>13}{'reward mean':>13}")
+    ratio = ours["step"] / trl["step"]
+    span = f"steps {args.warmup + 1}-{args.steps}"
+    print(f"\nmedian seconds per step over {span} ({ours['n']} steps per side):")
+    header = ["", "step", "generation", "reward", "training", "weight sync", "mean reward"]
+    print("  " + "".join(f"{h:>12}" for h in header))
     for name, r in (("ours", ours), ("TRL", trl)):
         sync = f"{r['weight_sync']:.3f}" if name == "ours" else "n/a"
-        print(f"  {name:6}{r['step']:8.3f}{r['generation']:12.3f}{r['reward']:9.4f}{r['training']:10.3f}"
-              f"{sync:>13}{r['reward_mean']:13.3f}")  # fmt: skip
-    print("  per step, ours: " + " ".join(f"{s['step']:.2f}" for s in ours_steps))
-    print("  per step, TRL:  " + " ".join(f"{s['step']:.2f}" for s in trl_steps))
-    print("notes: each column is a median on its own, so the stages need not add up to the step exactly. Our "
-          "reward column is reward time not hidden behind generation. TRL generates with transformers `generate` "
-          "(use_vllm=False; TRL's vLLM integration targets CUDA) and needs no weight sync; its training column "
-          "is the step minus generation and reward. Both sides run fp32 on CPU, one update per step, beta 0.")  # fmt: skip
-    ratio = ours["step"] / trl["step"]
-    print(f"grpo step time: ours {ours['step']:.3g}s, TRL {trl['step']:.3g}s, ratio {ratio:.2f} (target <= 1.0)")
+        cells = [f"{r['step']:.3f}", f"{r['generation']:.3f}", f"{r['reward']:.4f}", f"{r['training']:.3f}",
+                 sync, f"{r['reward_mean']:.3f}"]  # fmt: skip
+        print("  " + f"{name:>12}" + "".join(f"{c:>12}" for c in cells))
+    for name, steps in (("ours", ours_steps), ("TRL", trl_steps)):
+        print(f"  every step, {name + ':':5} " + " ".join(f"{s['step']:.2f}" for s in steps))
+    print(
+        "notes: each column is a median on its own, so the stages need not add up to the step exactly.\n"
+        "  ours: reward is the reward time not hidden behind generation.\n"
+        "  TRL: samples with transformers `generate` (use_vllm=False: TRL's vLLM integration targets CUDA);\n"
+        "  no weight sync (it samples from the model it trains); training = step - generation - reward.\n"
+        "  Both: fp32 on CPU, one optimizer update per step, beta 0, every group trained (none filtered)."
+    )
+    if any(warnings):
+        reasons = "; ".join(w for w in warnings if w)
+        print(f"warning: {reasons}. The timings are not reliable: rerun on a quiet machine.")
+    times = f"ours {ours['step']:.3g}s, TRL {trl['step']:.3g}s"
+    print(f"grpo step time: {times}, ratio {ratio:.2f} (target <= 1.0)")
     print(f"(whole benchmark: {time.perf_counter() - start:.0f}s)")
 
 

@@ -40,6 +40,9 @@ class GRPOConfig:
     temperature: float = opt(1.0, "sampling temperature of the rollouts")
     response_length: int = opt(512, "most tokens per response")
     stop_strings: list[str] = opt([], "strings that end a response (e.g. </answer>)")
+    rollout_chunks_per_engine: int = opt(0, "generate calls per engine per step; rewards of a chunk start as soon "
+        "as it is back, so more chunks overlap judging with generation, at some generation cost. "
+        "0: 2 when a verifier calls the judge, else 1")
     # ---- reward
     llm_judge_model: str | None = opt(None, "litellm id of the judge, e.g. hosted_vllm/Qwen/Qwen3-4B (needed by general-* verifiers)")
     llm_judge_api_base: str | None = opt(None, "judge base URL, e.g. http://127.0.0.1:8000/v1 (default: $HOSTED_VLLM_API_BASE)")
@@ -170,6 +173,7 @@ def validate(cfg: GRPOConfig) -> list[str]:
         (cfg.response_length >= 1, "--response_length must be positive"),
         (cfg.deepspeed_stage in (2, 3), "--deepspeed_stage must be 2 or 3"),
         (cfg.async_steps >= 0, "--async_steps must be 0 or more"),
+        (cfg.rollout_chunks_per_engine >= 0, "--rollout_chunks_per_engine must be 0 or more"),
         (cfg.vllm_num_engines >= 1, "--vllm_num_engines must be at least 1"),
         (all(n >= 1 for n in cfg.num_learners_per_node), "--num_learners_per_node entries must be at least 1"),
         (cfg.num_mini_batches >= 1 and cfg.num_epochs >= 1, "--num_mini_batches and --num_epochs must be at least 1"),

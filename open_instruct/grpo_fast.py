@@ -95,8 +95,8 @@ async def rollout_and_score(engines, prompts: list, reward_model, cfg: GRPOConfi
     """Generate n samples per prompt across the engines and score each chunk as soon as it is back.
     Returns (completions, results, generation seconds, exposed reward seconds)."""
     start = time.perf_counter()
-    # Two chunks per engine: the first chunk's rewards run while the second one generates.
-    chunk = max(1, math.ceil(len(prompts) / (2 * len(engines))))
+    # With two chunks per engine, the first chunk's rewards run while the second one generates.
+    chunk = max(1, math.ceil(len(prompts) / (cfg.rollout_chunks_per_engine * len(engines))))
     chunks = [list(range(i, min(i + chunk, len(prompts)))) for i in range(0, len(prompts), chunk)]
 
     async def generate(k: int, idx: list[int]):
@@ -307,6 +307,8 @@ class Trainer:
         if unknown:
             raise UserError(f"dataset names unknown verifier(s) {unknown}; known: {sorted(VERIFIER_REGISTRY)}")
         needs_judge = any(n.lower().startswith("general-") for n in names)
+        if cfg.rollout_chunks_per_engine == 0:  # overlap only pays when rewards wait on a judge
+            cfg.rollout_chunks_per_engine = 2 if needs_judge else 1
         if needs_judge and not cfg.llm_judge_model:
             raise UserError(f"verifier(s) {sorted(names)} need a judge: set --llm_judge_model")
         self.judge = None
