@@ -19,14 +19,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from open_instruct.cli_utils import UserError, run_command
+
 EXAMPLE = (
     "example:\n  python -m open_instruct.flip score --input rows.jsonl --output scored.jsonl \\\n"
     "      --judge-model hosted_vllm/Qwen/Qwen3-4B --judge-api-base http://127.0.0.1:8000/v1"
 )
-
-
-class UserError(Exception):
-    """A mistake in flags or input: reported as one line, exit status 2."""
 
 
 @dataclass
@@ -228,14 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_command(lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -31,13 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
+from open_instruct.cli_utils import UserError, run_command
 from open_instruct.grpo_config import GRPOConfig, parse_args
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-
-
-class UserError(Exception):
-    """A mistake in flags or data: one line, exit status 2."""
 
 
 @dataclass
@@ -513,17 +510,15 @@ def main(argv: list[str] | None = None) -> int:
     if ignored:
         print(f"note: not used on this stack (AI2 infrastructure flags): {', '.join('--' + f for f in ignored)}")
     trainer = Trainer(cfg)
-    try:
+
+    def body() -> int:
         trainer.setup()  # data and flags are checked before any model or actor starts
         trainer.start_actors()
         print_summary(cfg, trainer.train())
         return 0
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+
+    try:
+        return run_command(body)
     finally:
         import ray
 
