@@ -1,13 +1,5 @@
-"""`python -m open_instruct.flip score`: FLIP rewards for responses, on their own.
-
-Each input row holds a response and the instruction it answered, either as `{"instruction", "response"}`
-or as `{"messages", "response"}` (chat turns ending with the user turn; the last user message is the
-instruction and earlier turns are context for the judge). The judge infers the instruction from the
-response; the reward is token F1 between the inferred and the real instruction.
-
-Exit status: 0 when every row was scored, 1 when some judge calls failed (those rows have
-`reward: null`), 2 for bad flags or input, or a judge that cannot be reached at all.
-"""
+"""`python -m open_instruct.flip`: FLIP on its own. `score` gives FLIP rewards for responses; `bon` picks
+the best of several candidate responses per prompt with FLIP or a pointwise LLM judge."""
 
 import argparse
 import asyncio
@@ -17,64 +9,69 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
+from open_instruct.best_of_n import VERIFIER_NAMES, select
 from open_instruct.cli_utils import UserError, run_command
+from open_instruct.ground_truth_utils import build_verifier
+from open_instruct.judge_cli import add_judge_flags, judge_all, make_client, prompt_messages, read_jsonl
 
-EXAMPLE = (
+SCORE_DOC = """\
+score: FLIP rewards for responses. Each input row holds a response and the instruction it answered, as
+{"instruction", "response"} ("prompt" is read as "instruction") or {"messages", "response"} (chat turns
+ending with the user turn; the last user message is the instruction and earlier turns are context for the
+judge). The judge infers the instruction from the response; the reward is token F1 between the inferred
+and the real instruction.
+
+Exit status: 0 when every row was scored, 1 when some judge calls failed (those rows have
+`reward: null`), 2 for bad flags or input, or a judge that cannot be reached at all.
+"""
+
+BON_DOC = """\
+bon: best-of-N selection. Each input row holds a prompt ("prompt" or "instruction", a string, or
+"messages", chat turns ending with the user turn) and "responses", a list of N candidates. Every candidate
+is scored by each --method:
+  flip       FLIP reward: token F1 between the instruction the judge infers from the candidate and the real one
+  pointwise  the LLM judge's 1-10 rating of the candidate, divided by 10
+Each output row is the input plus, under the method's name ("flip", "pointwise"): best_index,
+best_response, scores (one per candidate; null where the judge call failed), extracted (the inferred
+instruction, or the rating), judge_outputs and errors.
+
+Ties: the highest score wins; among equal highest scores the earliest candidate (lowest index). A failed
+candidate is passed over; a row where every candidate failed gets best_index and best_response null.
+
+Exit status: 0 when every candidate was scored, 1 when some judge calls failed, 2 for bad flags or input,
+or a judge that cannot be reached at all.
+"""
+
+SCORE_EXAMPLE = (
     "example:\n  python -m open_instruct.flip score --input rows.jsonl --output scored.jsonl \\\n"
     "      --judge-model hosted_vllm/Qwen/Qwen3-4B --judge-api-base http://127.0.0.1:8000/v1"
 )
+BON_EXAMPLE = (
+    "example:\n  python -m open_instruct.flip bon --input candidates.jsonl --output best.jsonl \\\n"
+    "      --method flip pointwise --judge-model hosted_vllm/Qwen/Qwen3-4B --judge-api-base http://127.0.0.1:8000/v1"
+)
+
+# --------------------------------------------------------------------------------------------------
+# score
 
 
 @dataclass
 class Row:
     line: int
     data: dict
-    messages: list[dict] | None
-    instruction: str | None
+    messages: list[dict]
     response: str
 
 
 def read_rows(path: Path) -> list[Row]:
     """Parse and validate every line before any judge call; errors name the file and line."""
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(data, dict):
-                raise UserError(f"{where}: expected a JSON object, got {type(data).__name__}")
-            rows.append(_validate(data, where, lineno))
-    if not rows:
-        raise UserError(f"{path}: no rows")
+    for lineno, data in read_jsonl(path):
+        where = f"{path}:{lineno}"
+        if not isinstance(data.get("response"), str):
+            raise UserError(f"{where}: field 'response' is missing or not a string")
+        rows.append(Row(lineno, data, prompt_messages(data, where), data["response"]))
     return rows
-
-
-def _validate(data: dict, where: str, lineno: int) -> Row:
-    response = data.get("response")
-    if not isinstance(response, str):
-        raise UserError(f"{where}: field 'response' is missing or not a string")
-    messages, instruction = data.get("messages"), data.get("instruction")
-    if messages is not None:
-        if not isinstance(messages, list) or not all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-            for m in messages
-        ):
-            raise UserError(f"{where}: field 'messages' must be a list of {{'role', 'content'}} strings")
-        if not any(m["role"] == "user" for m in messages):
-            raise UserError(f"{where}: field 'messages' has no user turn")
-        return Row(lineno, data, messages, None, response)
-    if not isinstance(instruction, str):
-        raise UserError(f"{where}: needs 'instruction' (a string) or 'messages'")
-    return Row(lineno, data, None, instruction, response)
 
 
 def output_row(row: Row, result) -> dict:
@@ -91,49 +88,16 @@ def output_row(row: Row, result) -> dict:
     }
 
 
-async def score_rows(rows: list[Row], verifier, client, progress: bool = True) -> list:
-    """Score every row, in input order. The first row goes alone: if the judge cannot be reached at all,
-    stop there with one clear error instead of failing every row after its retries."""
+def cmd_score(args: argparse.Namespace) -> int:
+    rows = read_rows(Path(args.input))
+    client = make_client(args)
+    verifier = build_verifier("general-flip", client, on_unparsed=args.on_unparsed)
 
     async def one(row: Row):
-        return await verifier.async_call(row.messages, row.response, row.instruction)
+        return await verifier.async_call(row.messages, row.response, None)
 
-    bar = tqdm(total=len(rows), desc="FLIP scoring", unit="row", disable=not progress, dynamic_ncols=True)
-    first = await one(rows[0])
-    if not first.judge_ok and client.stats.unreachable:
-        bar.close()
-        raise UserError(f"judge {client.endpoint} is unreachable: {first.error}")
-    bar.update(1)
-    results = [first] + [None] * (len(rows) - 1)
-
-    async def indexed(i: int):
-        results[i] = await one(rows[i])
-        bar.update(1)
-
-    await asyncio.gather(*(indexed(i) for i in range(1, len(rows))))
-    bar.close()
-    return results
-
-
-def cmd_score(args: argparse.Namespace) -> int:
-    from open_instruct.ground_truth_utils import build_verifier
-    from open_instruct.judge_client import JudgeClient, JudgeConfig
-
-    rows = read_rows(Path(args.input))
-    config = JudgeConfig(
-        model=args.judge_model,
-        api_base=args.judge_api_base,
-        max_concurrency=args.max_concurrency,
-        timeout=args.timeout,
-        retries=args.retries,
-        max_tokens=args.judge_max_tokens,
-        temperature=args.judge_temperature,
-        max_context_length=args.judge_max_context_length,
-    )
-    client = JudgeClient(config)
-    verifier = build_verifier("general-flip", client, on_unparsed=args.on_unparsed)
     start = time.perf_counter()
-    results = asyncio.run(score_rows(rows, verifier, client, progress=not args.no_progress))
+    results = asyncio.run(judge_all(rows, one, client, lambda r: r.error, "FLIP scoring", progress=not args.no_progress))
     seconds = time.perf_counter() - start
 
     out = Path(args.output)
@@ -159,42 +123,76 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def add_judge_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("judge")
-    g.add_argument("--judge-model", required=True,
-                   help="litellm model id, e.g. hosted_vllm/Qwen/Qwen3-4B (a vLLM server) or openai/gpt-4o-mini")
-    g.add_argument("--judge-api-base", default=None,
-                   help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (default: $HOSTED_VLLM_API_BASE)")
-    g.add_argument("--max-concurrency", type=_positive_int, default=64, help="judge requests in flight (default 64)")
-    g.add_argument("--timeout", type=_positive_float, default=120.0, help="seconds per judge request (default 120)")
-    g.add_argument("--retries", type=_nonneg_int, default=3,
-                   help="retries on timeouts, connection errors, 429 and 5xx, with backoff (default 3)")
-    g.add_argument("--judge-max-tokens", type=_positive_int, default=2048, help="most tokens the judge writes")
-    g.add_argument("--judge-temperature", type=float, default=0.0, help="judge sampling temperature (default 0)")
-    g.add_argument("--judge-max-context-length", type=_positive_int, default=25000,
-                   help="judge context window in tokens; longer responses are cut in the middle (default 25000)")
-    # fmt: skip
+# --------------------------------------------------------------------------------------------------
+# bon
 
 
-def _positive_int(s: str) -> int:
-    v = int(s)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
-    return v
+@dataclass
+class BonRow:
+    line: int
+    data: dict
+    messages: list[dict]
+    responses: list[str]
 
 
-def _nonneg_int(s: str) -> int:
-    v = int(s)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {s}")
-    return v
+def read_bon_rows(path: Path, methods: list[str]) -> list[BonRow]:
+    rows = []
+    for lineno, data in read_jsonl(path):
+        where = f"{path}:{lineno}"
+        responses = data.get("responses")
+        if not isinstance(responses, list) or not responses or not all(isinstance(r, str) for r in responses):
+            raise UserError(f"{where}: field 'responses' must be a non-empty list of strings")
+        clash = [m for m in methods if m in data]
+        if clash:
+            raise UserError(f"{where}: field '{clash[0]}' would be overwritten by the {clash[0]} selection")
+        rows.append(BonRow(lineno, data, prompt_messages(data, where), responses))
+    return rows
 
 
-def _positive_float(s: str) -> float:
-    v = float(s)
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {s}")
-    return v
+def cmd_bon(args: argparse.Namespace) -> int:
+    methods = list(dict.fromkeys(args.method or ["flip"]))
+    rows = read_bon_rows(Path(args.input), methods)
+    client = make_client(args)
+    verifiers = {m: build_verifier(VERIFIER_NAMES[m], client, on_unparsed=args.on_unparsed) for m in methods}
+
+    async def one(row: BonRow) -> dict:
+        chosen = await asyncio.gather(*(select(verifiers[m], row.messages, row.responses) for m in methods))
+        return dict(zip(methods, chosen, strict=True))
+
+    def first_error(selections: dict) -> str | None:
+        return next((r.error for s in selections.values() for r in s.results if not r.judge_ok), None)
+
+    start = time.perf_counter()
+    selections = asyncio.run(judge_all(rows, one, client, first_error, "best-of-N", progress=not args.no_progress))
+    seconds = time.perf_counter() - start
+
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8") as f:
+        for row, chosen in zip(rows, selections, strict=True):
+            line = {**row.data, **{m: s.to_json() for m, s in chosen.items()}}
+            f.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+    candidates = sum(len(r.responses) for r in rows)
+    print(f"selected the best of {candidates} candidates in {len(rows)} rows -> {out} ({seconds:.1f}s)")
+    for m in methods:
+        results = [r for chosen in selections for r in chosen[m].results]
+        best = [chosen[m].scores[chosen[m].best_index] for chosen in selections if chosen[m].best_index is not None]
+        mean = sum(best) / len(best) if best else float("nan")
+        print(f"  {m}: mean best score {mean:.4f}, rows without a best {len(rows) - len(best)}, "
+              f"judge failures {sum(not r.judge_ok for r in results)}, "
+              f"unparsed answers {sum(r.judge_ok and not r.parsed for r in results)}")  # fmt: skip
+    if len(methods) > 1:
+        same = sum(len({chosen[m].best_index for m in methods}) == 1 for chosen in selections)
+        print(f"  {' and '.join(methods)} pick the same candidate in {same} of {len(rows)} rows")
+    errors = [e for chosen in selections if (e := first_error(chosen))]
+    if errors:
+        print(f"  first failure: {errors[0]}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -203,24 +201,32 @@ def build_parser() -> argparse.ArgumentParser:
         description="FLIP rewards: a judge infers the instruction behind each response; reward = token F1 "
         "between the inferred and the real instruction.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=EXAMPLE,
+        epilog=f"{SCORE_EXAMPLE}\n{BON_EXAMPLE}",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    score = sub.add_parser(
-        "score",
-        help="score responses with FLIP",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=EXAMPLE,
-    )
+    score = sub.add_parser("score", help="score responses with FLIP", description=SCORE_DOC,
+                           formatter_class=argparse.RawDescriptionHelpFormatter, epilog=SCORE_EXAMPLE)
     score.add_argument("--input", required=True, help="JSONL rows: {instruction, response} or {messages, response}")
     score.add_argument("--output", required=True, help="JSONL output: each input row plus its reward fields")
-    add_judge_flags(score)
+    score.set_defaults(func=cmd_score)
+
+    bon = sub.add_parser("bon", help="pick the best of N responses per prompt (FLIP or pointwise judge)",
+                         description=BON_DOC, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=BON_EXAMPLE)
+    bon.add_argument("--input", required=True, help="JSONL rows: {prompt | instruction | messages, responses: [...]}")
+    bon.add_argument("--output", required=True, help="JSONL output: each input row plus the selection per method")
+    bon.add_argument("--method", nargs="+", action="extend", choices=["flip", "pointwise"],
+                     help="how candidates are scored; several at once allowed (default: flip)")
+    bon.set_defaults(func=cmd_bon)
+
     score.add_argument("--on-unparsed", choices=["raw", "fail"], default="raw",
                        help="judge answered but no instruction parsed: 'raw' scores F1 against the raw answer "
                        "(published recipe, flagged parsed=false); 'fail' gives reward null")
-    score.add_argument("--no-progress", action="store_true", help="no progress bar")
-    score.set_defaults(func=cmd_score)
+    bon.add_argument("--on-unparsed", choices=["raw", "fail"], default="raw",
+                     help="judge answered but nothing parsed: 'raw' (published recipe) scores FLIP's F1 against the "
+                     "raw answer and a missing rating as 0, flagged in errors; 'fail' leaves the candidate unscored")
+    for p in (score, bon):
+        add_judge_flags(p)
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser  # fmt: skip
 
 

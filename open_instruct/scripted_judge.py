@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from open_instruct.judge_server import free_port
+from open_instruct.judge_utils import JUDGE_TYPES
+from open_instruct.prompts import load_prompt
 
 
 @dataclass
@@ -44,6 +46,27 @@ def response_of(messages: list[dict]) -> str:
     """The response a FLIP prompt carries between <response> tags (what the judge is asked about)."""
     m = re.search(r"<response>\n(.*)\n</response>", messages[-1]["content"], flags=re.S)
     return m.group(1) if m else ""
+
+
+def judge_type_of(messages: list[dict]) -> str | None:
+    """Which judge type in judge_utils.JUDGE_TYPES sent these messages, told by their system prompt."""
+    for name, judge_type in JUDGE_TYPES.items():
+        if messages and messages[0]["content"] == load_prompt(judge_type.system_prompt):
+            return name
+    return None
+
+
+def request_of(messages: list[dict]) -> str:
+    """The user request an LLM-judge prompt (pointwise, pairwise, listwise) carries between <request> tags."""
+    m = re.search(r"<request>\n(.*?)\n</request>", messages[-1]["content"], flags=re.S)
+    return m.group(1) if m else ""
+
+
+def replies_of(messages: list[dict]) -> list[str]:
+    """The replies an LLM-judge prompt carries, in the order shown: one (pointwise), A then B (pairwise),
+    or every numbered one (listwise)."""
+    pattern = r'<reply(?:_[AB]| index="\d+")?>\n(.*?)\n</reply(?:_[AB])?>'
+    return re.findall(pattern, messages[-1]["content"], flags=re.S)
 
 
 class ScriptedJudge:
