@@ -1,5 +1,6 @@
 """What every command shares: a user mistake is one line on stderr and exit status 2, never a traceback;
-Ctrl-C is exit status 130."""
+a run that had to stop (a judge outage, an actor that died, a wait past its timeout) is one line and exit
+status 1; Ctrl-C is exit status 130."""
 
 import sys
 from collections.abc import Callable
@@ -9,12 +10,19 @@ class UserError(Exception):
     """A mistake in flags or input, worded for the user (name the file, row or flag)."""
 
 
+class RunFailure(Exception):
+    """The run could not go on, for a reason outside the user's input; worded for the user, with what to do."""
+
+
 def run_command(body: Callable[[], int]) -> int:
     try:
         return body()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RunFailure as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

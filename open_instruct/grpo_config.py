@@ -89,7 +89,16 @@ class GRPOConfig:
     wandb_project_name: str = opt("flip-grpo", "wandb project")
     exp_name: str = opt("grpo_flip", "run name")
     ray_address: str | None = opt(None, "Ray cluster to join (auto: the one this node belongs to); default: start a local one")
-    checkpoint_state_freq: int = opt(0, "accepted for compatibility; full-state checkpoints are not implemented yet")
+    checkpoint_state_freq: int = opt(0, "save the full training state (model, optimizer, scheduler, step, data "
+        "position, RNG) every N steps under output_dir/state, atomically; rerunning the same command resumes "
+        "from the newest complete state (0: never)")
+    # ---- resilience
+    max_judge_failure_rate: float = opt(0.5, "stop (saving the state) when more than this share of a step's "
+        "judge calls fail, instead of training on a thin batch; below it, failed samples are left out and counted")
+    backend_timeout: float = opt(120.0, "minutes any wait on a Ray actor, a collective or the rollout queue may "
+        "take before the run stops with an error (Open Instruct's unit)")
+    dry_run: bool = opt(False, "check flags, datasets, the judge endpoint and the Ray cluster's resources, print "
+        "the plan (actors, placement, batch sizes, memory per GPU) and exit without loading a model")
 
     @property
     def batch_size(self) -> int:
@@ -179,6 +188,9 @@ def validate(cfg: GRPOConfig) -> list[str]:
         (cfg.num_mini_batches >= 1 and cfg.num_epochs >= 1, "--num_mini_batches and --num_epochs must be at least 1"),
         (cfg.pack_length >= cfg.response_length, "--pack_length must be at least --response_length"),
         (cfg.clip_lower >= 0 and cfg.clip_higher >= 0, "--clip_lower and --clip_higher must be >= 0"),
+        (0.0 <= cfg.max_judge_failure_rate <= 1.0, "--max_judge_failure_rate must be between 0 and 1"),
+        (cfg.backend_timeout > 0, "--backend_timeout must be positive (minutes)"),
+        (cfg.checkpoint_state_freq >= 0, "--checkpoint_state_freq must be 0 or more"),
         (cfg.total_episodes >= cfg.batch_size,
          f"--total_episodes ({cfg.total_episodes}) is less than one step ({cfg.batch_size} samples)"),
     ]  # fmt: skip

@@ -13,14 +13,21 @@ One step:
   5. sync      the learners' weights go to every vLLM engine (vllm_utils).
 With --async_steps k, rollouts for step s start once the weights of step s-1-k are in the engines, in a
 producer thread, so generation runs up to k steps ahead of training.
+
+Surviving: with --checkpoint_state_freq N the full state is saved every N steps (train_state.py) and the
+same command resumes from it. A step where more than --max_judge_failure_rate of the judge calls failed
+stops the run (state saved) instead of training on what is left. Every wait on an actor has a timeout
+(--backend_timeout), and an actor that dies ends the run with one line saying what to do.
 """
 
 import asyncio
+import contextlib
 import json
 import math
 import os
 import queue
 import random
+import re
 import shutil
 import signal
 import sys
@@ -31,8 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
-from open_instruct.cli_utils import UserError, run_command
+from open_instruct import train_state
+from open_instruct.cli_utils import RunFailure, UserError, run_command
 from open_instruct.grpo_config import GRPOConfig, parse_args
+from open_instruct.train_state import PromptSampler
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -48,6 +57,7 @@ class Rollout:
     gen_seconds: float
     reward_seconds: float  # reward time not hidden behind generation
     weights_version: int
+    sampler_state: dict  # the data position once this step's prompts were taken
 
 
 # --------------------------------------------------------------------------------------------------
@@ -64,24 +74,6 @@ def load_prompts(cfg: GRPOConfig, mixer: list[str], splits: list[str], tokenizer
     except (dataset_utils.DatasetError, ValueError, FileNotFoundError) as e:
         raise UserError(str(e).splitlines()[0]) from None
     return prompts, dropped
-
-
-class PromptSampler:
-    """Endless shuffled passes over the prompts, reproducible from the seed."""
-
-    def __init__(self, prompts: list, seed: int):
-        self.prompts, self.rng, self.order, self.pos, self.epoch = prompts, random.Random(seed), [], 0, 0
-
-    def take(self, k: int) -> list:
-        out = []
-        while len(out) < k:
-            if self.pos >= len(self.order):
-                self.order = list(range(len(self.prompts)))
-                self.rng.shuffle(self.order)
-                self.pos, self.epoch = 0, self.epoch + 1
-            out.append(self.prompts[self.order[self.pos]])
-            self.pos += 1
-        return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -103,7 +95,7 @@ async def rollout_and_score(engines, prompts: list, reward_model, cfg: GRPOConfi
         seed = random.Random(f"{seed_key}/{k}").randrange(2**31)
         ref = engine.generate.remote([prompts[i].prompt_token_ids for i in idx], n, cfg.temperature,
                                      cfg.response_length, cfg.stop_strings or None, seed)  # fmt: skip
-        return idx, await ref
+        return idx, await asyncio.wait_for(ref, timeout=cfg.backend_timeout * 60)
 
     completions: list = [None] * len(prompts)
     results: list = [[None] * n for _ in prompts]
@@ -151,8 +143,33 @@ class AsyncRunner:
 # --------------------------------------------------------------------------------------------------
 # Actors
 
+ACTOR_ROLES = {"LLMRayActor": "a vLLM engine", "PolicyLearner": "a learner"}
 
-def create_learners(cfg: GRPOConfig, total_steps: int):
+
+@contextlib.contextmanager
+def actor_errors(what: str, cfg: GRPOConfig):
+    """Turn an actor that died, or a wait past --backend_timeout, into one line that says what to do."""
+    from ray.exceptions import RayActorError, RayTaskError
+
+    if cfg.checkpoint_state_freq:
+        hint = f"rerun the same command to resume from the newest state in {Path(cfg.output_dir) / 'state'}"
+    else:
+        hint = "no training state is saved (--checkpoint_state_freq 0), so a rerun starts over"
+    try:
+        yield
+    except TimeoutError as e:  # ray.get's GetTimeoutError, asyncio.wait_for, the rollout queue
+        raise RunFailure(f"{what}: no answer within --backend_timeout {cfg.backend_timeout:g} min "
+                         f"({str(e).splitlines()[0] if str(e) else 'timed out'}); {hint}") from None  # fmt: skip
+    except (RayActorError, RayTaskError) as e:
+        dead = e if isinstance(e, RayActorError) else getattr(e, "cause", None)
+        if not isinstance(dead, RayActorError):
+            raise  # an error inside an actor's method: a bug, with its traceback
+        found = re.search(r"class_name: (\w+)", str(dead))
+        who = ACTOR_ROLES.get(found.group(1), found.group(1)) if found else "an actor"
+        raise RunFailure(f"{what}: {who} died ({type(dead).__name__}); {hint}") from None
+
+
+def create_learners(cfg: GRPOConfig, total_steps: int, timeout: float | None = None):
     import ray
     from ray.util.placement_group import placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -165,14 +182,14 @@ def create_learners(cfg: GRPOConfig, total_steps: int):
     world = sum(cfg.num_learners_per_node) if on_gpu else 1
     bundles = [{"GPU": 1, "CPU": 1} if on_gpu else {"CPU": 1} for _ in range(world)]
     pg = placement_group(bundles, strategy="PACK")
-    ray.get(pg.ready(), timeout=600)
+    ray.get(pg.ready(), timeout=timeout)
     lcfg = LearnerConfig(
         model_name_or_path=cfg.model_name_or_path, learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler_type, warmup_ratio=cfg.warmup_ratio, total_steps=total_steps,
         max_grad_norm=cfg.max_grad_norm, deepspeed_stage=cfg.deepspeed_stage,
         gradient_checkpointing=cfg.gradient_checkpointing, pack_length=cfg.pack_length,
         per_device_train_batch_size=cfg.per_device_train_batch_size, num_mini_batches=cfg.num_mini_batches,
-        num_epochs=cfg.num_epochs, seed=cfg.seed,
+        num_epochs=cfg.num_epochs, seed=cfg.seed, backend_timeout=cfg.backend_timeout * 60,
         loss=LossConfig(clip_lower=cfg.clip_lower, clip_higher=cfg.clip_higher,
                         tis_cap=cfg.truncated_importance_sampling_ratio_cap, beta=cfg.beta,
                         kl_estimator=parse_kl_estimator(cfg.kl_estimator)),
@@ -186,7 +203,7 @@ def create_learners(cfg: GRPOConfig, total_steps: int):
         ).remote(lcfg, r, world, master_addr, master_port)
         for r in range(world)
     ]  # fmt: skip
-    ray.get([learner.setup.remote() for learner in learners])
+    ray.get([learner.setup.remote() for learner in learners], timeout=timeout)
     return learners
 
 
@@ -240,22 +257,38 @@ def step_metrics(ro: Rollout, adv, train_stats: list[dict], sync_seconds: float,
 
 
 class MetricsLog:
-    """metrics.jsonl (one object per step) and, with --with_tracking, wandb."""
+    """metrics.jsonl (one object per step), data_order.jsonl (the prompts each step drew, by their index in
+    the mixture) and, with --with_tracking, wandb. A resumed run keeps the rows up to its saved step and
+    continues the same wandb run."""
 
-    def __init__(self, cfg: GRPOConfig, out: Path):
-        self.path = out / "metrics.jsonl"
-        self.path.write_text("")
+    def __init__(self, cfg: GRPOConfig, out: Path, resume_step: int | None = None, wandb_run_id: str | None = None):
+        self.path, self.order_path = out / "metrics.jsonl", out / "data_order.jsonl"
+        self.history: list[dict] = []
+        if resume_step is None:
+            self.path.write_text("")
+            self.order_path.write_text("")
+        else:
+            self.history = train_state.truncate_jsonl(self.path, resume_step)
+            train_state.truncate_jsonl(self.order_path, resume_step)
         self.wandb = None
         if cfg.with_tracking:
             import wandb
 
             mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
             self.wandb = wandb.init(project=cfg.wandb_project_name, name=cfg.exp_name, config=_public_config(cfg),
-                                    dir=str(out), mode=mode)  # fmt: skip
+                                    dir=str(out), mode=mode, id=wandb_run_id, resume="allow")  # fmt: skip
 
-    def log(self, metrics: dict) -> None:
+    @property
+    def wandb_run_id(self) -> str | None:
+        return self.wandb.id if self.wandb is not None else None
+
+    def log(self, metrics: dict, ro: Rollout) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(metrics) + "\n")
+        with self.order_path.open("a") as f:
+            f.write(json.dumps({"step": ro.step, "epoch": ro.sampler_state["epoch"],
+                                "indices": [p.index for p in ro.prompts]}) + "\n")  # fmt: skip
+        self.history.append(metrics)
         if self.wandb is not None:
             self.wandb.log(metrics, step=metrics["step"])
 
@@ -331,21 +364,69 @@ class Trainer:
         if address:  # join a running cluster (Slurm/Beaker launchers start one)
             ray.init(address=address, log_to_driver=False)
         else:
-            ray.init(num_cpus=max(os.cpu_count() or 2, 2), include_dashboard=False, log_to_driver=False)
+            # "local": a cluster of our own, even when `ray start` left one running on this machine
+            ray.init(address="local", num_cpus=max(os.cpu_count() or 2, 2), include_dashboard=False, log_to_driver=False)
         handle_stop_signals()
         self.steps = cfg.num_training_steps
         t0 = time.perf_counter()
-        self.engines = vllm_utils.create_vllm_engines(
-            num_engines=cfg.vllm_num_engines, tensor_parallel_size=cfg.vllm_tensor_parallel_size,
-            model_path=cfg.model_name_or_path, seed=cfg.seed,
-            max_model_len=cfg.max_prompt_token_length + cfg.response_length,
-            enable_prefix_caching=cfg.vllm_enable_prefix_caching,
-            gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-        )  # fmt: skip
-        self.learners = create_learners(cfg, self.steps)
-        vllm_utils.init_weight_sync(self.learners, self.engines)
+        with actor_errors("starting the vLLM engines and learners", cfg):
+            self.engines = vllm_utils.create_vllm_engines(
+                num_engines=cfg.vllm_num_engines, tensor_parallel_size=cfg.vllm_tensor_parallel_size,
+                model_path=cfg.model_name_or_path, seed=cfg.seed,
+                max_model_len=cfg.max_prompt_token_length + cfg.response_length,
+                enable_prefix_caching=cfg.vllm_enable_prefix_caching,
+                gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, timeout=self.timeout,
+            )  # fmt: skip
+            self.learners = create_learners(cfg, self.steps, self.timeout)
+            vllm_utils.init_weight_sync(self.learners, self.engines, timeout=self.timeout)
         print(f"actors: {len(self.engines)} vLLM engine(s), {len(self.learners)} learner(s), "
               f"ready in {time.perf_counter() - t0:.0f}s")  # fmt: skip
+
+    @property
+    def timeout(self) -> float:
+        """--backend_timeout in seconds."""
+        return self.cfg.backend_timeout * 60
+
+    # ----------------------------------------------------------------------------------------------
+    def resume(self) -> tuple[int, dict | None, str | None]:
+        """Load the newest complete state, if any: (first step to run, sampler state, wandb run id)."""
+        import ray
+
+        from open_instruct import vllm_utils
+
+        found = train_state.latest(self.out)
+        if found is None:
+            return 1, None, None
+        path, state = found
+        problem = train_state.check_identity(state.identity, asdict(self.cfg))
+        if problem:
+            raise UserError(f"{path}: {problem}")
+        with actor_errors(f"loading the saved state {path}", self.cfg):
+            ray.get([lr.load_state.remote(str(path / "learner")) for lr in self.learners], timeout=self.timeout)
+            vllm_utils.sync_weights(self.learners, self.engines, timeout=self.timeout)
+        print(f"resuming from step {state.step} ({path}); {self.steps - state.step} step(s) to go")
+        return state.step + 1, state.sampler, state.wandb_run_id
+
+    def save_state(self, step: int, sampler_state: dict, wandb_run_id: str | None) -> Path:
+        """The full training state after `step`, written atomically (train_state.py)."""
+        import ray
+
+        tmp = train_state.begin(self.out, step)
+        with actor_errors(f"saving the state of step {step}", self.cfg):
+            ray.get([lr.save_state.remote(str(tmp / "learner")) for lr in self.learners], timeout=self.timeout)
+        identity = {k: asdict(self.cfg)[k] for k in train_state.IDENTITY_FLAGS}
+        return train_state.commit(self.out, tmp, train_state.TrainerState(step, sampler_state, identity, wandb_run_id))
+
+    def check_judge_health(self, ro: Rollout) -> str | None:
+        """A one-line reason to stop when too many of this step's judge calls failed, else None."""
+        flat = [r for group in ro.results for r in group]
+        failed = [r for r in flat if not r.judge_ok]
+        if not failed or len(failed) <= self.cfg.max_judge_failure_rate * len(flat):
+            return None
+        endpoint = self.judge.endpoint if self.judge is not None else "the judge"
+        return (f"judge {endpoint}: {len(failed)} of {len(flat)} judge calls failed at step {ro.step} "
+                f"(more than --max_judge_failure_rate {self.cfg.max_judge_failure_rate:g}); "
+                f"first error: {failed[0].error}")  # fmt: skip
 
     # ----------------------------------------------------------------------------------------------
     def train(self) -> dict:
@@ -358,41 +439,60 @@ class Trainer:
 
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
-        log = MetricsLog(cfg, self.out)
+        start_step, sampler_state, wandb_id = self.resume()
+        log = MetricsLog(cfg, self.out, start_step - 1 if sampler_state else None, wandb_id)
         self.runner = AsyncRunner()
         sampler = PromptSampler(self.prompts, cfg.seed)
+        if sampler_state:
+            sampler.load(sampler_state)
         n = cfg.num_samples_per_prompt_rollout
-        synced = {"version": 0}
+        synced = {"version": start_step - 1}
+        saved = {"step": start_step - 1, "sampler": sampler_state}  # the newest state on disk
         cond = threading.Condition()
         batches: queue.Queue = queue.Queue(maxsize=max(cfg.async_steps, 1))
         stop = threading.Event()
 
         def produce() -> None:
             try:
-                for step in range(1, self.steps + 1):
+                for step in range(start_step, self.steps + 1):
                     with cond:  # rollouts for `step` may use weights at most `async_steps` updates old
                         cond.wait_for(lambda s=step: synced["version"] >= s - 1 - cfg.async_steps or stop.is_set())
                     if stop.is_set():
                         return
                     version = synced["version"]
                     prompts = sampler.take(cfg.num_unique_prompts_rollout)
+                    position = sampler.state()
                     comps, results, gen_s, rew_s = self.runner.run(
                         rollout_and_score(self.engines, prompts, self.reward_model, cfg, n, f"{cfg.seed}/train/{step}")
                     )
-                    batches.put(Rollout(step, prompts, comps, results, gen_s, rew_s, version))
+                    batches.put(Rollout(step, prompts, comps, results, gen_s, rew_s, version, position))
             except BaseException as e:  # noqa: BLE001  (handed to the training loop, which re-raises)
                 batches.put(e)
 
         producer = threading.Thread(target=produce, name="rollout-producer", daemon=True)
         producer.start()
-        history = []
-        bar = tqdm(range(1, self.steps + 1), desc="GRPO", unit="step", dynamic_ncols=True)
+        bar = tqdm(range(start_step, self.steps + 1), desc="GRPO", unit="step", dynamic_ncols=True,
+                   initial=start_step - 1, total=self.steps)  # fmt: skip
+        last_position = sampler_state
         try:
             for step in bar:
                 step_start = time.perf_counter()
-                ro = batches.get()
-                if isinstance(ro, BaseException):
-                    raise ro
+                with actor_errors(f"generating and scoring step {step}", cfg):
+                    try:
+                        ro = batches.get(timeout=self.timeout)
+                    except queue.Empty:
+                        raise TimeoutError(f"no rollout within {self.timeout:.0f}s") from None
+                    if isinstance(ro, BaseException):
+                        raise ro
+                outage = self.check_judge_health(ro)
+                if outage:
+                    where = "nothing trained yet"
+                    if step - 1 > saved["step"] and last_position is not None:
+                        where = f"state saved at step {step - 1}: {self.save_state(step - 1, last_position, log.wandb_run_id)}"
+                    elif saved["step"] > 0:
+                        where = f"newest saved state: step {saved['step']}"
+                    raise RunFailure(f"{outage}. Stopped without training on the rest ({where}); "
+                                     "rerun the same command to resume once the judge is back")  # fmt: skip
                 scores = [r.score for group in ro.results for r in group]
                 adv = group_advantages(scores, n, "mean_std" if cfg.advantage_normalization_type == "standard" else "mean",
                                        keep_zero_std=not cfg.filter_zero_std_samples)  # fmt: skip
@@ -405,23 +505,28 @@ class Trainer:
                         samples.append(Sample(p.prompt_token_ids, c["token_ids"], c["logprobs"], float(adv.values[k])))
                 train_stats, train_s, sync_s = [], 0.0, 0.0
                 if samples:
-                    t0 = time.perf_counter()
-                    shards = [samples[r :: len(self.learners)] for r in range(len(self.learners))]
-                    per_rank = sum(len(s.response_ids) for s in samples) / len(self.learners)
-                    train_stats = ray.get([lr.train.remote(sh, per_rank) for lr, sh in zip(self.learners, shards, strict=True)])
-                    train_s = time.perf_counter() - t0
-                    t0 = time.perf_counter()
-                    vllm_utils.sync_weights(self.learners, self.engines)
-                    sync_s = time.perf_counter() - t0
+                    with actor_errors(f"training step {step}", cfg):
+                        t0 = time.perf_counter()
+                        shards = [samples[r :: len(self.learners)] for r in range(len(self.learners))]
+                        per_rank = sum(len(s.response_ids) for s in samples) / len(self.learners)
+                        train_stats = ray.get([lr.train.remote(sh, per_rank) for lr, sh in zip(self.learners, shards, strict=True)],
+                                              timeout=self.timeout)  # fmt: skip
+                        train_s = time.perf_counter() - t0
+                        t0 = time.perf_counter()
+                        vllm_utils.sync_weights(self.learners, self.engines, timeout=self.timeout)
+                        sync_s = time.perf_counter() - t0
                 with cond:
                     synced["version"] = step
                     cond.notify_all()
+                last_position = ro.sampler_state
                 metrics = step_metrics(ro, adv, train_stats, sync_s, train_s, time.perf_counter() - step_start)
                 metrics["episodes"] = step * cfg.batch_size
-                metrics["epoch"] = sampler.epoch
-                log.log(metrics)
-                history.append(metrics)
+                metrics["epoch"] = ro.sampler_state["epoch"]
+                log.log(metrics, ro)
                 bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", loss=f"{metrics['loss']:.4f}")
+                if cfg.checkpoint_state_freq and step % cfg.checkpoint_state_freq == 0:
+                    self.save_state(step, ro.sampler_state, log.wandb_run_id)
+                    saved["step"] = step
                 if cfg.save_freq and step % cfg.save_freq == 0 and step < self.steps:
                     self.save(self.out / "checkpoints" / f"step_{step}")
                 if cfg.local_eval_every and step % cfg.local_eval_every == 0:
@@ -437,13 +542,14 @@ class Trainer:
             producer.join(timeout=10)  # a rollout in flight may finish before the loop closes
             self.runner.close()
         self.save(self.out)
-        return self.summary(history)
+        return self.summary(log.history)
 
     # ----------------------------------------------------------------------------------------------
     def save(self, path: Path) -> None:
         import ray
 
-        ray.get([lr.save_model.remote(str(path), self.chat_template) for lr in self.learners])
+        with actor_errors(f"saving the model to {path}", self.cfg):
+            ray.get([lr.save_model.remote(str(path), self.chat_template) for lr in self.learners], timeout=self.timeout)
         if path != self.out:
             self._prune_checkpoints()
 

@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,8 @@ class LearnerConfig:
     num_mini_batches: int = 1
     num_epochs: int = 1
     seed: int = 1
+    backend_timeout: float = 1800.0
+    """seconds a collective between learner ranks may wait for a peer before failing."""
     loss: LossConfig = field(default_factory=LossConfig)
 
 
@@ -136,7 +139,13 @@ class PolicyLearner:
         from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
         torch.manual_seed(self.cfg.seed + self.rank)
-        deepspeed.init_distributed(dist_backend="nccl" if self.on_gpu else "gloo")
+        if not self.on_gpu:
+            # Ray sets OMP_NUM_THREADS to the actor's num_cpus (1), a scheduling token; a CPU node runs one
+            # learner, whose matmuls should use the cores this process may run on.
+            torch.set_num_threads(len(os.sched_getaffinity(0)))
+        # A peer that died must not leave this rank waiting in a collective forever.
+        deepspeed.init_distributed(dist_backend="nccl" if self.on_gpu else "gloo",
+                                   timeout=timedelta(seconds=self.cfg.backend_timeout))  # fmt: skip
         dtype = torch.bfloat16 if self.on_gpu else torch.float32
         model = AutoModelForCausalLM.from_pretrained(self.cfg.model_name_or_path, dtype=dtype,
                                                      attn_implementation=attention_implementation(self.on_gpu))  # fmt: skip
@@ -244,6 +253,20 @@ class PolicyLearner:
             self.tokenizer.chat_template = chat_template
         self.tokenizer.save_pretrained(path)
         return path
+
+    # ----------------------------------------------------------------------------------------------
+    def save_state(self, path: str) -> None:
+        """Model, optimizer, LR scheduler and this rank's torch RNG, as a DeepSpeed checkpoint under `path`
+        (every rank calls this; each writes its own shards)."""
+        self.model.save_checkpoint(path, tag="learner", client_state={"torch_rng": torch.get_rng_state()},
+                                   save_latest=False)  # fmt: skip
+
+    def load_state(self, path: str) -> None:
+        loaded, client = self.model.load_checkpoint(path, tag="learner", load_optimizer_states=True,
+                                                    load_lr_scheduler_states=True)  # fmt: skip
+        if loaded is None:
+            raise FileNotFoundError(f"no learner state under {path}")
+        torch.set_rng_state(client["torch_rng"])
 
     def ping(self) -> bool:
         return True

