@@ -186,3 +186,37 @@ def test_judge_outage_stops_with_state_saved_then_resumes(tmp_path, tiny_policy_
         for f in out.rglob("*"):
             if f.is_file():
                 assert secret.encode() not in f.read_bytes(), f"secret found in {f}"
+
+
+def test_a_dead_engine_stops_the_run_with_one_line_and_the_state_resumes(tmp_path, tiny_policy_dir):
+    out = tmp_path / "run"
+    flags = ["--dataset_mixer_list", str(word_data(tmp_path)), "1.0", "--num_unique_prompts_rollout", "2",
+             "--total_episodes", str(8 * 200)]  # fmt: skip
+    proc = subprocess.Popen(command(tiny_policy_dir, out, *flags), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None and not (latest(out) and latest(out)[1].step >= 2):
+        time.sleep(0.2)
+    engines = [p for p in psutil.Process(proc.pid).children(recursive=True) if "LLMRayActor" in " ".join(_cmdline(p))]
+    assert len(engines) == 1, "one vLLM engine actor process"
+    engines[0].kill()
+    started = time.monotonic()
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and time.monotonic() - started < 120, stderr[-3000:]
+    error = stderr.strip().splitlines()[-1]
+    assert error.startswith("error: ") and "a vLLM engine died" in error, error
+    assert "rerun the same command to resume" in error
+    saved = latest(out)[1].step
+    assert saved >= 2
+
+    flags[-1] = str(8 * (saved + 1))  # one more step is enough to see it resume
+    rerun = subprocess.run(command(tiny_policy_dir, out, *flags), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"resuming from step {saved}" in rerun.stdout
+
+
+def _cmdline(p: psutil.Process) -> list[str]:
+    try:
+        return p.cmdline()
+    except psutil.Error:
+        return []
