@@ -207,6 +207,23 @@ def create_learners(cfg: GRPOConfig, total_steps: int, timeout: float | None = N
     return learners
 
 
+def init_ray(cfg: GRPOConfig) -> str:
+    """Join the cluster named by --ray_address or RAY_ADDRESS (Slurm/Beaker launchers start one), else start
+    a local one of our own ("local": even when `ray start` left a cluster running on this machine).
+    Returns a description of it."""
+    import ray
+
+    address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 2, 2), include_dashboard=False, log_to_driver=False)
+        return "a local Ray cluster on this machine"
+    try:
+        ray.init(address=address, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise UserError(f"--ray_address / RAY_ADDRESS {address}: cannot join the Ray cluster ({str(e).splitlines()[0]})") from None
+    return f"the Ray cluster at {address}"
+
+
 def _cluster_has_gpus() -> bool:
     import ray
 
@@ -355,17 +372,11 @@ class Trainer:
               f"{len(self.eval_prompts)} eval prompts; verifiers: {', '.join(sorted(names))}")  # fmt: skip
 
     def start_actors(self) -> None:
-        import ray
 
         from open_instruct import vllm_utils
 
         cfg = self.cfg
-        address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
-        if address:  # join a running cluster (Slurm/Beaker launchers start one)
-            ray.init(address=address, log_to_driver=False)
-        else:
-            # "local": a cluster of our own, even when `ray start` left one running on this machine
-            ray.init(address="local", num_cpus=max(os.cpu_count() or 2, 2), include_dashboard=False, log_to_driver=False)
+        init_ray(cfg)
         handle_stop_signals()
         self.steps = cfg.num_training_steps
         t0 = time.perf_counter()
@@ -619,6 +630,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         trainer.setup()  # data and flags are checked before any model or actor starts
+        if cfg.dry_run:
+            from open_instruct import dry_run
+
+            return dry_run.run(cfg, trainer)
         trainer.start_actors()
         print_summary(cfg, trainer.train())
         return 0

@@ -1,0 +1,107 @@
+"""`grpo_fast --dry_run`: the published recipe (paper preset) checked against a Ray cluster that declares
+its 24 GPUs, the launch script's own flags, a scripted judge; and the problems it must report."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from open_instruct.judge_server import free_port
+from open_instruct.scripted_judge import Reply, ScriptedJudge
+from open_instruct.tiny_models import build_tiny_model
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_policy_dir(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-policy"), seed=1)
+
+
+@pytest.fixture(scope="module")
+def gpu_cluster(tmp_path_factory):
+    """A real one-node Ray cluster that declares 24 GPUs (Ray schedules by declared resources; nothing
+    here runs on them), at its own port, stopped with everything it started."""
+    port = free_port()
+    ray_bin = Path(sys.executable).with_name("ray")
+    env = {**os.environ, **RAY_AUTH}
+    head = subprocess.Popen([str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-gpus=24", "--num-cpus=4",
+                             "--include-dashboard=false", "--disable-usage-stats", "--node-ip-address=127.0.0.1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.5)
+    time.sleep(3)  # the raylet registers just after the GCS port opens
+    yield f"127.0.0.1:{port}"
+    family = [head] + psutil.Process(head.pid).children(recursive=True)
+    os.killpg(head.pid, signal.SIGTERM)
+    _, alive = psutil.wait_procs(family, timeout=30)
+    for p in alive:
+        p.kill()
+
+
+# Ray clusters require a shared token to join (as the cluster launchers set up).
+RAY_AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": os.urandom(16).hex()}
+
+
+def ok_judge(messages, n):
+    return Reply("OK")
+
+
+def dry_run(env_extra: dict, *flags: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.run(["bash", "scripts/train/grpo_flip.sh", "--dry_run", *flags], cwd=REPO,
+                          env={**env, "PYTHON": sys.executable, **env_extra}, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+
+
+def test_paper_preset_plan_on_a_24_gpu_cluster(tmp_path, tiny_policy_dir, gpu_cluster):
+    with ScriptedJudge(ok_judge) as judge:
+        proc = dry_run({"PRESET": "paper", "MODEL_NAME_OR_PATH": str(tiny_policy_dir), "RAY_ADDRESS": gpu_cluster,
+                        "DATASETS": "data/general_chat_flip_sample.jsonl 1.0", "JUDGE_BASE_URL": judge.api_base,
+                        "JUDGE_MODEL": "hosted_vllm/scripted", "OUTPUT_DIR": str(tmp_path / "out"), **RAY_AUTH})  # fmt: skip
+        assert judge.requests == 1, "the judge endpoint was checked with one call"
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = proc.stdout
+    assert "1 node(s), 4 CPUs, 24 GPUs" in out
+    assert "16 vLLM engine(s) x TP 1 = 16 GPUs" in out and "8 DeepSpeed learner(s), ZeRO-3" in out
+    assert "24 prompts x 8 samples = 192 samples; 24 per learner" in out
+    assert f"{10_000_000 // 192} steps (10000000 episodes), async_steps 1, state every 50" in out
+    assert "memory per learner GPU (rough)" in out and "(answered)" in out
+    assert "dry run: ok, nothing was trained" in out
+    # nothing was loaded or written: no model, no metrics, no actors
+    assert not (tmp_path / "out" / "metrics.jsonl").exists()
+
+
+def test_problems_are_listed_and_exit_2(tmp_path, tiny_policy_dir):
+    """No GPU on this machine's local cluster for 8 learners, and a judge that is not there."""
+    proc = dry_run({"PRESET": "paper", "MODEL_NAME_OR_PATH": str(tiny_policy_dir),
+                    "DATASETS": "data/general_chat_flip_sample.jsonl 1.0",
+                    "JUDGE_BASE_URL": f"http://127.0.0.1:{free_port()}/v1", "JUDGE_MODEL": "hosted_vllm/absent",
+                    "OUTPUT_DIR": str(tmp_path / "out")}, "--llm_judge_retries", "0")  # fmt: skip
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    problems = [line for line in proc.stdout.splitlines() if line.startswith("problem: ")]
+    assert len(problems) == 2, proc.stdout
+    assert "did not answer" in problems[0] and "has no GPU" in problems[1]
+    assert "dry run: 2 problem(s)" in proc.stdout and "Traceback" not in proc.stderr
+
+
+def test_bad_dataset_row_fails_before_anything_starts(tmp_path, tiny_policy_dir):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}], "ground_truth": "x", "dataset": "general-flip"}\n'
+                   '{"messages": "not a list", "ground_truth": "x", "dataset": "general-flip"}\n')  # fmt: skip
+    proc = dry_run({"PRESET": "tiny", "MODEL_NAME_OR_PATH": str(tiny_policy_dir), "DATASETS": f"{bad} 1.0",
+                    "JUDGE_BASE_URL": "http://127.0.0.1:9/v1", "JUDGE_MODEL": "hosted_vllm/j", "OUTPUT_DIR": str(tmp_path / "out")})  # fmt: skip
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "bad.jsonl" in last and "messages" in last and "Traceback" not in proc.stderr
