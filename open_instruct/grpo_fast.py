@@ -36,11 +36,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
 from open_instruct import train_state
 from open_instruct.cli_utils import RunFailure, UserError, run_command
 from open_instruct.grpo_config import GRPOConfig, parse_args
+from open_instruct.train_metrics import MetricsLog, plot, step_metrics
 from open_instruct.train_state import PromptSampler
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -228,94 +227,6 @@ def _cluster_has_gpus() -> bool:
     import ray
 
     return ray.cluster_resources().get("GPU", 0) > 0
-
-
-# --------------------------------------------------------------------------------------------------
-# Metrics
-
-
-def step_metrics(ro: Rollout, adv, train_stats: list[dict], sync_seconds: float, train_seconds: float,
-                 step_seconds: float) -> dict:  # fmt: skip
-    flat = [r for group in ro.results for r in group]
-    samples = [c for group in ro.completions for c in group]
-    scores = [r.score for r in flat if r.score is not None]
-    per_verifier: dict[str, list[float]] = {}
-    for p, group in zip(ro.prompts, ro.results, strict=True):
-        per_verifier.setdefault(p.dataset, []).extend(r.score for r in group if r.score is not None)
-    tokens = sum(t["tokens"] for t in train_stats) if train_stats else 0.0
-    response_tokens = sum(len(c["token_ids"]) for c in samples)
-    m = {
-        "step": ro.step,
-        "loss": sum(t["loss_sum"] for t in train_stats) / tokens if tokens else float("nan"),
-        "reward_mean": float(np.mean(scores)) if scores else float("nan"),
-        "reward_std": float(np.std(scores)) if scores else float("nan"),
-        **{f"reward/{name}": float(np.mean(v)) if v else float("nan") for name, v in per_verifier.items()},
-        "judge_failures": sum(not r.judge_ok for r in flat),
-        "unparsed": sum(r.judge_ok and not r.parsed for r in flat),
-        "kl": sum(t["kl_sum"] for t in train_stats) / tokens if tokens else float("nan"),
-        "clip_fraction": sum(t["clipped_tokens"] for t in train_stats) / tokens if tokens else float("nan"),
-        "response_length_mean": response_tokens / max(len(samples), 1),
-        "stop_rate": sum(c["finish_reason"] == "stop" for c in samples) / max(len(samples), 1),
-        "tokens_per_second": response_tokens / step_seconds if step_seconds else 0.0,
-        "samples_trained": int(adv.keep.sum()),
-        "zero_std_groups": adv.zero_std_groups,
-        "dropped_groups": adv.dropped_groups,
-        "grad_norm": train_stats[0]["grad_norm"] / max(train_stats[0]["updates"], 1) if train_stats else float("nan"),
-        "lr": train_stats[0]["lr"] if train_stats else float("nan"),
-        "judge_cost": sum(r.cost for r in flat),
-        "weights_staleness": ro.step - 1 - ro.weights_version,
-        "time/generation": ro.gen_seconds,
-        "time/reward": ro.reward_seconds,
-        "time/training": train_seconds,
-        "time/weight_sync": sync_seconds,
-        "time/step": step_seconds,
-    }
-    return m
-
-
-class MetricsLog:
-    """metrics.jsonl (one object per step), data_order.jsonl (the prompts each step drew, by their index in
-    the mixture) and, with --with_tracking, wandb. A resumed run keeps the rows up to its saved step and
-    continues the same wandb run."""
-
-    def __init__(self, cfg: GRPOConfig, out: Path, resume_step: int | None = None, wandb_run_id: str | None = None):
-        self.path, self.order_path = out / "metrics.jsonl", out / "data_order.jsonl"
-        self.history: list[dict] = []
-        if resume_step is None:
-            self.path.write_text("")
-            self.order_path.write_text("")
-        else:
-            self.history = train_state.truncate_jsonl(self.path, resume_step)
-            train_state.truncate_jsonl(self.order_path, resume_step)
-        self.wandb = None
-        if cfg.with_tracking:
-            import wandb
-
-            mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
-            self.wandb = wandb.init(project=cfg.wandb_project_name, name=cfg.exp_name, config=_public_config(cfg),
-                                    dir=str(out), mode=mode, id=wandb_run_id, resume="allow")  # fmt: skip
-
-    @property
-    def wandb_run_id(self) -> str | None:
-        return self.wandb.id if self.wandb is not None else None
-
-    def log(self, metrics: dict, ro: Rollout) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(metrics) + "\n")
-        with self.order_path.open("a") as f:
-            f.write(json.dumps({"step": ro.step, "epoch": ro.sampler_state["epoch"],
-                                "indices": [p.index for p in ro.prompts]}) + "\n")  # fmt: skip
-        self.history.append(metrics)
-        if self.wandb is not None:
-            self.wandb.log(metrics, step=metrics["step"])
-
-    def close(self) -> None:
-        if self.wandb is not None:
-            self.wandb.finish()
-
-
-def _public_config(cfg: GRPOConfig) -> dict:
-    return {k: v for k, v in asdict(cfg).items() if "key" not in k.lower() and "token" not in k.lower()}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -553,6 +464,7 @@ class Trainer:
             producer.join(timeout=10)  # a rollout in flight may finish before the loop closes
             self.runner.close()
         self.save(self.out)
+        plot(log.history, self.out / "training_curves.png")
         return self.summary(log.history)
 
     # ----------------------------------------------------------------------------------------------
@@ -605,7 +517,7 @@ def print_summary(cfg: GRPOConfig, s: dict) -> None:
         f"  judge failures {s['judge_failures']}, unparsed {s['unparsed']}\n"
         f"  time {t:.0f}s: generation {s['time/generation']:.0f}s, reward (exposed) {s['time/reward']:.0f}s, "
         f"training {s['time/training']:.0f}s, weight sync {s['time/weight_sync']:.0f}s\n"
-        f"  metrics: {Path(cfg.output_dir) / 'metrics.jsonl'}; final model: {cfg.output_dir}"
+        f"  metrics: {Path(cfg.output_dir) / 'metrics.jsonl'} (curves: training_curves.png); final model: {cfg.output_dir}"
     )
 
 

@@ -66,6 +66,8 @@ def test_two_steps_with_real_judge_server(tmp_path, tiny_policy_dir, tiny_judge_
     eval_rows = [json.loads(x) for x in (out / "eval" / "step_2.jsonl").read_text().splitlines()]
     assert len(eval_rows) == 3 and all("reward" in r for r in eval_rows)
     assert list((out / "wandb").glob("offline-run-*")), "wandb logs offline without a key"
+    assert (out / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [r["step"] for r in map(json.loads, (out / "data_order.jsonl").read_text().splitlines())] == [1, 2]
 
 
 def flip_or_fail(messages, n):
