@@ -61,6 +61,9 @@ case "$PRESET" in
     ;;
   *) echo "error: PRESET must be paper, single_gpu or tiny, not '$PRESET'" >&2; exit 2 ;;
 esac
+# Extra vLLM flags for the judge server on top of the preset's (the cluster launcher adds its parallelism here).
+read -r -a MORE_JUDGE_ARGS <<< "${JUDGE_VLLM_ARGS:-}"
+JUDGE_EXTRA_ARGS+=("${MORE_JUDGE_ARGS[@]}")
 OUTPUT_DIR="${OUTPUT_DIR:-output/grpo_${JUDGE_TYPE}_${PRESET}}"
 EXP_NAME="${EXP_NAME:-grpo_${JUDGE_TYPE}_${PRESET}}"
 mkdir -p "$OUTPUT_DIR"
@@ -96,6 +99,14 @@ if [[ -z "${JUDGE_BASE_URL:-}" ]]; then
   JUDGE_MODEL="${JUDGE_MODEL:-hosted_vllm/$SERVED}"
 fi
 JUDGE_MODEL="${JUDGE_MODEL:-hosted_vllm/$JUDGE_SERVE_MODEL}"
+# SERVE_JUDGE_ONLY=1: serve the preset's judge and nothing else, until stopped (a cluster's judge node does this;
+# JUDGE_HOST=0.0.0.0 lets other nodes reach it).
+if [[ -n "${SERVE_JUDGE_ONLY:-}" ]]; then
+  [[ -n "$JUDGE_PID" ]] || { echo "error: SERVE_JUDGE_ONLY serves a judge; JUDGE_BASE_URL names one already" >&2; exit 2; }
+  echo "[grpo] judge $JUDGE_MODEL on port $PORT serving until stopped"
+  wait "$JUDGE_PID"
+  exit
+fi
 
 read -r -a DATASET_ARGS <<< "$DATASETS"
 EVAL_ARGS=()
