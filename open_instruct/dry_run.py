@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, replace
 
 from open_instruct.grpo_config import GRPOConfig
+from open_instruct.grpo_fast import init_ray, required_resources, resource_shortfall
 
 GiB = 1024**3
 
@@ -78,11 +79,10 @@ def check_judge(trainer) -> str | None:
     return None if result.ok else f"judge {judge.endpoint} did not answer: {result.error}"
 
 
-def cluster_resources(cfg: GRPOConfig) -> tuple[list[dict], str]:
-    """(alive nodes as {"ip", "CPU", "GPU"}, where they came from). Joins the cluster the run would use."""
+def cluster_resources(cfg: GRPOConfig) -> tuple[list[dict], str, str | None]:
+    """(alive nodes as {"ip", "CPU", "GPU"}, where they came from, why the actors would not fit). Joins the
+    cluster the run would use, as the run would."""
     import ray
-
-    from open_instruct.grpo_fast import init_ray
 
     where = init_ray(cfg)
     if where.startswith("a local"):
@@ -90,9 +90,10 @@ def cluster_resources(cfg: GRPOConfig) -> tuple[list[dict], str]:
     try:
         nodes = [{"ip": n["NodeManagerAddress"], "CPU": n["Resources"].get("CPU", 0), "GPU": n["Resources"].get("GPU", 0)}
                  for n in ray.nodes() if n.get("Alive")]  # fmt: skip
+        shortfall = resource_shortfall(cfg)
     finally:
         ray.shutdown()
-    return nodes, where
+    return nodes, where, shortfall
 
 
 def _count(n: float) -> str:
@@ -104,14 +105,14 @@ def run(cfg: GRPOConfig, trainer) -> int:
     judge_problem = check_judge(trainer)
     if judge_problem:
         problems.append(judge_problem)
-    nodes, where = cluster_resources(cfg)
+    nodes, where, shortfall = cluster_resources(cfg)
     gpus = sum(n["GPU"] for n in nodes)
     on_gpu = gpus > 0
+    need = required_resources(cfg, on_gpu)
     world = sum(cfg.num_learners_per_node) if on_gpu else 1
-    engine_gpus = cfg.vllm_num_engines * cfg.vllm_tensor_parallel_size if on_gpu else 0
-    if on_gpu and world + engine_gpus > gpus:
-        problems.append(f"the run needs {world + engine_gpus} GPUs ({world} learners + {cfg.vllm_num_engines} engines x "
-                        f"TP {cfg.vllm_tensor_parallel_size}) and {where} has {gpus:g}")  # fmt: skip
+    engine_gpus = need["GPU"] - world if on_gpu else 0
+    if shortfall:
+        problems.append(f"{shortfall} ({where})")
     if not on_gpu and (sum(cfg.num_learners_per_node) > 1 or cfg.vllm_tensor_parallel_size > 1):
         problems.append(f"{where} has no GPU: the run would fall back to 1 CPU learner instead of "
                         f"{sum(cfg.num_learners_per_node)} (--num_learners_per_node {cfg.num_learners_per_node})")  # fmt: skip

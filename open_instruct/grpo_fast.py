@@ -173,6 +173,7 @@ def create_learners(cfg: GRPOConfig, total_steps: int, timeout: float | None = N
     from ray.util.placement_group import placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+    from open_instruct import vllm_utils
     from open_instruct.judge_server import free_port
     from open_instruct.learner import LearnerConfig, PolicyLearner
     from open_instruct.rl_utils import LossConfig, parse_kl_estimator
@@ -197,7 +198,7 @@ def create_learners(cfg: GRPOConfig, total_steps: int, timeout: float | None = N
     master_addr, master_port = ray.util.get_node_ip_address(), free_port()
     learners = [
         actor.options(
-            num_cpus=1, num_gpus=1 if on_gpu else 0,
+            num_cpus=1, num_gpus=1 if on_gpu else 0, runtime_env=None if on_gpu else vllm_utils.cpu_actor_runtime_env(),
             scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=r),
         ).remote(lcfg, r, world, master_addr, master_port)
         for r in range(world)
@@ -214,13 +215,40 @@ def init_ray(cfg: GRPOConfig) -> str:
 
     address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
     if not address:
-        ray.init(address="local", num_cpus=max(os.cpu_count() or 2, 2), include_dashboard=False, log_to_driver=False)
+        # A CPU is a scheduling token here: every engine and the learner get one, even on a 2-core machine
+        # (their threads share the cores; see vllm_utils.cpu_actor_runtime_env).
+        cpus = max(os.cpu_count() or 2, required_resources(cfg, on_gpu=False)["CPU"])
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
         return "a local Ray cluster on this machine"
     try:
         ray.init(address=address, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise UserError(f"--ray_address / RAY_ADDRESS {address}: cannot join the Ray cluster ({str(e).splitlines()[0]})") from None
     return f"the Ray cluster at {address}"
+
+
+def required_resources(cfg: GRPOConfig, on_gpu: bool) -> dict[str, int]:
+    """What the actors take from the cluster: with GPUs, one per learner and one per engine TP rank (and a
+    CPU each); on a CPU-only cluster, one learner and the engines, a CPU each."""
+    learners = sum(cfg.num_learners_per_node) if on_gpu else 1
+    engine_gpus = cfg.vllm_num_engines * cfg.vllm_tensor_parallel_size
+    return {"GPU": learners + engine_gpus if on_gpu else 0, "CPU": learners + cfg.vllm_num_engines}
+
+
+def resource_shortfall(cfg: GRPOConfig) -> str | None:
+    """A one-line reason when the joined cluster cannot hold the run's actors (placing them would wait
+    forever), else None."""
+    import ray
+
+    have = ray.cluster_resources()
+    on_gpu = have.get("GPU", 0) > 0
+    need = required_resources(cfg, on_gpu)
+    learners = sum(cfg.num_learners_per_node) if on_gpu else 1
+    for kind in ("GPU", "CPU"):
+        if need[kind] > have.get(kind, 0):
+            return (f"the run needs {need[kind]} {kind}s for {learners} learner(s) and {cfg.vllm_num_engines} "
+                    f"engine(s) x TP {cfg.vllm_tensor_parallel_size}, and the Ray cluster has {have.get(kind, 0):g}")  # fmt: skip
+    return None
 
 
 def _cluster_has_gpus() -> bool:
@@ -289,6 +317,9 @@ class Trainer:
         cfg = self.cfg
         init_ray(cfg)
         handle_stop_signals()
+        shortfall = resource_shortfall(cfg)
+        if shortfall:
+            raise UserError(shortfall)
         self.steps = cfg.num_training_steps
         t0 = time.perf_counter()
         with actor_errors("starting the vLLM engines and learners", cfg):

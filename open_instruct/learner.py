@@ -139,10 +139,6 @@ class PolicyLearner:
         from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
         torch.manual_seed(self.cfg.seed + self.rank)
-        if not self.on_gpu:
-            # Ray sets OMP_NUM_THREADS to the actor's num_cpus (1), a scheduling token; a CPU node runs one
-            # learner, whose matmuls should use the cores this process may run on.
-            torch.set_num_threads(len(os.sched_getaffinity(0)))
         # A peer that died must not leave this rank waiting in a collective forever.
         deepspeed.init_distributed(dist_backend="nccl" if self.on_gpu else "gloo",
                                    timeout=timedelta(seconds=self.cfg.backend_timeout))  # fmt: skip

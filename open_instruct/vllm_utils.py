@@ -334,6 +334,16 @@ class LLMRayActor:
             self._weights_lock.release()
 
 
+def cpu_actor_runtime_env() -> dict:
+    """Threads for an engine or learner actor on a CPU-only node. Ray sets OMP_NUM_THREADS to the actor's
+    num_cpus (1), a scheduling token; the actor should use the node's cores. Set through the environment so
+    that every thread of the actor sees it (vLLM's CPU attention checks that the threads it planned for are
+    the ones it runs on). PASSIVE: OpenMP threads sleep between parallel regions instead of spinning, so an
+    idle engine does not slow the learner on the same cores, nor the reverse."""
+    cores = str(len(os.sched_getaffinity(0)))
+    return {"env_vars": {"OMP_NUM_THREADS": cores, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}}
+
+
 def create_vllm_engines(
     num_engines: int,
     tensor_parallel_size: int,
@@ -351,10 +361,7 @@ def create_vllm_engines(
     actor = ray.remote(concurrency_groups=ENGINE_CONCURRENCY_GROUPS)(LLMRayActor)
     options: dict[str, Any] = {"num_cpus": 1, "num_gpus": tensor_parallel_size if on_gpu else 0}
     if not on_gpu:
-        # Ray sets OMP_NUM_THREADS to the actor's num_cpus (1), a scheduling token; on a CPU node the engine
-        # should use the node's cores. Set through the environment so every thread of the actor sees it
-        # (vLLM's CPU attention checks that the threads it plans for are the threads it runs on).
-        options["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": str(len(os.sched_getaffinity(0)))}}
+        options["runtime_env"] = cpu_actor_runtime_env()
     actor = actor.options(**options)
     engines = [
         actor.remote(

@@ -32,7 +32,7 @@ def gpu_cluster(tmp_path_factory):
     port = free_port()
     ray_bin = Path(sys.executable).with_name("ray")
     env = {**os.environ, **RAY_AUTH}
-    head = subprocess.Popen([str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-gpus=24", "--num-cpus=4",
+    head = subprocess.Popen([str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-gpus=24", "--num-cpus=32",
                              "--include-dashboard=false", "--disable-usage-stats", "--node-ip-address=127.0.0.1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)  # fmt: skip
     deadline = time.monotonic() + 120
@@ -73,7 +73,7 @@ def test_paper_preset_plan_on_a_24_gpu_cluster(tmp_path, tiny_policy_dir, gpu_cl
         assert judge.requests == 1, "the judge endpoint was checked with one call"
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = proc.stdout
-    assert "1 node(s), 4 CPUs, 24 GPUs" in out
+    assert "1 node(s), 32 CPUs, 24 GPUs" in out
     assert "16 vLLM engine(s) x TP 1 = 16 GPUs" in out and "8 DeepSpeed learner(s), ZeRO-3" in out
     assert "24 prompts x 8 samples = 192 samples; 24 per learner" in out
     assert f"{10_000_000 // 192} steps (10000000 episodes), async_steps 1, state every 50" in out
@@ -105,3 +105,13 @@ def test_bad_dataset_row_fails_before_anything_starts(tmp_path, tiny_policy_dir)
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "bad.jsonl" in last and "messages" in last and "Traceback" not in proc.stderr
+
+
+def test_too_few_gpus_is_a_problem_not_a_hang(tmp_path, tiny_policy_dir, gpu_cluster):
+    with ScriptedJudge(ok_judge) as judge:
+        proc = dry_run({"PRESET": "paper", "MODEL_NAME_OR_PATH": str(tiny_policy_dir), "RAY_ADDRESS": gpu_cluster,
+                        "DATASETS": "data/general_chat_flip_sample.jsonl 1.0", "JUDGE_BASE_URL": judge.api_base,
+                        "JUDGE_MODEL": "hosted_vllm/scripted", "OUTPUT_DIR": str(tmp_path / "out"), **RAY_AUTH},
+                       "--vllm_num_engines", "20")  # fmt: skip
+    assert proc.returncode == 2
+    assert "problem: the run needs 28 GPUs for 8 learner(s) and 20 engine(s) x TP 1, and the Ray cluster has 24" in proc.stdout
