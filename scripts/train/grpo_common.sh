@@ -22,7 +22,7 @@ case "$PRESET" in
       --num_samples_per_prompt_rollout 8 --num_unique_prompts_rollout 24 --num_mini_batches 1 --num_epochs 1
       --learning_rate 1e-6 --per_device_train_batch_size 1 --kl_estimator 2 --max_prompt_token_length 2048
       --response_length 16384 --pack_length 18432 --stop_strings "</answer>" --non_stop_penalty False
-      --temperature 1.0 --total_episodes 10000000 --deepspeed_stage 3 --num_learners_per_node 8 8 8
+      --temperature 1.0 --total_episodes 10000000 --deepspeed_stage 3 --num_learners_per_node 8
       --vllm_num_engines 16 --vllm_tensor_parallel_size 1 --llm_judge_timeout 3600 --llm_judge_max_tokens 2048
       --llm_judge_max_context_length 25000 --lr_scheduler_type constant --seed "$SEED" --local_eval_every 50
       --save_freq 50 --checkpoint_state_freq 50 --gradient_checkpointing --vllm_enable_prefix_caching
@@ -98,7 +98,7 @@ if [[ -z "${JUDGE_BASE_URL:-}" ]]; then
   JUDGE_BASE_URL="http://127.0.0.1:$PORT/v1"
   JUDGE_MODEL="${JUDGE_MODEL:-hosted_vllm/$SERVED}"
 fi
-JUDGE_MODEL="${JUDGE_MODEL:-hosted_vllm/$JUDGE_SERVE_MODEL}"
+JUDGE_MODEL="${JUDGE_MODEL:-hosted_vllm/${JUDGE_SERVE_MODEL:?set JUDGE_MODEL, the litellm id of the judge at JUDGE_BASE_URL}}"
 # SERVE_JUDGE_ONLY=1: serve the preset's judge and nothing else, until stopped (a cluster's judge node does this;
 # JUDGE_HOST=0.0.0.0 lets other nodes reach it).
 if [[ -n "${SERVE_JUDGE_ONLY:-}" ]]; then
