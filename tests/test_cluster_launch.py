@@ -158,7 +158,7 @@ def test_beaker_spec_help_lists_every_variable():
 
 
 # --------------------------------------------------------------------------------------------------
-# The Slurm scripts, end to end on this machine
+# The Slurm scripts, end to end on this machine (slow: each starts a real Ray cluster)
 
 
 @pytest.fixture
@@ -270,6 +270,7 @@ def scripted_judge():
         yield judge
 
 
+@pytest.mark.slow  # starts a real Ray cluster
 def test_sbatch_runs_the_trainer_on_a_two_node_cluster_and_passes_its_status(slurm_env, scripted_judge):
     """Ray head and one worker join (two 'nodes' on this machine), the judge answers, the real grpo_flip.sh
     starts; a flag it does not know ends it with status 2, which the job returns, leaving nothing running."""
@@ -284,6 +285,7 @@ def test_sbatch_runs_the_trainer_on_a_two_node_cluster_and_passes_its_status(slu
     run.assert_nothing_left()
 
 
+@pytest.mark.slow  # starts a real Ray cluster
 def test_sbatch_refuses_a_layout_the_allocation_does_not_hold(slurm_env):
     env = {**slurm_env, "FAKE_NODES": "2", "TRAIN_NODES": "3"}
     out = subprocess.run(["bash", "scripts/slurm/grpo_flip.sbatch"], cwd=REPO, env=env, capture_output=True, text=True,
@@ -292,17 +294,7 @@ def test_sbatch_refuses_a_layout_the_allocation_does_not_hold(slurm_env):
     assert "the allocation has 2 nodes, the layout needs TRAIN_NODES + JUDGE_NODES = 3" in out.stderr
 
 
-def _dry_run_accepted() -> bool:
-    out = subprocess.run([sys.executable, "-m", "open_instruct.grpo_fast", "--help"], cwd=REPO, capture_output=True,
-                         text=True)  # fmt: skip
-    return "--dry_run" in out.stdout
-
-
-needs_dry_run = pytest.mark.skipif(not _dry_run_accepted(),
-                                   reason="grpo_fast does not accept --dry_run yet (DRY_RUN=1 needs it)")  # fmt: skip
-
-
-@needs_dry_run
+@pytest.mark.slow  # starts a real Ray cluster
 def test_sbatch_dry_run_checks_the_cluster_and_exits_zero(slurm_env, scripted_judge):
     env = {**slurm_env, "DRY_RUN": "1", "JUDGE_BASE_URL": scripted_judge.api_base,
            "JUDGE_MODEL": "hosted_vllm/scripted"}  # fmt: skip
@@ -314,6 +306,7 @@ def test_sbatch_dry_run_checks_the_cluster_and_exits_zero(slurm_env, scripted_ju
     run.assert_nothing_left()
 
 
+@pytest.mark.slow  # starts a real Ray cluster
 def test_a_judge_that_never_answers_times_out_in_one_line(slurm_env):
     env = {**slurm_env, "JUDGE_BASE_URL": f"http://127.0.0.1:{free_port()}/v1", "JUDGE_MODEL": "hosted_vllm/x",
            "JUDGE_TIMEOUT": "3"}  # fmt: skip
@@ -325,6 +318,7 @@ def test_a_judge_that_never_answers_times_out_in_one_line(slurm_env):
     run.assert_nothing_left()
 
 
+@pytest.mark.slow  # starts a real Ray cluster
 def test_beaker_replicas_run_the_leader_and_a_worker(slurm_env, scripted_judge):
     """`ray_node.sh beaker` as two replicas of a Beaker task would run it: rank 0 leads, rank 1 joins it with
     the token from the workspace secret; when the run ends the worker sees the head gone and ends cleanly."""
@@ -342,6 +336,7 @@ def test_beaker_replicas_run_the_leader_and_a_worker(slurm_env, scripted_judge):
     worker.assert_nothing_left()
 
 
+@pytest.mark.slow  # starts a real Ray cluster
 def test_sigterm_stops_every_step(slurm_env):
     """Cancelling the job (SIGTERM to the batch script) while it waits for a judge stops Ray and every step."""
     env = {**slurm_env, "FAKE_NODES": "2", "JUDGE_BASE_URL": f"http://127.0.0.1:{free_port()}/v1",
@@ -355,7 +350,6 @@ def test_sigterm_stops_every_step(slurm_env):
 
 
 @pytest.mark.slow
-@needs_dry_run
 def test_sbatch_serves_the_real_tiny_judge_on_the_head_node(slurm_env):
     """The judge the preset names (the tiny one here), served by vLLM on every interface of the head node,
     answers the trainer's dry run through the head's name; then everything is stopped."""
