@@ -173,9 +173,8 @@ def create_learners(cfg: GRPOConfig, total_steps: int, timeout: float | None = N
     from ray.util.placement_group import placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    from open_instruct import vllm_utils
     from open_instruct.judge_server import free_port
-    from open_instruct.learner import LearnerConfig, PolicyLearner
+    from open_instruct.learner import LearnerConfig, PolicyLearner, cpu_runtime_env
     from open_instruct.rl_utils import LossConfig, parse_kl_estimator
 
     on_gpu = _cluster_has_gpus()
@@ -198,7 +197,7 @@ def create_learners(cfg: GRPOConfig, total_steps: int, timeout: float | None = N
     master_addr, master_port = ray.util.get_node_ip_address(), free_port()
     learners = [
         actor.options(
-            num_cpus=1, num_gpus=1 if on_gpu else 0, runtime_env=None if on_gpu else vllm_utils.cpu_actor_runtime_env(),
+            num_cpus=1, num_gpus=1 if on_gpu else 0, runtime_env=None if on_gpu else cpu_runtime_env(),
             scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=r),
         ).remote(lcfg, r, world, master_addr, master_port)
         for r in range(world)
@@ -216,7 +215,7 @@ def init_ray(cfg: GRPOConfig) -> str:
     address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
     if not address:
         # A CPU is a scheduling token here: every engine and the learner get one, even on a 2-core machine
-        # (their threads share the cores; see vllm_utils.cpu_actor_runtime_env).
+        # (their threads share the cores; see learner.cpu_runtime_env).
         cpus = max(os.cpu_count() or 2, required_resources(cfg, on_gpu=False)["CPU"])
         ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
         return "a local Ray cluster on this machine"

@@ -124,6 +124,16 @@ def attention_implementation(on_gpu: bool) -> str:
     return "sdpa"
 
 
+def cpu_runtime_env() -> dict:
+    """Threads for a learner actor on a CPU-only node. Ray sets OMP_NUM_THREADS to the actor's num_cpus (1),
+    a scheduling token; the learner's matmuls should use the node's cores. PASSIVE: its OpenMP threads sleep
+    between parallel regions instead of spinning, so they do not slow the engine generating the next step
+    on the same cores (--async_steps). Engines keep Ray's one thread: on CPU their decode steps are bound by
+    per-step overhead, not matmuls (benchmarks/grpo_step.py measured both)."""
+    cores = str(len(os.sched_getaffinity(0)))
+    return {"env_vars": {"OMP_NUM_THREADS": cores, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}}
+
+
 class PolicyLearner:
     """One data-parallel rank. Created as a Ray actor by the controller (see `create_learners`)."""
 

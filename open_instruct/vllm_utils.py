@@ -334,16 +334,6 @@ class LLMRayActor:
             self._weights_lock.release()
 
 
-def cpu_actor_runtime_env() -> dict:
-    """Threads for an engine or learner actor on a CPU-only node. Ray sets OMP_NUM_THREADS to the actor's
-    num_cpus (1), a scheduling token; the actor should use the node's cores. Set through the environment so
-    that every thread of the actor sees it (vLLM's CPU attention checks that the threads it planned for are
-    the ones it runs on). PASSIVE: OpenMP threads sleep between parallel regions instead of spinning, so an
-    idle engine does not slow the learner on the same cores, nor the reverse."""
-    cores = str(len(os.sched_getaffinity(0)))
-    return {"env_vars": {"OMP_NUM_THREADS": cores, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}}
-
-
 def create_vllm_engines(
     num_engines: int,
     tensor_parallel_size: int,
@@ -359,10 +349,7 @@ def create_vllm_engines(
     wait until all are up. Engine i gets seed `seed + i` so engines do not draw identical samples."""
     on_gpu = ray.cluster_resources().get("GPU", 0) > 0
     actor = ray.remote(concurrency_groups=ENGINE_CONCURRENCY_GROUPS)(LLMRayActor)
-    options: dict[str, Any] = {"num_cpus": 1, "num_gpus": tensor_parallel_size if on_gpu else 0}
-    if not on_gpu:
-        options["runtime_env"] = cpu_actor_runtime_env()
-    actor = actor.options(**options)
+    actor = actor.options(num_cpus=1, num_gpus=tensor_parallel_size if on_gpu else 0)
     engines = [
         actor.remote(
             model_path,
