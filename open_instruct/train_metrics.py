@@ -110,6 +110,7 @@ def plot(history: list[dict], path: Path) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(2, 3, figsize=(12, 6), sharex=True)
     steps = [m["step"] for m in history]
@@ -119,6 +120,7 @@ def plot(history: list[dict], path: Path) -> Path | None:
         ax.grid(alpha=0.3)
     for ax in axes[-1]:
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
