@@ -147,9 +147,22 @@ def _read_parquet(path: Path) -> list[dict]:
         raise DatasetError(f"{path}: not a readable parquet file ({_one_line(e)})") from None
 
 
+def _quiet_hub_logging() -> None:
+    """The hub client logs every retry of an unreachable hub; the error that follows says it in one line."""
+    import logging
+
+    import datasets
+    import huggingface_hub.utils.logging
+
+    huggingface_hub.utils.logging.set_verbosity_error()
+    datasets.utils.logging.set_verbosity_error()
+    logging.getLogger("fsspec").setLevel(logging.ERROR)
+
+
 def _load_hub(source: str, split: str) -> list[dict]:
     import datasets
 
+    _quiet_hub_logging()
     try:
         ds = datasets.load_dataset(source, split=split)
     except Exception as e:  # offline, unknown id, missing split, auth...: all end the run the same way

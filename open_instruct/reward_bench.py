@@ -31,7 +31,6 @@ Ties examples are judged by the rules above (every correct answer beats every in
 a correct answer), and that accuracy is reported apart (`ties_apart`), not in their overall.
 """
 
-import logging
 import math
 import random
 import re
@@ -82,7 +81,6 @@ def load_examples(source: str, split: str = "test") -> list[Example]:
     """Every row of `source` (a hub id or a local file), validated; errors name the source and row."""
     from open_instruct.dataset_utils import DatasetError, load_source
 
-    _quiet_hub_logging()
     try:
         rows = load_source(source, split)
     except DatasetError as e:
@@ -97,16 +95,6 @@ def load_examples(source: str, split: str = "test") -> list[Example]:
         seen[example.id] = index
         examples.append(example)
     return examples
-
-
-def _quiet_hub_logging() -> None:
-    """The hub client logs every retry of an unreachable hub; the error that follows says it in one line."""
-    import datasets
-    import huggingface_hub.utils.logging
-
-    huggingface_hub.utils.logging.set_verbosity_error()
-    datasets.utils.logging.set_verbosity_error()
-    logging.getLogger("fsspec").setLevel(logging.ERROR)
 
 
 def _validate(row: Any, where: str) -> Example:
