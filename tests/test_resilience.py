@@ -48,6 +48,15 @@ def word_data(tmp_path: Path) -> Path:
     return data
 
 
+def saved_step(out: Path) -> int:
+    """The newest complete state's step, 0 for none; read while the run may be replacing it."""
+    try:
+        found = latest(out)
+    except (FileNotFoundError, json.JSONDecodeError):  # pruned between reading `latest` and its state
+        return 0
+    return found[1].step if found else 0
+
+
 def kill_tree(proc: subprocess.Popen) -> None:
     """SIGKILL the trainer and everything it started (its Ray cluster too), as a machine crash would."""
     family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
@@ -102,10 +111,7 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path, tiny
     proc = subprocess.Popen(command(tiny_policy_dir, out, *flags), cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and proc.poll() is None:
-        found = latest(out)
-        if found and found[1].step >= 3:
-            break
+    while time.monotonic() < deadline and proc.poll() is None and saved_step(out) < 3:
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be killed"
     kill_tree(proc)
@@ -195,7 +201,7 @@ def test_a_dead_engine_stops_the_run_with_one_line_and_the_state_resumes(tmp_pat
     proc = subprocess.Popen(command(tiny_policy_dir, out, *flags), cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and proc.poll() is None and not (latest(out) and latest(out)[1].step >= 2):
+    while time.monotonic() < deadline and proc.poll() is None and saved_step(out) < 2:
         time.sleep(0.2)
     engines = [p for p in psutil.Process(proc.pid).children(recursive=True) if "LLMRayActor" in " ".join(_cmdline(p))]
     assert len(engines) == 1, "one vLLM engine actor process"
