@@ -381,13 +381,42 @@ class Trainer:
                 f"first error: {failed[0].error}")  # fmt: skip
 
     # ----------------------------------------------------------------------------------------------
-    def train(self) -> dict:
+    def learn(self, ro: Rollout) -> tuple:
+        """Advantages per prompt group, one update of the learners on the samples kept, and the weight sync
+        to the engines: (advantages, learner stats, training seconds, sync seconds)."""
         import ray
-        from tqdm import tqdm
 
         from open_instruct import vllm_utils
         from open_instruct.learner import Sample
         from open_instruct.rl_utils import group_advantages
+
+        cfg = self.cfg
+        scores = [r.score for group in ro.results for r in group]
+        adv = group_advantages(scores, cfg.num_samples_per_prompt_rollout,
+                               "mean_std" if cfg.advantage_normalization_type == "standard" else "mean",
+                               keep_zero_std=not cfg.filter_zero_std_samples)  # fmt: skip
+        samples = []
+        flat = [(p, c) for p, group in zip(ro.prompts, ro.completions, strict=True) for c in group]
+        for k, (p, c) in enumerate(flat):
+            if cfg.mask_truncated_completions and c["finish_reason"] != "stop":
+                adv.keep[k] = False
+            if adv.keep[k] and c["token_ids"]:
+                samples.append(Sample(p.prompt_token_ids, c["token_ids"], c["logprobs"], float(adv.values[k])))
+        if not samples:
+            return adv, [], 0.0, 0.0
+        with actor_errors(f"training step {ro.step}", cfg):
+            t0 = time.perf_counter()
+            shards = [samples[r :: len(self.learners)] for r in range(len(self.learners))]
+            per_rank = sum(len(s.response_ids) for s in samples) / len(self.learners)
+            train_stats = ray.get([lr.train.remote(sh, per_rank) for lr, sh in zip(self.learners, shards, strict=True)],
+                                  timeout=self.timeout)  # fmt: skip
+            train_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            vllm_utils.sync_weights(self.learners, self.engines, timeout=self.timeout)
+        return adv, train_stats, train_s, time.perf_counter() - t0
+
+    def train(self) -> dict:
+        from tqdm import tqdm
 
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
@@ -399,7 +428,7 @@ class Trainer:
             sampler.load(sampler_state)
         n = cfg.num_samples_per_prompt_rollout
         synced = {"version": start_step - 1}
-        saved = {"step": start_step - 1, "sampler": sampler_state}  # the newest state on disk
+        saved_step = start_step - 1  # the newest state on disk
         cond = threading.Condition()
         batches: queue.Queue = queue.Queue(maxsize=max(cfg.async_steps, 1))
         stop = threading.Event()
@@ -438,35 +467,13 @@ class Trainer:
                         raise ro
                 outage = self.check_judge_health(ro)
                 if outage:
-                    where = "nothing trained yet"
-                    if step - 1 > saved["step"] and last_position is not None:
-                        where = f"state saved at step {step - 1}: {self.save_state(step - 1, last_position, log.wandb_run_id)}"
-                    elif saved["step"] > 0:
-                        where = f"newest saved state: step {saved['step']}"
+                    if step - 1 > saved_step and last_position is not None:  # keep what was trained
+                        self.save_state(step - 1, last_position, log.wandb_run_id)
+                        saved_step = step - 1
+                    where = f"newest saved state: step {saved_step}" if saved_step else "nothing trained yet"
                     raise RunFailure(f"{outage}. Stopped without training on the rest ({where}); "
                                      "rerun the same command to resume once the judge is back")  # fmt: skip
-                scores = [r.score for group in ro.results for r in group]
-                adv = group_advantages(scores, n, "mean_std" if cfg.advantage_normalization_type == "standard" else "mean",
-                                       keep_zero_std=not cfg.filter_zero_std_samples)  # fmt: skip
-                samples = []
-                flat = [(p, c) for p, group in zip(ro.prompts, ro.completions, strict=True) for c in group]
-                for k, (p, c) in enumerate(flat):
-                    if cfg.mask_truncated_completions and c["finish_reason"] != "stop":
-                        adv.keep[k] = False
-                    if adv.keep[k] and c["token_ids"]:
-                        samples.append(Sample(p.prompt_token_ids, c["token_ids"], c["logprobs"], float(adv.values[k])))
-                train_stats, train_s, sync_s = [], 0.0, 0.0
-                if samples:
-                    with actor_errors(f"training step {step}", cfg):
-                        t0 = time.perf_counter()
-                        shards = [samples[r :: len(self.learners)] for r in range(len(self.learners))]
-                        per_rank = sum(len(s.response_ids) for s in samples) / len(self.learners)
-                        train_stats = ray.get([lr.train.remote(sh, per_rank) for lr, sh in zip(self.learners, shards, strict=True)],
-                                              timeout=self.timeout)  # fmt: skip
-                        train_s = time.perf_counter() - t0
-                        t0 = time.perf_counter()
-                        vllm_utils.sync_weights(self.learners, self.engines, timeout=self.timeout)
-                        sync_s = time.perf_counter() - t0
+                adv, train_stats, train_s, sync_s = self.learn(ro)
                 with cond:
                     synced["version"] = step
                     cond.notify_all()
@@ -478,7 +485,7 @@ class Trainer:
                 bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", loss=f"{metrics['loss']:.4f}")
                 if cfg.checkpoint_state_freq and step % cfg.checkpoint_state_freq == 0:
                     self.save_state(step, ro.sampler_state, log.wandb_run_id)
-                    saved["step"] = step
+                    saved_step = step
                 if cfg.save_freq and step % cfg.save_freq == 0 and step < self.steps:
                     self.save(self.out / "checkpoints" / f"step_{step}")
                 if cfg.local_eval_every and step % cfg.local_eval_every == 0:
