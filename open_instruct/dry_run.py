@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, replace
 
 from open_instruct.grpo_config import GRPOConfig
-from open_instruct.grpo_fast import init_ray, required_resources, resource_shortfall
+from open_instruct.grpo_fast import init_ray, num_learners, required_resources, resource_shortfall
 
 GiB = 1024**3
 
@@ -109,7 +109,7 @@ def run(cfg: GRPOConfig, trainer) -> int:
     gpus = sum(n["GPU"] for n in nodes)
     on_gpu = gpus > 0
     need = required_resources(cfg, on_gpu)
-    world = sum(cfg.num_learners_per_node) if on_gpu else 1
+    world = num_learners(cfg, on_gpu)
     engine_gpus = need["GPU"] - world if on_gpu else 0
     if shortfall:
         problems.append(f"{shortfall} ({where})")

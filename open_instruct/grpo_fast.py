@@ -178,7 +178,7 @@ def create_learners(cfg: GRPOConfig, total_steps: int, timeout: float | None = N
     from open_instruct.rl_utils import LossConfig, parse_kl_estimator
 
     on_gpu = _cluster_has_gpus()
-    world = sum(cfg.num_learners_per_node) if on_gpu else 1
+    world = num_learners(cfg, on_gpu)
     bundles = [{"GPU": 1, "CPU": 1} if on_gpu else {"CPU": 1} for _ in range(world)]
     pg = placement_group(bundles, strategy="PACK")
     ray.get(pg.ready(), timeout=timeout)
@@ -226,10 +226,15 @@ def init_ray(cfg: GRPOConfig) -> str:
     return f"the Ray cluster at {address}"
 
 
+def num_learners(cfg: GRPOConfig, on_gpu: bool) -> int:
+    """One learner per GPU on a GPU cluster; a CPU-only cluster trains with a single learner on gloo."""
+    return sum(cfg.num_learners_per_node) if on_gpu else 1
+
+
 def required_resources(cfg: GRPOConfig, on_gpu: bool) -> dict[str, int]:
     """What the actors take from the cluster: with GPUs, one per learner and one per engine TP rank (and a
     CPU each); on a CPU-only cluster, one learner and the engines, a CPU each."""
-    learners = sum(cfg.num_learners_per_node) if on_gpu else 1
+    learners = num_learners(cfg, on_gpu)
     engine_gpus = cfg.vllm_num_engines * cfg.vllm_tensor_parallel_size
     return {"GPU": learners + engine_gpus if on_gpu else 0, "CPU": learners + cfg.vllm_num_engines}
 
@@ -242,7 +247,7 @@ def resource_shortfall(cfg: GRPOConfig) -> str | None:
     have = ray.cluster_resources()
     on_gpu = have.get("GPU", 0) > 0
     need = required_resources(cfg, on_gpu)
-    learners = sum(cfg.num_learners_per_node) if on_gpu else 1
+    learners = num_learners(cfg, on_gpu)
     for kind in ("GPU", "CPU"):
         if need[kind] > have.get(kind, 0):
             return (f"the run needs {need[kind]} {kind}s for {learners} learner(s) and {cfg.vllm_num_engines} "
@@ -310,7 +315,6 @@ class Trainer:
               f"{len(self.eval_prompts)} eval prompts; verifiers: {', '.join(sorted(names))}")  # fmt: skip
 
     def start_actors(self) -> None:
-
         from open_instruct import vllm_utils
 
         cfg = self.cfg
@@ -366,7 +370,8 @@ class Trainer:
         tmp = train_state.begin(self.out, step)
         with actor_errors(f"saving the state of step {step}", self.cfg):
             ray.get([lr.save_state.remote(str(tmp / "learner")) for lr in self.learners], timeout=self.timeout)
-        identity = {k: asdict(self.cfg)[k] for k in train_state.IDENTITY_FLAGS}
+        config = asdict(self.cfg)
+        identity = {k: config[k] for k in train_state.IDENTITY_FLAGS}
         return train_state.commit(self.out, tmp, train_state.TrainerState(step, sampler_state, identity, wandb_run_id))
 
     def check_judge_health(self, ro: Rollout) -> str | None:
