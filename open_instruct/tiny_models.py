@@ -64,15 +64,26 @@ def build_tokenizer(vocab_size: int = 1024, seed: int = 0):
     )
 
 
-def build_model(tokenizer, hidden_size: int = 128, num_layers: int = 2, seed: int = 0):
+def build_model(
+    tokenizer,
+    hidden_size: int = 128,
+    num_layers: int = 2,
+    seed: int = 0,
+    intermediate_size: int | None = None,
+    vocab_size: int | None = None,
+):
+    """`intermediate_size` defaults to 2 x hidden; `vocab_size` (at least the tokenizer's, which it defaults
+    to) can give the model unused embedding rows, for a realistic LM-head cost (benchmarks/learner_gpu.py)."""
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
+    if vocab_size is not None and vocab_size < len(tokenizer):
+        raise ValueError(f"vocab_size {vocab_size} is smaller than the tokenizer's {len(tokenizer)}")
     torch.manual_seed(seed)
     config = Qwen2Config(
-        vocab_size=len(tokenizer),
+        vocab_size=vocab_size or len(tokenizer),
         hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
+        intermediate_size=intermediate_size or hidden_size * 2,
         num_hidden_layers=num_layers,
         num_attention_heads=hidden_size // 64,  # head_dim 64: the smallest the CPU attention kernel takes
         num_key_value_heads=hidden_size // 64,
@@ -90,7 +101,9 @@ def build_model(tokenizer, hidden_size: int = 128, num_layers: int = 2, seed: in
     return model
 
 
-def build_tiny_model(output_dir: str | Path, seed: int = 0, hidden_size: int = 128, num_layers: int = 2) -> Path:
+def build_tiny_model(
+    output_dir: str | Path, seed: int = 0, hidden_size: int = 128, num_layers: int = 2
+) -> Path:
     """Write tokenizer + random-weight model to `output_dir` (skipped when a build with the same
     settings is already there). Returns the directory."""
     out = Path(output_dir)
