@@ -292,6 +292,10 @@ def build_fused_adam() -> int:
     import torch
     from deepspeed.ops.adam import FusedAdam
 
+    from open_instruct.learner import jit_arch_list
+
+    if "TORCH_CUDA_ARCH_LIST" in os.environ:  # as PolicyLearner.setup does
+        os.environ["TORCH_CUDA_ARCH_LIST"] = jit_arch_list(os.environ["TORCH_CUDA_ARCH_LIST"])
     p = torch.nn.Parameter(torch.ones(1024, device="cuda"))
     opt = FusedAdam([p], lr=0.1, adam_w_mode=True)
     p.grad = torch.ones_like(p)

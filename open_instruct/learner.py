@@ -9,6 +9,7 @@ to the vLLM engines and for HF-format checkpoints.
 """
 
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -124,6 +125,13 @@ def attention_implementation(on_gpu: bool) -> str:
     return "sdpa"
 
 
+def jit_arch_list(value: str) -> str:
+    """TORCH_CUDA_ARCH_LIST as DeepSpeed 0.19's JIT builder can parse it. It reads every entry as numbers,
+    so an architecture-specific entry such as "9.0a" (CUDA images for Hopper set it) made the FusedAdam
+    build fail on an H200 (benchmarks/learner_gpu.py); "9.0" builds FusedAdam for the same GPU."""
+    return re.sub(r"(\d+\.\d+)[a-z]\b", r"\1", value)
+
+
 def cpu_runtime_env() -> dict:
     """Threads for a learner actor on a CPU-only node. Ray sets OMP_NUM_THREADS to the actor's num_cpus (1),
     a scheduling token; the learner's matmuls should use the node's cores. PASSIVE: its OpenMP threads sleep
@@ -148,6 +156,8 @@ class PolicyLearner:
         import deepspeed
         from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
+        if self.on_gpu and "TORCH_CUDA_ARCH_LIST" in os.environ:  # before DeepSpeed JIT-builds FusedAdam
+            os.environ["TORCH_CUDA_ARCH_LIST"] = jit_arch_list(os.environ["TORCH_CUDA_ARCH_LIST"])
         torch.manual_seed(self.cfg.seed + self.rank)
         # A peer that died must not leave this rank waiting in a collective forever.
         deepspeed.init_distributed(dist_backend="nccl" if self.on_gpu else "gloo",

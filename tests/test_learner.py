@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from open_instruct.learner import Sample, collate, pack
+from open_instruct.learner import Sample, collate, jit_arch_list, pack
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -23,6 +23,14 @@ def test_pack_respects_the_token_budget_and_keeps_every_sample():
     for b in bins:
         total = sum(len(s.query_ids) + len(s.response_ids) for s in b)
         assert total <= 16 or len(b) == 1  # an over-long sample gets a bin of its own
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("9.0a", "9.0"), ("8.0;9.0a", "8.0;9.0"), ("7.5 8.6+PTX 9.0a+PTX", "7.5 8.6+PTX 9.0+PTX"),
+    ("10.0f;12.0a", "10.0;12.0"), ("8.0;9.0", "8.0;9.0"),
+])  # fmt: skip
+def test_arch_list_drops_the_arch_specific_suffix_deepspeed_cannot_parse(value, expected):
+    assert jit_arch_list(value) == expected
 
 
 def test_collate_aligns_mask_and_logprobs_with_next_token_positions():
