@@ -23,9 +23,10 @@ Weight sync, through vLLM's own weight-transfer API (`vllm.distributed.weight_tr
     * CPU: none of vLLM's built-in backends runs without CUDA (`nccl`, `sparse_nccl`, `nccl_m2n`: NCCL;
       `ipc`: CUDA IPC handles; `sharded_rdt`: NIXL/RDT on GPU; `modelexpress`: an external package). vLLM's
       factory accepts custom engines (`WeightTransferEngineFactory.register_engine`), so this module
-      registers `"gloo"`: the same wire protocol as the NCCL engine (rank 0 = trainer, per-chunk metadata
-      in `update_weights`, tensors broadcast one by one) over a stateless gloo process group from
-      `vllm.distributed.utils`, and the same layerwise-reload lifecycle.
+      registers `"gloo"`: the NCCL engine's protocol (rank 0 = trainer, per-chunk metadata in
+      `update_weights`) over a stateless gloo process group from `vllm.distributed.utils`, with the same
+      layerwise-reload lifecycle. Each chunk travels as one flat byte buffer, split by the announced
+      dtypes and shapes: a gloo broadcast costs about half a millisecond however small the tensor.
 
     One process group spans the sender (rank 0) and every worker of every engine (engine i's workers
     start at rank 1 + i * tp), so each tensor is broadcast once to all engines. The sender streams its
@@ -45,6 +46,7 @@ Learner side: `WeightSyncSender` (held by learner rank 0), or the driver helpers
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Iterable, Iterator
@@ -128,12 +130,17 @@ class GlooWeightTransferEngine(
     def receive_weights(self, update_info: NCCLWeightTransferUpdateInfo) -> None:
         if self.group is None:
             raise RuntimeError("gloo weight transfer not initialised: call init_weight_transfer_engine first")
-        for name, dtype_name, shape in zip(
-            update_info.names, update_info.dtype_names, update_info.shapes, strict=True
-        ):
-            weight = torch.empty(shape, dtype=getattr(torch, dtype_name))
-            self.group.broadcast(weight, 0).wait()
-            self.model.load_weights([(name, weight)])
+        dtypes = [getattr(torch, d) for d in update_info.dtype_names]
+        sizes = [math.prod(shape) * dtype.itemsize for shape, dtype in zip(update_info.shapes, dtypes, strict=True)]
+        packed = torch.empty(sum(sizes), dtype=torch.uint8)
+        self.group.broadcast(packed, 0).wait()
+        weights = [
+            (name, part.view(dtype).reshape(shape))
+            for name, part, dtype, shape in zip(
+                update_info.names, packed.split(sizes), dtypes, update_info.shapes, strict=True
+            )
+        ]
+        self.model.load_weights(weights)
 
     def shutdown(self) -> None:
         if self.group is not None:
@@ -183,12 +190,18 @@ def _default_dtype() -> str:
     return "bfloat16" if torch.cuda.is_available() else "float32"
 
 
-def _sample_dict(completion: Any) -> dict:
-    """One vLLM CompletionOutput as a plain dict; logprobs[k] is the logprob of token_ids[k]."""
+def _sample_dict(completion: Any, tokenizer: Any | None) -> dict:
+    """One vLLM CompletionOutput as a plain dict; logprobs[k] is the logprob of token_ids[k]. With a
+    `tokenizer`, the text is decoded here (the engine ran without detokenizing)."""
     token_ids = list(completion.token_ids)
     logprobs = [float(step[tok].logprob) for tok, step in zip(token_ids, completion.logprobs, strict=True)]
     reason = "length" if completion.finish_reason == "length" else "stop"
-    return {"token_ids": token_ids, "logprobs": logprobs, "finish_reason": reason, "text": completion.text}
+    text = completion.text
+    if tokenizer is not None:
+        # Like vLLM's incremental detokenizer, leave out the replacement characters of a multi-byte
+        # character cut short at the end (it never saw the bytes that would complete it).
+        text = tokenizer.decode(token_ids, skip_special_tokens=True).rstrip("\ufffd")
+    return {"token_ids": token_ids, "logprobs": logprobs, "finish_reason": reason, "text": text}
 
 
 class LLMRayActor:
@@ -256,6 +269,11 @@ class LLMRayActor:
         weight update waits for it to finish."""
         from vllm import SamplingParams, TokensPrompt
 
+        # vLLM detokenizes every step of every sequence, and every logprob's token on its own; that was a
+        # quarter of a tiny model's generation time on CPU (benchmarks/grpo_step.py). Stop strings are
+        # matched on that text, so only a call without them skips it and decodes each sample once here.
+        detokenize = bool(stop)
+
         def params(i: int) -> SamplingParams:
             # logprobs=0: only the sampled token's logprob. A distinct seed per prompt (vLLM adds the sample
             # index for the n children) keeps samples of different prompts uncorrelated.
@@ -267,12 +285,14 @@ class LLMRayActor:
                 include_stop_str_in_output=True,
                 logprobs=0,
                 seed=None if seed is None else seed + i * n,
+                detokenize=detokenize,
             )
 
         prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_token_ids]
         with self._weights_lock:
             outputs = self.llm.generate(prompts, [params(i) for i in range(len(prompts))], use_tqdm=False)
-        return [[_sample_dict(c) for c in out.outputs] for out in outputs]
+        tokenizer = None if detokenize else self.llm.get_tokenizer()
+        return [[_sample_dict(c, tokenizer) for c in out.outputs] for out in outputs]
 
     def ready(self) -> bool:
         return True
@@ -385,6 +405,12 @@ def _chunks(named_tensors: Iterable[tuple[str, torch.Tensor]], max_bytes: int) -
         yield chunk
 
 
+def _pack(chunk: list[tuple[str, torch.Tensor]]) -> torch.Tensor:
+    """The chunk's tensors as one flat byte buffer, in order (the gloo receiver splits it by the announced
+    dtypes and shapes)."""
+    return torch.cat([tensor.reshape(-1).view(torch.uint8) for _, tensor in chunk])
+
+
 def _update_payload(chunk: list[tuple[str, torch.Tensor]]) -> dict:
     info = NCCLWeightTransferUpdateInfo(
         names=[name for name, _ in chunk],
@@ -451,11 +477,13 @@ class WeightSyncSender:
             return trainer_init({"master_address": address, "master_port": port, "world_size": world_size})
         return _init_gloo_group(address, port, 0, world_size)
 
-    def _broadcast(self, tensor: torch.Tensor) -> None:
+    def _broadcast(self, chunk: list[tuple[str, torch.Tensor]]) -> None:
         if self.backend == "nccl":
-            self.group.broadcast(tensor, src=0, stream=torch.cuda.current_stream())
-        else:
-            self.group.broadcast(tensor, 0).wait()
+            for _, tensor in chunk:
+                self.group.broadcast(tensor, src=0, stream=torch.cuda.current_stream())
+            torch.cuda.current_stream().synchronize()
+        else:  # one gloo broadcast per chunk: its latency, not the bytes, is what a small tensor costs
+            self.group.broadcast(_pack(chunk), 0).wait()
 
     def send(
         self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int | str | None = None
@@ -465,10 +493,7 @@ class WeightSyncSender:
         for chunk in _chunks(named_tensors, self.chunk_bytes):
             payload = {"update_info": _update_payload(chunk)}
             refs = [e.update_weights.remote(payload) for e in self.engines]  # they wait in the broadcasts
-            for _, tensor in chunk:
-                self._broadcast(tensor)
-            if self.backend == "nccl":
-                torch.cuda.current_stream().synchronize()
+            self._broadcast(chunk)
             ray.get(refs)
         weight_version = None if version is None else str(version)
         ray.get([e.finish_weight_update.remote(weight_version) for e in self.engines])

@@ -156,6 +156,19 @@ def test_stop_string_keeps_tokens_and_logprobs_aligned(engine, prompts, tokenize
 
 
 @pytest.mark.slow
+def test_text_decoded_without_engine_detokenizing_matches_vllm_text(engine, prompts):
+    """Without stop strings the engine skips detokenizing and the actor decodes each sample; a stop string
+    that never matches makes vLLM detokenize the same seeded samples itself."""
+    import ray
+
+    ours = ray.get(engine.generate.remote(prompts, 4, 1.0, 16, None, 99))
+    vllms = ray.get(engine.generate.remote(prompts, 4, 1.0, 16, ["\x00never\x00"], 99))
+    assert [[s["token_ids"] for s in g] for g in ours] == [[s["token_ids"] for s in g] for g in vllms]
+    assert [[s["text"] for s in g] for g in ours] == [[s["text"] for s in g] for g in vllms]
+    assert any(s["text"] for g in ours for s in g)
+
+
+@pytest.mark.slow
 def test_weight_sync_makes_engine_generate_like_the_new_model(engine, prompts, tokenizer, hf_base):
     """The key property: after a push, the engine computes with exactly the pushed weights."""
     import ray
