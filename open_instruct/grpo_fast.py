@@ -89,8 +89,8 @@ async def rollout_and_score(engines, prompts: list, reward_model, cfg: GRPOConfi
 
     async def generate(k: int, idx: list[int]):
         engine = engines[k % len(engines)]
-        # The engine seeds prompt i, sample j with seed + i*n + j: draw each chunk's base at random from the
-        # run seed, step and chunk, so no two samples of a run share a random stream.
+        # Each generate call is seeded from the run seed, step and chunk: a rerun (or a resume) draws the
+        # same samples from the same weights, and no two calls of a run share a random stream.
         seed = random.Random(f"{seed_key}/{k}").randrange(2**31)
         ref = engine.generate.remote([prompts[i].prompt_token_ids for i in idx], n, cfg.temperature,
                                      cfg.response_length, cfg.stop_strings or None, seed)  # fmt: skip
@@ -194,10 +194,11 @@ def create_learners(cfg: GRPOConfig, total_steps: int, timeout: float | None = N
                         kl_estimator=parse_kl_estimator(cfg.kl_estimator)),
     )  # fmt: skip
     actor = ray.remote(PolicyLearner)
+    busy = cfg.vllm_num_engines if cfg.async_steps > 0 else 0  # engines generating while it trains
     master_addr, master_port = ray.util.get_node_ip_address(), free_port()
     learners = [
         actor.options(
-            num_cpus=1, num_gpus=1 if on_gpu else 0, runtime_env=None if on_gpu else cpu_runtime_env(),
+            num_cpus=1, num_gpus=1 if on_gpu else 0, runtime_env=None if on_gpu else cpu_runtime_env(busy),
             scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=r),
         ).remote(lcfg, r, world, master_addr, master_port)
         for r in range(world)

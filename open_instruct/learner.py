@@ -132,14 +132,16 @@ def jit_arch_list(value: str) -> str:
     return re.sub(r"(\d+\.\d+)[a-z]\b", r"\1", value)
 
 
-def cpu_runtime_env() -> dict:
+def cpu_runtime_env(busy_cores: int = 0) -> dict:
     """Threads for a learner actor on a CPU-only node. Ray sets OMP_NUM_THREADS to the actor's num_cpus (1),
-    a scheduling token; the learner's matmuls should use the node's cores. PASSIVE: its OpenMP threads sleep
-    between parallel regions instead of spinning, so they do not slow the engine generating the next step
-    on the same cores (--async_steps). Engines keep Ray's one thread: on CPU their decode steps are bound by
-    per-step overhead, not matmuls (benchmarks/grpo_step.py measured both)."""
-    cores = str(len(os.sched_getaffinity(0)))
-    return {"env_vars": {"OMP_NUM_THREADS": cores, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}}
+    a scheduling token; the learner's matmuls should use the node's cores, less `busy_cores`: those of
+    engines generating the next step while it trains (--async_steps > 0; each engine keeps Ray's one thread,
+    its decode steps being bound by per-step overhead, not matmuls). A learner thread on an engine's core
+    slowed the generation that bounds an async step more than it sped up training (benchmarks/grpo_step.py).
+    PASSIVE: OpenMP threads sleep between parallel regions instead of spinning on shared cores."""
+    threads = max(1, len(os.sched_getaffinity(0)) - busy_cores)
+    return {"env_vars": {"OMP_NUM_THREADS": str(threads),
+                         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}}  # fmt: skip
 
 
 class PolicyLearner:

@@ -138,8 +138,9 @@ def test_generate_n_samples_with_aligned_logprobs_matching_hf(engine, prompts, h
                 assert len(s["token_ids"]) == 12
             expected = _hf_logprobs(hf_base, prompt, s["token_ids"])
             torch.testing.assert_close(torch.tensor(s["logprobs"]), expected, atol=1e-3, rtol=0)
-    # Same seed, same samples.
+    # Same seed, same samples (the call reseeds the sampler); another seed, other samples.
     assert ray.get(engine.generate.remote(prompts, 3, 1.0, 12, None, 123)) == out
+    assert ray.get(engine.generate.remote(prompts, 3, 1.0, 12, None, 124)) != out
 
 
 @pytest.mark.slow
