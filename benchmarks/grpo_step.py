@@ -27,7 +27,7 @@ model loading) and the first --warmup steps are left out; the table shows median
 Printed: our seconds per step over TRL's (target: at most 1.0).
 
     python benchmarks/grpo_step.py [--steps 12] [--warmup 2] [--prompts 4] [--samples 16]
-                                   [--response-length 24] [--lr 2e-3] [--work-dir DIR]
+                                   [--response-length 24] [--lr 2e-3] [--repeats 1] [--work-dir DIR]
 """
 
 import argparse
@@ -240,9 +240,9 @@ def trl_worker(args) -> None:
 # Report
 
 
-def steady(per_step: list[dict], warmup: int) -> dict:
-    """Medians over the steps after the warm-up ones."""
-    kept = per_step[warmup:]
+def steady(repeats: list[list[dict]], warmup: int) -> dict:
+    """Medians over the steps after the warm-up ones, of every repeat together."""
+    kept = [s for per_step in repeats for s in per_step[warmup:]]
     if not kept:
         sys.exit(f"no steps left after {warmup} warm-up steps: raise --steps")
     keys = ["step", *STAGES]
@@ -261,6 +261,9 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=16, help="samples per prompt (the GRPO group)")
     p.add_argument("--response-length", type=int, default=24, help="most tokens per response")
     p.add_argument("--lr", type=float, default=2e-3, help="learning rate (constant)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="run every side this many times, in turn; medians pool all of them and each "
+                   "repeat's ratio is printed too (timings here vary 10-20%% from run to run)")  # fmt: skip
     p.add_argument("--work-dir", help="keep models, logs and outputs here (default: a temporary directory)")
     p.add_argument("--_trl-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
@@ -272,6 +275,8 @@ def main() -> None:
         return
     if args.steps <= args.warmup:
         p.error("--steps must be more than --warmup")
+    if args.repeats < 1:
+        p.error("--repeats must be at least 1")
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="grpo-step-bench-") as tmp:
@@ -287,19 +292,26 @@ def main() -> None:
         )
         print(f"grpo step benchmark: {setting}, {args.steps} steps per side ({args.warmup} warm-up); "
               f"reward: share of words == {TARGET_WORD!r}", flush=True)  # fmt: skip
-        warnings, runs = [], {}
-        for name, what, layout in LAYOUTS:
-            warnings.append(wait_until_quiet(name))
-            runs[name], wall = run_ours(args, model, data, work, name, layout)
-            print(f"  {name} ({what}) done in {wall:.0f}s (start-up included)", flush=True)
-        warnings.append(wait_until_quiet("TRL"))
-        runs["TRL"], trl_wall = run_trl(args, model, data, work)
-        print(f"  TRL done in {trl_wall:.0f}s (start-up included)", flush=True)
-    med = {name: steady(steps, args.warmup) for name, steps in runs.items()}
+        # runs[name][r]: the per-step records of repeat r. Repeats go round every side in turn, so a slow
+        # spell of the machine lands on all of them rather than on one.
+        warnings, runs = [], {name: [] for name in [*(name for name, _, _ in LAYOUTS), "TRL"]}
+        for rep in range(args.repeats):
+            tag = f" (repeat {rep + 1}/{args.repeats})" if args.repeats > 1 else ""
+            (work / f"rep{rep}").mkdir(exist_ok=True)
+            for name, what, layout in LAYOUTS:
+                warnings.append(wait_until_quiet(name))
+                steps, wall = run_ours(args, model, data, work / f"rep{rep}", name, layout)
+                runs[name].append(steps)
+                print(f"  {name} ({what}){tag} done in {wall:.0f}s (start-up included)", flush=True)
+            warnings.append(wait_until_quiet("TRL"))
+            steps, trl_wall = run_trl(args, model, data, work / f"rep{rep}")
+            runs["TRL"].append(steps)
+            print(f"  TRL{tag} done in {trl_wall:.0f}s (start-up included)", flush=True)
+    med = {name: steady(reps, args.warmup) for name, reps in runs.items()}
     trl = med["TRL"]
 
-    span = f"steps {args.warmup + 1}-{args.steps}"
-    print(f"\nmedian seconds per step over {span} ({trl['n']} steps per run):")
+    span = f"steps {args.warmup + 1}-{args.steps}" + (f" of {args.repeats} repeats" if args.repeats > 1 else "")
+    print(f"\nmedian seconds per step over {span} ({trl['n']} steps per side):")
     header = ["", "step", "generation", "reward", "training", "weight sync", "sum", "max", "mean reward"]
     print("  " + "".join(f"{h:>12}" for h in header))
     for name, r in med.items():
@@ -308,8 +320,9 @@ def main() -> None:
         cells = [f"{r['step']:.3f}", f"{r['generation']:.3f}", f"{r['reward']:.4f}", f"{r['training']:.3f}",
                  sync, f"{sum(stages):.3f}", f"{max(stages):.3f}", f"{r['reward_mean']:.3f}"]  # fmt: skip
         print("  " + f"{name:>12}" + "".join(f"{c:>12}" for c in cells))
-    for name, steps in runs.items():
-        print(f"  every step, {name + ':':12} " + " ".join(f"{s['step']:.2f}" for s in steps))
+    for name, reps in runs.items():
+        for steps in reps:
+            print(f"  every step, {name + ':':12} " + " ".join(f"{s['step']:.2f}" for s in steps))
     print(
         "notes: each column is a median on its own, so the stages need not add up to the step exactly.\n"
         "  sum and max are over the four stage medians: a step near `max` overlaps its stages, one near `sum`\n"
@@ -325,8 +338,13 @@ def main() -> None:
         print(f"warning: {reasons}. The timings are not reliable: rerun on a quiet machine.")
     for name, what, _ in LAYOUTS:
         r = med[name]
+        per_repeat = ""
+        if args.repeats > 1:  # the spread: each repeat's ratio on its own
+            ratios = [steady([o], args.warmup)["step"] / steady([t], args.warmup)["step"]
+                      for o, t in zip(runs[name], runs["TRL"], strict=True)]  # fmt: skip
+            per_repeat = f" (repeats: {' '.join(f'{x:.2f}' for x in ratios)})"
         print(f"grpo step time, {what}: ours {r['step']:.3g}s, TRL {trl['step']:.3g}s, "
-              f"ratio {r['step'] / trl['step']:.2f} (target <= 1.0); overlap: step / sum of stages "
+              f"ratio {r['step'] / trl['step']:.2f}{per_repeat} (target <= 1.0); overlap: step / sum of stages "
               f"{r['step'] / sum(r[s] for s in STAGES):.2f}")  # fmt: skip
     print(f"(whole benchmark: {time.perf_counter() - start:.0f}s)")
 

@@ -78,6 +78,9 @@ class GRPOConfig:
     gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass to save memory")
     # ---- controller
     async_steps: int = opt(1, "generation may run this many steps ahead of training (0: fully on-policy)")
+    inflight_updates: bool = opt(False, "push new weights into the engines between decode steps of a rollout in "
+        "flight instead of after it (its later tokens then come from the newer policy; truncated importance "
+        "sampling corrects for it); only matters with --async_steps > 0")
     total_episodes: int = opt(1000, "total samples to train on; steps = total_episodes / (prompts x samples per prompt)")
     seed: int = opt(1, "seed for data order, sampling and initialisation")
     output_dir: str = opt("output/grpo", "where metrics.jsonl, checkpoints and the final model go")

@@ -333,6 +333,7 @@ class Trainer:
                 max_model_len=cfg.max_prompt_token_length + cfg.response_length,
                 enable_prefix_caching=cfg.vllm_enable_prefix_caching,
                 gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, timeout=self.timeout,
+                inflight_updates=cfg.inflight_updates,
             )  # fmt: skip
             self.learners = create_learners(cfg, self.steps, self.timeout)
             vllm_utils.init_weight_sync(self.learners, self.engines, timeout=self.timeout)

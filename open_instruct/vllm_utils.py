@@ -35,9 +35,12 @@ Weight sync, through vLLM's own weight-transfer API (`vllm.distributed.weight_tr
 Concurrency
     Rollouts (the trainer's rollout thread) and weight pushes (learner rank 0) reach an engine as separate
     Ray callers, so their calls may interleave. The weight-transfer methods run in their own actor thread
-    (concurrency group `"weights"`), and a lock held from `start_weight_update` to `finish_weight_update`
-    makes a `generate` that arrives mid-update wait for the new weights instead of running on half-loaded
-    layers.
+    (concurrency group `"weights"`), and a gate (`_EngineGate`) held from `start_weight_update` to
+    `finish_weight_update` keeps generation off half-loaded layers. By default a `generate` call holds
+    the gate from start to end, so an update waits for the rollout in flight and a rollout that arrives
+    mid-update waits for the new weights. With `inflight_updates` the engine is stepped here and the gate
+    is taken per decode step: an update waits for one step, and the rest of the rollout continues on the
+    new weights (its earlier tokens, and their logprobs and KV cache, came from the old ones).
 
 Learner side: `WeightSyncSender` (held by learner rank 0), or the driver helpers `init_weight_sync` /
 `sync_weights`, which run on the learner actors through Ray's `__ray_call__` and need only the learner's
@@ -46,6 +49,7 @@ Learner side: `WeightSyncSender` (held by learner rank 0), or the driver helpers
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -204,6 +208,38 @@ def _sample_dict(completion: Any, tokenizer: Any | None) -> dict:
     return {"token_ids": token_ids, "logprobs": logprobs, "finish_reason": reason, "text": text}
 
 
+class _EngineGate:
+    """Generation and weight updates take turns on the engine. An update that is waiting goes before the
+    next generation turn, so it waits for at most one turn (a decode step, with in-flight updates)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._busy = False
+        self._updates_waiting = 0
+
+    def acquire_for_update(self) -> None:
+        with self._cond:
+            self._updates_waiting += 1
+            self._cond.wait_for(lambda: not self._busy)
+            self._updates_waiting -= 1
+            self._busy = True
+
+    def release(self) -> None:
+        with self._cond:
+            self._busy = False
+            self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def generation_turn(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._busy and not self._updates_waiting)
+            self._busy = True
+        try:
+            yield
+        finally:
+            self.release()
+
+
 def _seed_sampler(worker: Any, seed: int) -> None:
     """Run in every vLLM worker (collective_rpc): reseed the default generators that sampling draws from
     for requests without a seed of their own."""
@@ -227,6 +263,7 @@ class LLMRayActor:
         gpu_memory_utilization: float = 0.9,
         dtype: str | None = None,
         enforce_eager: bool | None = None,
+        inflight_updates: bool = False,
         **llm_kwargs: Any,
     ) -> None:
         from vllm import LLM
@@ -257,8 +294,10 @@ class LLMRayActor:
             weight_transfer_config=WeightTransferConfig(backend=self.backend),
             **llm_kwargs,
         )
-        self._weights_lock = threading.Lock()  # held by a weight update, from start to finish
-        self._updating = False
+        self.inflight_updates = inflight_updates
+        self._gate = _EngineGate()
+        self._updating = False  # the gate is held by an update, from start_weight_update to finish
+        self._prefix_cache_stale = False  # an update's reset found blocks in use by a rollout in flight
 
     def generate(
         self,
@@ -294,12 +333,29 @@ class LLMRayActor:
         )
 
         prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_token_ids]
-        with self._weights_lock:
+        with self._gate.generation_turn():
+            if self._prefix_cache_stale:  # nothing runs now, so the reset an update could not do works
+                self._prefix_cache_stale = not self.llm.reset_prefix_cache()
             if seed is not None:
                 self.llm.collective_rpc(_seed_sampler, args=(seed,))
-            outputs = self.llm.generate(prompts, params, use_tqdm=False)
+            if not self.inflight_updates:
+                outputs = self.llm.generate(prompts, params, use_tqdm=False)
+            else:
+                self.llm.enqueue(prompts, params, use_tqdm=False)
+        if self.inflight_updates:
+            outputs = self._step_until_done()
         tokenizer = None if params.detokenize else self.llm.get_tokenizer()
         return [[_sample_dict(c, tokenizer) for c in out.outputs] for out in outputs]
+
+    def _step_until_done(self) -> list:
+        """`LLM.generate`'s engine loop, one gated step at a time, so weight updates land between steps."""
+        engine, finished = self.llm.llm_engine, []
+        while True:
+            with self._gate.generation_turn():
+                if not engine.has_unfinished_requests():
+                    break
+                finished += [out for out in engine.step() if out.finished]
+        return sorted(finished, key=lambda out: int(out.request_id))  # submission order, as generate returns
 
     def ready(self) -> bool:
         return True
@@ -309,8 +365,8 @@ class LLMRayActor:
 
     # The control plane of vLLM's weight transfer (vllm.entrypoints.rl.offline.RLOfflineMixin). These run in
     # the WEIGHTS_GROUP thread: a sender (e.g. a learner actor) and the rollout loop call the engine
-    # independently, so Ray may interleave their calls. `_weights_lock`, held from start to finish of an
-    # update, keeps a rollout off half-loaded layers (the layerwise reload puts them on the meta device).
+    # independently, so Ray may interleave their calls. The gate, held from start to finish of an update,
+    # keeps a rollout off half-loaded layers (the layerwise reload puts them on the meta device).
 
     @ray.method(concurrency_group=WEIGHTS_GROUP)
     def weight_sync_info(self) -> dict:
@@ -323,7 +379,7 @@ class LLMRayActor:
 
     @ray.method(concurrency_group=WEIGHTS_GROUP)
     def start_weight_update(self) -> None:
-        self._weights_lock.acquire()
+        self._gate.acquire_for_update()
         self._updating = True
         try:
             self.llm.start_weight_update()
@@ -343,7 +399,9 @@ class LLMRayActor:
     def finish_weight_update(self, weight_version: str | None = None) -> None:
         try:
             self.llm.finish_weight_update(weight_version)
-            self.llm.reset_prefix_cache()  # cached prefixes were computed with the old weights
+            # Cached prefixes were computed with the old weights. With a rollout in flight vLLM refuses
+            # (its blocks are in use); the next generate call does it before it starts.
+            self._prefix_cache_stale = not self.llm.reset_prefix_cache()
         finally:
             self._end_update()
 
@@ -358,7 +416,7 @@ class LLMRayActor:
     def _end_update(self) -> None:
         if self._updating:
             self._updating = False
-            self._weights_lock.release()
+            self._gate.release()
 
 
 def create_vllm_engines(

@@ -4,6 +4,8 @@ The slow tests share one engine (about 20 s to start on CPU) serving the tiny se
 compares against Hugging Face transformers running the same weights in float32.
 """
 
+import time
+
 import pytest
 import torch
 
@@ -243,3 +245,50 @@ def test_driver_helpers_sync_from_learner_actor(engine, prompts, tiny_judge_dir)
         assert ray.get(engine.get_weight_version.remote()) == "3"
     finally:
         ray.kill(learner)
+
+
+def _update_during_rollout(engine, prompts, max_tokens: int) -> tuple[bool, bool, list]:
+    """Start a long sampled rollout, then (0.2 s in) an empty weight update. Returns whether the rollout
+    was still running when the update was asked for, whether the update completed within 0.3 s while
+    the rollout was still running, and the rollout's samples."""
+    import ray
+
+    # 16 samples of many tokens: a second or more here (the longest one rarely meets EOS early).
+    pending = engine.generate.remote(prompts, 4, 1.0, max_tokens, None, 5)
+    time.sleep(0.2)
+    running = not ray.wait([pending], timeout=0)[0]
+    started = engine.start_weight_update.remote()
+    done_early = bool(ray.wait([started], timeout=0.3)[0])
+    if done_early:
+        ray.get(engine.finish_weight_update.remote())  # no chunks: every layer keeps its weights
+        done_early = not ray.wait([pending], timeout=0)[0]
+    else:
+        ray.get(started)
+        ray.get(engine.finish_weight_update.remote())
+    return running, done_early, ray.get(pending)
+
+
+@pytest.mark.slow
+def test_update_waits_for_the_rollout_in_flight_by_default(engine, prompts):
+    running, done_early, _ = _update_during_rollout(engine, prompts, 224)
+    assert running, "the rollout should still be generating 0.2 s in"
+    assert not done_early
+
+
+@pytest.mark.slow
+def test_inflight_updates_land_between_decode_steps(engine, prompts, tiny_judge_dir):
+    """Last in this file: it replaces the shared engine (the local cluster has CPUs for one at a time)."""
+    import ray
+
+    ray.kill(engine)
+    (inflight,) = vllm_utils.create_vllm_engines(1, 1, str(tiny_judge_dir), seed=0, max_model_len=512,
+                                                 inflight_updates=True)  # fmt: skip
+    try:
+        ray.get(inflight.generate.remote(prompts, 4, 1.0, 400, None, 4))  # warm-up: the first steps are slow
+        running, done_early, samples = _update_during_rollout(inflight, prompts, 400)
+        assert running and done_early, "the update should complete while the rollout is still generating"
+        # An update that changes nothing leaves the rollout as if none had happened.
+        assert samples == ray.get(inflight.generate.remote(prompts, 4, 1.0, 400, None, 5))
+        assert max(len(s["token_ids"]) for g in samples for s in g) == 400
+    finally:
+        ray.kill(inflight)
