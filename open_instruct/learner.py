@@ -178,6 +178,7 @@ class PolicyLearner:
             return get_scheduler(self.cfg.lr_scheduler_type, optimizer, num_training_steps=total_updates,
                                  num_warmup_steps=int(self.cfg.warmup_ratio * total_updates))  # fmt: skip
 
+        num_params = sum(p.numel() for p in model.parameters())  # before ZeRO-3 partitions them
         self.model, *_ = deepspeed.initialize(
             model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
             config=deepspeed_config(self.cfg, self.on_gpu), lr_scheduler=scheduler,
@@ -187,7 +188,7 @@ class PolicyLearner:
             self.ref_model = AutoModelForCausalLM.from_pretrained(self.cfg.model_name_or_path, dtype=dtype,
                                                                   attn_implementation=model.config._attn_implementation)  # fmt: skip
             self.ref_model.to(self.device).eval().requires_grad_(False)
-        return {"rank": self.rank, "device": str(self.device), "params": sum(p.numel() for p in model.parameters())}
+        return {"rank": self.rank, "device": str(self.device), "params": num_params}
 
     # ----------------------------------------------------------------------------------------------
     def train(self, samples: list[Sample], num_tokens: float) -> dict[str, float]:
