@@ -49,7 +49,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -68,12 +67,6 @@ CONFIGS = {  # name: (ZeRO stage, gradient checkpointing)
 CHECKS_IN = "z3"  # the ZeRO-3 save/load/gather checks run once: they do not depend on checkpointing
 SEED = 0
 GIB = 2**30
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def defaults(on_gpu: bool, quick: bool) -> dict:
@@ -148,6 +141,7 @@ def _train_config(spec: dict, res: dict) -> tuple[list, list, float]:
     import torch
 
     import open_instruct.learner as learner_mod
+    from open_instruct.judge_server import free_port
     from open_instruct.learner import PolicyLearner
 
     deepspeed.utils.logger.setLevel(logging.WARNING)  # its per-step INFO lines would bury the results
@@ -221,6 +215,7 @@ def _zero3_checks(spec: dict, res: dict, box: list, samples, num_tokens: float) 
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from open_instruct.judge_server import free_port
     from open_instruct.learner import PolicyLearner
 
     t0 = time.perf_counter()
