@@ -87,17 +87,19 @@ def defaults(on_gpu: bool, quick: bool) -> dict:
 # Worker side: one configuration in this process.
 
 
-def make_samples(gen, n: int, prompt_len: int, response_len: int, vocab: int) -> list:
+def make_batch(gen, n: int, prompt_len: int, response_len: int, vocab: int, pack_length: int):
+    """One step's synthetic samples, packed for the single rank (learner.plan_step)."""
     import torch
 
-    from open_instruct.learner import Sample
+    from open_instruct.learner import Sample, plan_step
 
     adv = torch.randn(n, generator=gen)
     adv -= adv.mean()  # zero mean, as group-normalized advantages are
     ids = torch.randint(0, vocab, (n, prompt_len + response_len), generator=gen)
     lps = -(0.05 + 2.45 * torch.rand(n, response_len, generator=gen))
-    return [Sample(ids[i, :prompt_len].tolist(), ids[i, prompt_len:].tolist(), lps[i].tolist(), float(adv[i]))
-            for i in range(n)]  # fmt: skip
+    samples = [Sample(ids[i, :prompt_len].tolist(), ids[i, prompt_len:].tolist(), lps[i].tolist(), float(adv[i]))
+               for i in range(n)]  # fmt: skip
+    return plan_step(samples, 1, 1, pack_length)[0]
 
 
 def one_weight(learner, name: str):
@@ -118,9 +120,9 @@ def worker(spec: dict, out_path: Path) -> int:
     res: dict = {"name": spec["name"], "stage": spec["stage"], "gc": spec["gc"], "ok": False}
     try:
         # The learner travels in a list so the checks can drop the last reference before the resume test.
-        box, last_batch, num_tokens = _train_config(spec, res)
+        box, last_batch = _train_config(spec, res)
         if spec["checks"]:
-            _zero3_checks(spec, res, box, last_batch, num_tokens)
+            _zero3_checks(spec, res, box, last_batch)
         res["ok"] = all(res["checks"].values())
         if not res["ok"]:
             res["error"] = "check failed: " + ", ".join(k for k, v in res["checks"].items() if not v)
@@ -159,10 +161,8 @@ def _train_config(spec: dict, res: dict) -> tuple[list, list, float]:
     sync = torch.cuda.synchronize if on_gpu else (lambda: None)
     n_steps = spec["warmup"] + spec["steps"]
     t0 = time.perf_counter()
-    learner = PolicyLearner(
-        learner_config_of(spec), rank=0, world_size=1, master_addr="127.0.0.1", master_port=free_port()
-    )
-    info = learner.setup()
+    learner = PolicyLearner(learner_config_of(spec), rank=0, world_size=1)
+    info = learner.setup("127.0.0.1", free_port())
     sync()
     # setup()'s own count is taken after deepspeed.initialize, when ZeRO-3 has already partitioned the
     # parameters (numel() is then the local shard); ds_numel is the full size.
@@ -178,16 +178,15 @@ def _train_config(spec: dict, res: dict) -> tuple[list, list, float]:
 
     gen = torch.Generator().manual_seed(SEED)
     vocab = learner.model.module.config.vocab_size
-    batches = [make_samples(gen, spec["samples"], spec["prompt_len"], spec["response_len"], vocab)
+    batches = [make_batch(gen, spec["samples"], spec["prompt_len"], spec["response_len"], vocab, spec["pack_length"])
                for _ in range(n_steps)]  # fmt: skip
-    num_tokens = float(spec["samples"] * spec["response_len"])
     probe = spec["probe"]
     before = one_weight(learner, probe)
     times, stats = [], []
     for i, samples in enumerate(batches):
         sync()
         t = time.perf_counter()
-        s = learner.train(samples, num_tokens)
+        s = learner.train(samples)
         sync()
         times.append(time.perf_counter() - t)
         stats.append(s)
@@ -208,10 +207,10 @@ def _train_config(spec: dict, res: dict) -> tuple[list, list, float]:
         "loss_finite": all(math.isfinite(s["loss_sum"]) and math.isfinite(s["grad_norm"]) for s in stats),
         "weights_changed": changed > 0,
     }
-    return [learner], batches[-1], num_tokens
+    return [learner], batches[-1]
 
 
-def _zero3_checks(spec: dict, res: dict, box: list, samples, num_tokens: float) -> None:
+def _zero3_checks(spec: dict, res: dict, box: list, samples) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -246,21 +245,19 @@ def _zero3_checks(spec: dict, res: dict, box: list, samples, num_tokens: float) 
     del full
     steps_saved = learner.model.global_steps
     learner.save_state(str(out / "state"))
-    cont = learner.train(samples, num_tokens)
+    cont = learner.train(samples)
     cont_w = one_weight(learner, probe)
     del learner
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     # init_distributed() in setup() finds the process group up and keeps it (a real resume starts a new process).
-    fresh = PolicyLearner(
-        learner_config_of(spec), rank=0, world_size=1, master_addr="127.0.0.1", master_port=free_port()
-    )
-    fresh.setup()
+    fresh = PolicyLearner(learner_config_of(spec), rank=0, world_size=1)
+    fresh.setup("127.0.0.1", free_port())
     fresh.load_state(str(out / "state"))
     checks["load_state_weights_equal"] = torch.equal(one_weight(fresh, probe), saved_w)
     checks["load_state_step_count"] = fresh.model.global_steps == steps_saved
-    resumed = fresh.train(samples, num_tokens)
+    resumed = fresh.train(samples)
     resumed_w = one_weight(fresh, probe)
     checks["resumed_step_finite"] = math.isfinite(resumed["loss_sum"]) and math.isfinite(resumed["grad_norm"])
     checks["resumed_step_counted"] = fresh.model.global_steps == steps_saved + 1

@@ -2,9 +2,11 @@
 
 Checked: every flag (grpo_config.parse_args), every dataset row (Trainer.setup, which also reads the
 tokenizer for prompt lengths), the judge endpoint (one completion of one token through the same client the
-run uses), and the Ray cluster's resources against the actors the run will place. Printed: engines and
-learners with their placement, per-step batch sizes, and a rough memory estimate per GPU from the model's
-config (parameters counted on the meta device, so no weights are read).
+run uses), and the Ray cluster's nodes against the bundles the run will reserve (cluster.fit). When they
+fit, the placement groups are reserved as the run would reserve them, read back (which node holds which
+learner ranks and engines, and where the learners' rendezvous is) and released; no actor starts. Printed:
+that placement, per-step batch sizes, and a rough memory estimate per GPU from the model's config
+(parameters counted on the meta device, so no weights are read).
 
 Problems are collected and printed one per line; the exit status is 2 when there is any.
 """
@@ -13,8 +15,8 @@ import asyncio
 import math
 from dataclasses import dataclass, replace
 
+from open_instruct import cluster
 from open_instruct.grpo_config import GRPOConfig
-from open_instruct.grpo_fast import init_ray, num_learners, required_resources, resource_shortfall
 
 GiB = 1024**3
 
@@ -45,13 +47,16 @@ def model_shape(model_name_or_path: str) -> ModelShape:
 
 def learner_memory(cfg: GRPOConfig, shape: ModelShape, world: int) -> dict[str, float]:
     """Bytes per learner GPU, roughly: bf16 weights and grads, fp32 AdamW master weights and moments
-    (sharded over the learners by ZeRO: stage 2 shards grads and optimizer, stage 3 the weights too),
-    the float32 logits of one packed micro-batch (and their log-softmax), and activations (one bf16 hidden
-    state per layer with gradient checkpointing, about 16 without)."""
+    (sharded over the learners by ZeRO: stage 2 shards grads and optimizer, stage 3 the weights too), the
+    bf16 logits of one packed micro-batch and their gradient (the float32 log-softmax is taken a bounded
+    chunk at a time, learner.LOGIT_CHUNK_ELEMENTS), and activations (one bf16 hidden state per layer with
+    gradient checkpointing, about 16 without)."""
+    from open_instruct.learner import LOGIT_CHUNK_ELEMENTS
+
     P, T = shape.params, cfg.pack_length
     weights = 2 * P / (world if cfg.deepspeed_stage == 3 else 1)
     grads_optimizer = (2 + 12) * P / world
-    logits = 2 * T * shape.vocab * 4
+    logits = 2 * (2 * T * shape.vocab) + 3 * 4 * min(LOGIT_CHUNK_ELEMENTS, T * shape.vocab)
     activations = shape.layers * T * shape.hidden * 2 * (1 if cfg.gradient_checkpointing else 16)
     reference = 2 * P if cfg.beta > 0 else 0  # the frozen reference policy, unsharded
     return {"weights": weights, "grads+optimizer": grads_optimizer, "logits": logits,
@@ -79,21 +84,29 @@ def check_judge(trainer) -> str | None:
     return None if result.ok else f"judge {judge.endpoint} did not answer: {result.error}"
 
 
-def cluster_resources(cfg: GRPOConfig) -> tuple[list[dict], str, str | None]:
-    """(alive nodes as {"ip", "CPU", "GPU"}, where they came from, why the actors would not fit). Joins the
-    cluster the run would use, as the run would."""
+def cluster_plan(cfg: GRPOConfig) -> tuple[list, str, cluster.Layout, str | None, list[str]]:
+    """(alive nodes, where they came from, the layout, why it does not fit, where each actor would go).
+    Joins the cluster the run would use, as the run would; when the layout fits, reserves its placement
+    groups, reads back the nodes Ray chose and releases them."""
     import ray
 
-    where = init_ray(cfg)
+    where = cluster.init_ray(cfg)
     if where.startswith("a local"):
         where += " (set RAY_ADDRESS or --ray_address to check a cluster)"
     try:
-        nodes = [{"ip": n["NodeManagerAddress"], "CPU": n["Resources"].get("CPU", 0), "GPU": n["Resources"].get("GPU", 0)}
-                 for n in ray.nodes() if n.get("Alive")]  # fmt: skip
-        shortfall = resource_shortfall(cfg)
+        plan, nodes, shortfall = cluster.plan_for_cluster(cfg)
+        placed: list[str] = []
+        if not shortfall:
+            try:
+                placement = cluster.Placement(plan, timeout=60)
+            except TimeoutError as e:
+                shortfall = str(e)
+            else:
+                placed = placement.describe()
+                placement.remove()
     finally:
         ray.shutdown()
-    return nodes, where, shortfall
+    return nodes, where, plan, shortfall, placed
 
 
 def _count(n: float) -> str:
@@ -105,41 +118,41 @@ def run(cfg: GRPOConfig, trainer) -> int:
     judge_problem = check_judge(trainer)
     if judge_problem:
         problems.append(judge_problem)
-    nodes, where, shortfall = cluster_resources(cfg)
-    gpus = sum(n["GPU"] for n in nodes)
-    on_gpu = gpus > 0
-    need = required_resources(cfg, on_gpu)
-    world = num_learners(cfg, on_gpu)
-    engine_gpus = need["GPU"] - world if on_gpu else 0
+    nodes, where, plan, shortfall, placed = cluster_plan(cfg)
+    gpus = sum(n.gpus for n in nodes)
+    on_gpu, world = plan.on_gpu, plan.world_size
     if shortfall:
         problems.append(f"{shortfall} ({where})")
-    if not on_gpu and (sum(cfg.num_learners_per_node) > 1 or cfg.vllm_tensor_parallel_size > 1):
-        problems.append(f"{where} has no GPU: the run would fall back to 1 CPU learner instead of "
-                        f"{sum(cfg.num_learners_per_node)} (--num_learners_per_node {cfg.num_learners_per_node})")  # fmt: skip
-    biggest = max((n["GPU"] for n in nodes), default=0)
-    if on_gpu and cfg.vllm_tensor_parallel_size > biggest:
-        problems.append(f"--vllm_tensor_parallel_size {cfg.vllm_tensor_parallel_size} exceeds the GPUs of any one node ({biggest:g})")
+    if not on_gpu and cfg.vllm_tensor_parallel_size > 1:
+        problems.append(f"{where} has no GPU: --vllm_tensor_parallel_size {cfg.vllm_tensor_parallel_size} needs GPUs")
 
     shape = model_shape(cfg.model_name_or_path)
     per_rank = cfg.batch_size / world
     seq = cfg.max_prompt_token_length + cfg.response_length
-    micro = math.ceil(per_rank / cfg.num_mini_batches / max(cfg.pack_length // seq, 1))
+    # the whole step is packed at once and dealt out evenly (learner.plan_step); worst case: every sample is
+    # as long as the longest allowed
+    micro = math.ceil(math.ceil(cfg.batch_size / cfg.num_mini_batches / max(cfg.pack_length // seq, 1)) / world)
     mem = learner_memory(cfg, shape, world)
     device = gpu_memory()
     lines = [
         f"dry run: {cfg.exp_name} -> {cfg.output_dir}",
-        f"  cluster    {where}: {len(nodes)} node(s), {sum(n['CPU'] for n in nodes):g} CPUs, {gpus:g} GPUs",
+        f"  cluster    {where}: {len(nodes)} node(s), {sum(n.cpus for n in nodes):g} CPUs, {gpus:g} GPUs",
         f"  model      {cfg.model_name_or_path}: {_count(shape.params)} parameters, {shape.layers} layers, "
         f"vocab {shape.vocab}",
+        f"  learners   {world} DeepSpeed learner(s), ZeRO-{cfg.deepspeed_stage}, "
+        f"{' + '.join(map(str, plan.learners_per_node))} per node (a node of their own each, STRICT_SPREAD), "
+        + (f"{plan.learner_gpus:g} GPU each, NCCL" if on_gpu else "on CPU with gloo"),
         f"  engines    {cfg.vllm_num_engines} vLLM engine(s) x TP {cfg.vllm_tensor_parallel_size}"
-        + (f" = {engine_gpus} GPUs, one placement group each" if on_gpu else " on CPU"),
-        f"  learners   {world} DeepSpeed learner(s), ZeRO-{cfg.deepspeed_stage}, one placement group (PACK), "
-        + ("1 GPU each" if on_gpu else "on CPU with gloo"),
+        + (f", {plan.engine_gpus:g} GPU each" if on_gpu else " on CPU")
+        + (" on the learner's GPU (--single_gpu_mode)" if plan.shared else ", on the GPUs the learners leave (PACK)"),
+        "  placement  " + ("as Ray granted it (then released):" if placed else "not reserved (see the problems below)"),
+        *(f"    {line}" for line in placed),
         f"  judge      {trainer.judge.endpoint if trainer.judge else 'none (no judge-based verifier)'}"
         + (" (answered)" if trainer.judge and not judge_problem else ""),
         f"  per step   {cfg.num_unique_prompts_rollout} prompts x {cfg.num_samples_per_prompt_rollout} samples = "
-        f"{cfg.batch_size} samples; {per_rank:g} per learner, in {cfg.num_mini_batches} mini-batch(es), "
-        f"up to {micro} micro-batch(es) of {cfg.pack_length} tokens (longest sample {seq})",
+        f"{cfg.batch_size} samples; {per_rank:g} per learner, in {cfg.num_mini_batches} mini-batch(es), up to "
+        f"{micro} micro-batch(es) per learner per mini-batch, one packed row of <= {cfg.pack_length} tokens each "
+        f"(longest sample {seq})",
         f"  schedule   {cfg.num_training_steps} steps ({cfg.total_episodes} episodes), async_steps {cfg.async_steps}, "
         f"state every {cfg.checkpoint_state_freq or 'never'}, model every {cfg.save_freq or 'end'}",
         "  memory per learner GPU (rough): "
@@ -149,6 +162,17 @@ def run(cfg: GRPOConfig, trainer) -> int:
         f"{shape.kv_bytes_per_token / 1024:.0f} KiB/token, {shape.kv_bytes_per_token * seq / GiB:.2f} GiB per full "
         f"sequence, in the rest of --vllm_gpu_memory_utilization {cfg.vllm_gpu_memory_utilization:g}",
     ]  # fmt: skip
+    if plan.shared:
+        engines_share = cfg.vllm_num_engines * cfg.vllm_gpu_memory_utilization
+        lines.append(f"  shared GPU the engines take {engines_share:g} of its memory (--vllm_gpu_memory_utilization "
+                     f"{cfg.vllm_gpu_memory_utilization:g} each), a judge served there its own --gpu-memory-utilization "
+                     f"share (0.2 in PRESET=single_gpu), the learner the rest")  # fmt: skip
+        if engines_share >= 1:
+            problems.append(f"--single_gpu_mode: the engines' --vllm_gpu_memory_utilization adds up to {engines_share:g} "
+                            "of the GPU, leaving nothing for the learner")  # fmt: skip
+        if device and sum(mem.values()) > (1 - engines_share) * device:
+            lines.append(f"  warning: the learner estimate exceeds the {(1 - engines_share) * device / GiB:.0f} GiB the "
+                         "engines leave on the shared GPU")  # fmt: skip
     print("\n".join(lines))
     if device and sum(mem.values()) > device:
         print(f"  warning: the learner estimate exceeds one GPU's {device / GiB:.0f} GiB: consider --deepspeed_stage 3, "

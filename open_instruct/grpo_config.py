@@ -59,7 +59,11 @@ class GRPOConfig:
         "standard: (r - mean) / std per prompt group; centered: r - mean")
     filter_zero_std_samples: bool = opt(True, "skip prompt groups whose rewards are all equal (they carry no signal)")
     # ---- learner
-    num_learners_per_node: list[int] = opt([1], "DeepSpeed learners (GPUs) on each node; on a CPU machine one learner")
+    num_learners_per_node: list[int] = opt([1], "DeepSpeed learners on each node, one GPU each (e.g. 8 8: 16 "
+        "learners on two nodes of their own; vLLM engines go on the GPUs left); on a cluster without GPUs, gloo learners")
+    single_gpu_mode: bool = opt(False, "one GPU shared by the learner (half of it, in Ray's accounting) and the vLLM "
+        "engines (the other half); a judge served on that GPU takes its own memory share. Needs one learner and "
+        "--vllm_tensor_parallel_size 1")
     deepspeed_stage: int = opt(2, "ZeRO stage, 2 or 3")
     learning_rate: float = opt(1e-6, "AdamW learning rate")
     lr_scheduler_type: Literal["constant", "linear", "cosine", "constant_with_warmup"] = opt("constant", "learning-rate schedule")
@@ -74,7 +78,8 @@ class GRPOConfig:
     num_mini_batches: int = opt(1, "optimizer updates per step")
     num_epochs: int = opt(1, "passes over each step's samples")
     per_device_train_batch_size: int = opt(1, "kept for compatibility: micro-batches are packed by --pack_length")
-    pack_length: int = opt(4096, "most tokens per micro-batch (sequences are packed into micro-batches up to this); "
+    pack_length: int = opt(4096, "most tokens per micro-batch: samples are packed into one row of at most this many "
+        "tokens, without padding (at least --max_prompt_token_length + --response_length); "
         "on a GPU fewer, larger micro-batches train faster for more memory (H200, 0.3B model: 16384 took 0.97 s a "
         "step and 22 GiB, 4096 took 3.2 s and 10 GiB; benchmarks/learner_gpu.py)")
     gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass to save memory")
@@ -191,7 +196,11 @@ def validate(cfg: GRPOConfig) -> list[str]:
         (cfg.vllm_num_engines >= 1, "--vllm_num_engines must be at least 1"),
         (all(n >= 1 for n in cfg.num_learners_per_node), "--num_learners_per_node entries must be at least 1"),
         (cfg.num_mini_batches >= 1 and cfg.num_epochs >= 1, "--num_mini_batches and --num_epochs must be at least 1"),
-        (cfg.pack_length >= cfg.response_length, "--pack_length must be at least --response_length"),
+        (cfg.pack_length >= cfg.max_prompt_token_length + cfg.response_length,
+         f"--pack_length ({cfg.pack_length}) must be at least --max_prompt_token_length + --response_length "
+         f"({cfg.max_prompt_token_length + cfg.response_length}): a micro-batch must hold the longest sample"),
+        (not cfg.single_gpu_mode or (sum(cfg.num_learners_per_node) == 1 and cfg.vllm_tensor_parallel_size == 1),
+         "--single_gpu_mode needs one learner (--num_learners_per_node 1) and --vllm_tensor_parallel_size 1"),
         (cfg.clip_lower >= 0 and cfg.clip_higher >= 0, "--clip_lower and --clip_higher must be >= 0"),
         (0.0 <= cfg.max_judge_failure_rate <= 1.0, "--max_judge_failure_rate must be between 0 and 1"),
         (cfg.backend_timeout > 0, "--backend_timeout must be positive (minutes)"),

@@ -51,11 +51,10 @@ class Rollout:
 
     step: int
     prompts: list  # PromptRow, one per prompt
-    completions: list[list[dict]]  # per prompt, n samples from vllm_utils
+    completions: list[list[dict]]  # per prompt, n samples from vllm_utils, each with its weight_versions
     results: list[list]  # per prompt, n VerifierResults
     gen_seconds: float
     reward_seconds: float  # reward time not hidden behind generation
-    weights_version: int
     sampler_state: dict  # the data position once this step's prompts were taken
 
 
@@ -168,21 +167,11 @@ def actor_errors(what: str, cfg: GRPOConfig):
         raise RunFailure(f"{what}: {who} died ({type(dead).__name__}); {hint}") from None
 
 
-def create_learners(cfg: GRPOConfig, total_steps: int, timeout: float | None = None):
-    import ray
-    from ray.util.placement_group import placement_group
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-    from open_instruct.judge_server import free_port
-    from open_instruct.learner import LearnerConfig, PolicyLearner, cpu_runtime_env
+def learner_config(cfg: GRPOConfig, total_steps: int):
+    from open_instruct.learner import LearnerConfig
     from open_instruct.rl_utils import LossConfig, parse_kl_estimator
 
-    on_gpu = _cluster_has_gpus()
-    world = num_learners(cfg, on_gpu)
-    bundles = [{"GPU": 1, "CPU": 1} if on_gpu else {"CPU": 1} for _ in range(world)]
-    pg = placement_group(bundles, strategy="PACK")
-    ray.get(pg.ready(), timeout=timeout)
-    lcfg = LearnerConfig(
+    return LearnerConfig(
         model_name_or_path=cfg.model_name_or_path, learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler_type, warmup_ratio=cfg.warmup_ratio, total_steps=total_steps,
         max_grad_norm=cfg.max_grad_norm, deepspeed_stage=cfg.deepspeed_stage,
@@ -193,73 +182,26 @@ def create_learners(cfg: GRPOConfig, total_steps: int, timeout: float | None = N
                         tis_cap=cfg.truncated_importance_sampling_ratio_cap, beta=cfg.beta,
                         kl_estimator=parse_kl_estimator(cfg.kl_estimator)),
     )  # fmt: skip
+
+
+def create_learners(cfg: GRPOConfig, placement, total_steps: int, timeout: float | None = None):
+    """Start every learner rank in its node's bundle, then set them up around rank 0's rendezvous address.
+    Returns (learners, each rank's setup report)."""
+    import ray
+
+    from open_instruct.learner import PolicyLearner, cpu_runtime_env
+
+    plan = placement.plan
+    lcfg = learner_config(cfg, total_steps)
+    busy = cfg.vllm_num_engines if cfg.async_steps > 0 else 0  # engines generating while the learners train
     actor = ray.remote(PolicyLearner)
-    busy = cfg.vllm_num_engines if cfg.async_steps > 0 else 0  # engines generating while it trains
-    master_addr, master_port = ray.util.get_node_ip_address(), free_port()
-    learners = [
-        actor.options(
-            num_cpus=1, num_gpus=1 if on_gpu else 0, runtime_env=None if on_gpu else cpu_runtime_env(busy),
-            scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=r),
-        ).remote(lcfg, r, world, master_addr, master_port)
-        for r in range(world)
-    ]  # fmt: skip
-    ray.get([learner.setup.remote() for learner in learners], timeout=timeout)
-    return learners
-
-
-def init_ray(cfg: GRPOConfig) -> str:
-    """Join the cluster named by --ray_address or RAY_ADDRESS (Slurm/Beaker launchers start one), else start
-    a local one of our own ("local": even when `ray start` left a cluster running on this machine).
-    Returns a description of it."""
-    import ray
-
-    address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
-    if not address:
-        # A CPU is a scheduling token here: every engine and the learner get one, even on a 2-core machine
-        # (their threads share the cores; see learner.cpu_runtime_env).
-        cpus = max(os.cpu_count() or 2, required_resources(cfg, on_gpu=False)["CPU"])
-        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
-        return "a local Ray cluster on this machine"
-    try:
-        ray.init(address=address, log_to_driver=False)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        raise UserError(f"--ray_address / RAY_ADDRESS {address}: cannot join the Ray cluster ({str(e).splitlines()[0]})") from None
-    return f"the Ray cluster at {address}"
-
-
-def num_learners(cfg: GRPOConfig, on_gpu: bool) -> int:
-    """One learner per GPU on a GPU cluster; a CPU-only cluster trains with a single learner on gloo."""
-    return sum(cfg.num_learners_per_node) if on_gpu else 1
-
-
-def required_resources(cfg: GRPOConfig, on_gpu: bool) -> dict[str, int]:
-    """What the actors take from the cluster: with GPUs, one per learner and one per engine TP rank (and a
-    CPU each); on a CPU-only cluster, one learner and the engines, a CPU each."""
-    learners = num_learners(cfg, on_gpu)
-    engine_gpus = cfg.vllm_num_engines * cfg.vllm_tensor_parallel_size
-    return {"GPU": learners + engine_gpus if on_gpu else 0, "CPU": learners + cfg.vllm_num_engines}
-
-
-def resource_shortfall(cfg: GRPOConfig) -> str | None:
-    """A one-line reason when the joined cluster cannot hold the run's actors (placing them would wait
-    forever), else None."""
-    import ray
-
-    have = ray.cluster_resources()
-    on_gpu = have.get("GPU", 0) > 0
-    need = required_resources(cfg, on_gpu)
-    learners = num_learners(cfg, on_gpu)
-    for kind in ("GPU", "CPU"):
-        if need[kind] > have.get(kind, 0):
-            return (f"the run needs {need[kind]} {kind}s for {learners} learner(s) and {cfg.vllm_num_engines} "
-                    f"engine(s) x TP {cfg.vllm_tensor_parallel_size}, and the Ray cluster has {have.get(kind, 0):g}")  # fmt: skip
-    return None
-
-
-def _cluster_has_gpus() -> bool:
-    import ray
-
-    return ray.cluster_resources().get("GPU", 0) > 0
+    learners = []
+    for r in range(plan.world_size):
+        env = None if plan.on_gpu else cpu_runtime_env(busy, plan.learners_per_node[plan.learner_bundle(r)])
+        learners.append(actor.options(**placement.learner_options(r), runtime_env=env).remote(lcfg, r, plan.world_size))
+    address = ray.get(learners[0].rendezvous_address.remote(), timeout=timeout)
+    reports = ray.get([lr.setup.remote(*address) for lr in learners], timeout=timeout)
+    return learners, reports
 
 
 # --------------------------------------------------------------------------------------------------
@@ -316,29 +258,36 @@ class Trainer:
               f"{len(self.eval_prompts)} eval prompts; verifiers: {', '.join(sorted(names))}")  # fmt: skip
 
     def start_actors(self) -> None:
-        from open_instruct import vllm_utils
+        import ray
+
+        from open_instruct import cluster, vllm_utils
 
         cfg = self.cfg
-        init_ray(cfg)
+        where = cluster.init_ray(cfg)
         handle_stop_signals()
-        shortfall = resource_shortfall(cfg)
+        plan, nodes, shortfall = cluster.plan_for_cluster(cfg)
         if shortfall:
-            raise UserError(shortfall)
+            raise UserError(f"{shortfall} ({where})")
         self.steps = cfg.num_training_steps
         t0 = time.perf_counter()
         with actor_errors("starting the vLLM engines and learners", cfg):
+            self.placement = cluster.Placement(plan, timeout=self.timeout)
+            # The engines load while the learners start; both are waited for below.
             self.engines = vllm_utils.create_vllm_engines(
                 num_engines=cfg.vllm_num_engines, tensor_parallel_size=cfg.vllm_tensor_parallel_size,
                 model_path=cfg.model_name_or_path, seed=cfg.seed,
                 max_model_len=cfg.max_prompt_token_length + cfg.response_length,
                 enable_prefix_caching=cfg.vllm_enable_prefix_caching,
-                gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, timeout=self.timeout,
-                inflight_updates=cfg.inflight_updates,
+                gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, inflight_updates=cfg.inflight_updates,
+                actor_options=[self.placement.engine_options(i) for i in range(cfg.vllm_num_engines)], wait=False,
             )  # fmt: skip
-            self.learners = create_learners(cfg, self.steps, self.timeout)
+            self.learners, reports = create_learners(cfg, self.placement, self.steps, self.timeout)
+            ray.get([e.ready.remote() for e in self.engines], timeout=self.timeout)
             vllm_utils.init_weight_sync(self.learners, self.engines, timeout=self.timeout)
-        print(f"actors: {len(self.engines)} vLLM engine(s), {len(self.learners)} learner(s), "
-              f"ready in {time.perf_counter() - t0:.0f}s")  # fmt: skip
+        print(f"actors: {len(self.engines)} vLLM engine(s), {len(self.learners)} learner(s) on {len(nodes)} node(s), "
+              f"ready in {time.perf_counter() - t0:.0f}s; learner rendezvous {reports[0]['rendezvous']}")  # fmt: skip
+        for line in self.placement.describe():
+            print(f"  {line}")
 
     @property
     def timeout(self) -> float:
@@ -361,7 +310,7 @@ class Trainer:
             raise UserError(f"{path}: {problem}")
         with actor_errors(f"loading the saved state {path}", self.cfg):
             ray.get([lr.load_state.remote(str(path / "learner")) for lr in self.learners], timeout=self.timeout)
-            vllm_utils.sync_weights(self.learners, self.engines, timeout=self.timeout)
+            vllm_utils.sync_weights(self.learners, self.engines, version=state.step, timeout=self.timeout)
         print(f"resuming from step {state.step} ({path}); {self.steps - state.step} step(s) to go")
         return state.step + 1, state.sampler, state.wandb_run_id
 
@@ -394,7 +343,7 @@ class Trainer:
         import ray
 
         from open_instruct import vllm_utils
-        from open_instruct.learner import Sample
+        from open_instruct.learner import Sample, plan_step
         from open_instruct.rl_utils import group_advantages
 
         cfg = self.cfg
@@ -413,13 +362,12 @@ class Trainer:
             return adv, [], 0.0, 0.0
         with actor_errors(f"training step {ro.step}", cfg):
             t0 = time.perf_counter()
-            shards = [samples[r :: len(self.learners)] for r in range(len(self.learners))]
-            per_rank = sum(len(s.response_ids) for s in samples) / len(self.learners)
-            train_stats = ray.get([lr.train.remote(sh, per_rank) for lr, sh in zip(self.learners, shards, strict=True)],
+            batches = plan_step(samples, len(self.learners), cfg.num_mini_batches, cfg.pack_length)
+            train_stats = ray.get([lr.train.remote(b) for lr, b in zip(self.learners, batches, strict=True)],
                                   timeout=self.timeout)  # fmt: skip
             train_s = time.perf_counter() - t0
             t0 = time.perf_counter()
-            vllm_utils.sync_weights(self.learners, self.engines, timeout=self.timeout)
+            vllm_utils.sync_weights(self.learners, self.engines, version=ro.step, timeout=self.timeout)
         return adv, train_stats, train_s, time.perf_counter() - t0
 
     def train(self) -> dict:
@@ -447,13 +395,12 @@ class Trainer:
                         cond.wait_for(lambda s=step: synced["version"] >= s - 1 - cfg.async_steps or stop.is_set())
                     if stop.is_set():
                         return
-                    version = synced["version"]
                     prompts = sampler.take(cfg.num_unique_prompts_rollout)
                     position = sampler.state()
                     comps, results, gen_s, rew_s = self.runner.run(
                         rollout_and_score(self.engines, prompts, self.reward_model, cfg, n, f"{cfg.seed}/train/{step}")
                     )
-                    batches.put(Rollout(step, prompts, comps, results, gen_s, rew_s, version, position))
+                    batches.put(Rollout(step, prompts, comps, results, gen_s, rew_s, position))
             except BaseException as e:  # noqa: BLE001  (handed to the training loop, which re-raises)
                 batches.put(e)
 

@@ -1,13 +1,16 @@
-"""The learner: one DeepSpeed engine per GPU (one on gloo on a CPU machine), run as Ray actors.
+"""The learner: one DeepSpeed engine per GPU (gloo learners on CPU), run as Ray actors.
 
-Each learner holds a data-parallel shard of the step's samples. For every mini-batch it packs the samples
-into micro-batches of at most `pack_length` tokens (padded to the longest sequence in the micro-batch, so
-any attention implementation is exact), computes response-token log-probabilities, the GRPO loss
-(rl_utils.grpo_loss) and accumulates gradients; DeepSpeed steps once per mini-batch (ZeRO stage 2 or 3,
-gradient clipping, AdamW). Weights leave the learner already gathered, one tensor at a time, for the sync
-to the vLLM engines and for HF-format checkpoints.
+The controller packs the whole step (`plan_step`): per mini-batch, samples go into micro-batches of at most
+`pack_length` tokens, and the micro-batches are dealt out so that every rank runs the same number (the
+collectives of ZeRO-2/3 need every rank in every pass). A micro-batch is one packed row with position ids
+that restart at each sample, so there is no padding and each sample attends to itself only. Each rank
+computes response-token log-probabilities (float32 a chunk at a time), the GRPO loss (rl_utils.grpo_loss)
+and accumulates gradients; DeepSpeed steps once per mini-batch (ZeRO stage 2 or 3, gradient clipping,
+AdamW). Under ZeRO-3 the model is partitioned as it loads. Weights leave the learner gathered one tensor at
+a time, for the sync to the vLLM engines and for HF checkpoints, which only rank 0 copies to host memory.
 """
 
+import math
 import os
 import re
 import time
@@ -16,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 import torch
-import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from open_instruct.rl_utils import LossConfig, grpo_loss
 
@@ -49,50 +52,123 @@ class Sample:
     vllm_logprobs: list[float]
     advantage: float
 
+    @property
+    def length(self) -> int:
+        return len(self.query_ids) + len(self.response_ids)
+
+
+@dataclass
+class RankBatch:
+    """One rank's share of a training step. `micro_batches[m]` lists the micro-batches of mini-batch m; every
+    rank gets the same number, and an empty one is padding. `num_tokens[m]` is mini-batch m's response-token
+    count over all ranks divided by the number of ranks: DeepSpeed averages gradients over ranks, so dividing
+    each rank's token sum by it makes the update the token-level mean over the whole mini-batch."""
+
+    micro_batches: list[list[list[Sample]]]
+    num_tokens: list[float]
+
 
 def pack(samples: list[Sample], pack_length: int) -> list[list[Sample]]:
     """Greedy first-fit, longest first: bins of samples whose total tokens fit in `pack_length`
     (a sample longer than that gets a bin of its own)."""
     bins: list[list[Sample]] = []
     room: list[int] = []
-    for s in sorted(samples, key=lambda s: -(len(s.query_ids) + len(s.response_ids))):
-        n = len(s.query_ids) + len(s.response_ids)
+    for s in sorted(samples, key=lambda s: -s.length):
         for i, r in enumerate(room):
-            if n <= r:
+            if s.length <= r:
                 bins[i].append(s)
-                room[i] -= n
+                room[i] -= s.length
                 break
         else:
             bins.append([s])
-            room.append(pack_length - n)
+            room.append(pack_length - s.length)
     return bins
 
 
+def plan_step(samples: list[Sample], world_size: int, num_mini_batches: int, pack_length: int) -> list[RankBatch]:
+    """Pack the whole step at once and deal the micro-batches out so that every rank runs the same number.
+
+    Under ZeRO-2/3 every forward and backward pass has collectives, so a rank that ran one micro-batch
+    fewer than its peers would leave them waiting in one until the backend timeout. Per mini-batch, the
+    micro-batches go largest first to the rank with the fewest tokens among those still below their share
+    (ceil(micro-batches / ranks)); a rank left short is padded with empty micro-batches, which run a pass
+    with no token in the loss."""
+    minibatches = [samples[i::num_mini_batches] for i in range(num_mini_batches)]
+    out = [RankBatch([], []) for _ in range(world_size)]
+    for minibatch in minibatches:
+        bins = sorted(pack(minibatch, pack_length), key=lambda b: -sum(s.length for s in b))
+        share = max(1, math.ceil(len(bins) / world_size))
+        ranks: list[list[list[Sample]]] = [[] for _ in range(world_size)]
+        load = [0] * world_size
+        for b in bins:
+            r = min((r for r in range(world_size) if len(ranks[r]) < share), key=lambda r: load[r])
+            ranks[r].append(b)
+            load[r] += sum(s.length for s in b)
+        tokens = sum(len(s.response_ids) for s in minibatch) / world_size
+        for r in range(world_size):
+            out[r].micro_batches.append(ranks[r] + [[] for _ in range(share - len(ranks[r]))])
+            out[r].num_tokens.append(tokens)
+    return out
+
+
 def collate(samples: list[Sample], pad_id: int, device) -> dict[str, torch.Tensor]:
-    """Right-padded tensors. `mask[b, t]` marks positions whose next token is a response token; the
-    per-token tensors are aligned with logits[:, :-1] (position t predicts token t + 1)."""
-    length = max(len(s.query_ids) + len(s.response_ids) for s in samples)
-    B = len(samples)
-    input_ids = torch.full((B, length), pad_id, dtype=torch.long)
-    attention = torch.zeros((B, length), dtype=torch.long)
-    mask = torch.zeros((B, length - 1), dtype=torch.float32)
-    vllm_lp = torch.zeros((B, length - 1), dtype=torch.float32)
-    for b, s in enumerate(samples):
-        ids = s.query_ids + s.response_ids
-        input_ids[b, : len(ids)] = torch.tensor(ids)
-        attention[b, : len(ids)] = 1
+    """The samples as one packed row, [1, L]: no padding, `position_ids` restarting at 0 for each sample,
+    from which transformers builds a block-diagonal causal mask (flash-attention: variable-length
+    kernels), so every sample attends to itself only. The per-token tensors are aligned with position t
+    predicting token t + 1: `mask` marks positions whose next token is a response token of the same sample,
+    and each carries its sample's advantage. An empty list gives a two-token row with nothing in the loss
+    (a padding micro-batch: it still runs the passes whose collectives the other ranks wait on)."""
+    if not samples:
+        samples = [Sample([pad_id], [pad_id], [0.0], 0.0)]
+        empty = True
+    else:
+        empty = False
+    ids, pos, mask, vllm_lp, adv = [], [], [], [], []
+    for s in samples:
         q, r = len(s.query_ids), len(s.response_ids)
-        mask[b, q - 1 : q - 1 + r] = 1.0
-        vllm_lp[b, q - 1 : q - 1 + r] = torch.tensor(s.vllm_logprobs[:r], dtype=torch.float32)
-    advantages = torch.tensor([s.advantage for s in samples], dtype=torch.float32)
-    out = dict(input_ids=input_ids, attention_mask=attention, mask=mask, vllm_logprobs=vllm_lp, advantages=advantages)
+        ids += s.query_ids + s.response_ids
+        pos += range(q + r)
+        # positions of this sample: q - 1 .. q + r - 2 predict the response; its last one predicts the next
+        # sample's first token, which is not in the loss
+        mask += [0.0] * (q - 1) + [0.0 if empty else 1.0] * r + [0.0]
+        vllm_lp += [0.0] * (q - 1) + list(s.vllm_logprobs[:r]) + [0.0] * (r - len(s.vllm_logprobs[:r])) + [0.0]
+        adv += [s.advantage] * (q + r)
+    out = dict(
+        input_ids=torch.tensor([ids], dtype=torch.long),
+        position_ids=torch.tensor([pos], dtype=torch.long),
+        mask=torch.tensor([mask[:-1]], dtype=torch.float32),
+        vllm_logprobs=torch.tensor([vllm_lp[:-1]], dtype=torch.float32),
+        advantages=torch.tensor([adv[:-1]], dtype=torch.float32),
+    )
     return {k: v.to(device) for k, v in out.items()}
 
 
-def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """log p(token t+1 | tokens <= t) for every position, [B, T-1], in float32."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1].float()
-    return -F.cross_entropy(logits.transpose(1, 2), input_ids[:, 1:], reduction="none")
+LOGIT_CHUNK_ELEMENTS = 2**26  # float32 logits held at once while computing log-probs: 256 MiB
+
+
+def _chunk_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = logits.float()
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def token_logprobs(model, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    """log p(token t+1 | tokens <= t of its sample) for every position of a packed row, [1, L-1], float32.
+
+    The model's logits stay in its own dtype (bf16 on GPU); the float32 log-softmax is taken a chunk of
+    positions at a time (LOGIT_CHUNK_ELEMENTS) and recomputed in the backward pass instead of kept, so a
+    float32 copy of the [L, vocab] logits never exists (at the paper's 18k tokens and a 150k vocabulary
+    that copy alone would be 11 GB)."""
+    logits = model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits[0, :-1]
+    targets = input_ids[0, 1:]
+    step = max(1, LOGIT_CHUNK_ELEMENTS // logits.shape[-1])
+    parts = []
+    for start in range(0, logits.shape[0], step):
+        chunk = (logits[start : start + step], targets[start : start + step])
+        if torch.is_grad_enabled() and logits.requires_grad:
+            parts.append(torch.utils.checkpoint.checkpoint(_chunk_logprobs, *chunk, use_reentrant=False))
+        else:
+            parts.append(_chunk_logprobs(*chunk))
+    return torch.cat(parts).unsqueeze(0)
 
 
 def deepspeed_config(cfg: LearnerConfig, on_gpu: bool) -> dict:
@@ -111,6 +187,12 @@ def deepspeed_config(cfg: LearnerConfig, on_gpu: bool) -> dict:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+
+
+def reference_config(train_config: dict) -> dict:
+    """DeepSpeed config of the frozen reference policy under ZeRO-3: partitioned, no optimizer."""
+    return {k: train_config[k] for k in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "bf16")} | {
+        "zero_optimization": {"stage": 3}, "steps_per_print": 10**9}  # fmt: skip
 
 
 def attention_implementation(on_gpu: bool) -> str:
@@ -132,32 +214,47 @@ def jit_arch_list(value: str) -> str:
     return re.sub(r"(\d+\.\d+)[a-z]\b", r"\1", value)
 
 
-def cpu_runtime_env(busy_cores: int = 0) -> dict:
+def cpu_runtime_env(busy_cores: int = 0, learners_on_node: int = 1) -> dict:
     """Threads for a learner actor on a CPU-only node. Ray sets OMP_NUM_THREADS to the actor's num_cpus (1),
-    a scheduling token; the learner's matmuls should use the node's cores, less `busy_cores`: those of
-    engines generating the next step while it trains (--async_steps > 0; each engine keeps Ray's one thread,
-    its decode steps being bound by per-step overhead, not matmuls). A learner thread on an engine's core
-    slowed the generation that bounds an async step more than it sped up training (benchmarks/grpo_step.py).
-    PASSIVE: OpenMP threads sleep between parallel regions instead of spinning on shared cores."""
-    threads = max(1, len(os.sched_getaffinity(0)) - busy_cores)
+    a scheduling token; the learners' matmuls should use the node's cores, less `busy_cores`: those of
+    engines generating the next step while they train (--async_steps > 0; each engine keeps Ray's one
+    thread, its decode steps being bound by per-step overhead, not matmuls), split between the node's
+    learners. A learner thread on an engine's core slowed the generation that bounds an async step more than
+    it sped up training (benchmarks/grpo_step.py). PASSIVE: OpenMP threads sleep between parallel regions
+    instead of spinning on shared cores."""
+    threads = max(1, (len(os.sched_getaffinity(0)) - busy_cores) // max(1, learners_on_node))
     return {"env_vars": {"OMP_NUM_THREADS": str(threads),
                          "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}}  # fmt: skip
 
 
-class PolicyLearner:
-    """One data-parallel rank. Created as a Ray actor by the controller (see `create_learners`)."""
+def resident_bytes(params) -> int:
+    """Bytes of parameter storage this process holds: a ZeRO-3 parameter holds only its partition."""
+    return sum(p.ds_tensor.numel() * p.ds_tensor.element_size() if hasattr(p, "ds_tensor") else p.numel() * p.element_size()
+               for p in params)  # fmt: skip
 
-    def __init__(self, cfg: LearnerConfig, rank: int, world_size: int, master_addr: str, master_port: int):
+
+class PolicyLearner:
+    """One data-parallel rank, as a Ray actor (cluster.Placement puts it in its node's bundle). The
+    controller creates every rank, asks rank 0 for `rendezvous_address()` and calls `setup` on all with it."""
+
+    def __init__(self, cfg: LearnerConfig, rank: int, world_size: int):
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
-        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
-                          WORLD_SIZE=str(world_size), LOCAL_RANK="0")  # fmt: skip
         self.on_gpu = torch.cuda.is_available()
         self.device = torch.device("cuda", 0) if self.on_gpu else torch.device("cpu")
 
-    def setup(self) -> dict:
+    def rendezvous_address(self) -> tuple[str, int]:
+        """Rank 0: its node's address and a free port there, where it will host the learners' TCP store."""
+        from open_instruct.cluster import rendezvous_address
+
+        return rendezvous_address()
+
+    def setup(self, master_addr: str, master_port: int) -> dict:
         import deepspeed
         from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
+        # Ray shows each learner only its own GPU, so the local device is always cuda:0.
+        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
+                          WORLD_SIZE=str(self.world_size), LOCAL_RANK="0")  # fmt: skip
         if self.on_gpu and "TORCH_CUDA_ARCH_LIST" in os.environ:  # before DeepSpeed JIT-builds FusedAdam
             os.environ["TORCH_CUDA_ARCH_LIST"] = jit_arch_list(os.environ["TORCH_CUDA_ARCH_LIST"])
         torch.manual_seed(self.cfg.seed + self.rank)
@@ -165,8 +262,25 @@ class PolicyLearner:
         deepspeed.init_distributed(dist_backend="nccl" if self.on_gpu else "gloo",
                                    timeout=timedelta(seconds=self.cfg.backend_timeout))  # fmt: skip
         dtype = torch.bfloat16 if self.on_gpu else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(self.cfg.model_name_or_path, dtype=dtype,
-                                                     attn_implementation=attention_implementation(self.on_gpu))  # fmt: skip
+        ds_config = deepspeed_config(self.cfg, self.on_gpu)
+        attn = attention_implementation(self.on_gpu)
+        zero3 = None
+        if self.cfg.deepspeed_stage == 3:
+            # While this object lives, from_pretrained builds a model under deepspeed.zero.Init: each parameter
+            # is partitioned as it is created and rank 0 copies the checkpoint into it layer by layer, so no
+            # rank ever holds the whole model. transformers keeps only a weak reference: dropping it after
+            # loading leaves later from_config / save_pretrained calls in this process alone.
+            from transformers.integrations import HfDeepSpeedConfig
+
+            zero3 = HfDeepSpeedConfig(ds_config)
+        model = AutoModelForCausalLM.from_pretrained(self.cfg.model_name_or_path, dtype=dtype, attn_implementation=attn)
+        loaded_bytes = resident_bytes(model.parameters())
+        num_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+        ref = None
+        if self.cfg.loss.beta > 0:  # frozen reference policy for the KL term, partitioned like the policy
+            ref = AutoModelForCausalLM.from_pretrained(self.cfg.model_name_or_path, dtype=dtype, attn_implementation=attn)
+            ref.requires_grad_(False)
+        del zero3
         if self.cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
@@ -178,49 +292,49 @@ class PolicyLearner:
             return get_scheduler(self.cfg.lr_scheduler_type, optimizer, num_training_steps=total_updates,
                                  num_warmup_steps=int(self.cfg.warmup_ratio * total_updates))  # fmt: skip
 
-        num_params = sum(p.numel() for p in model.parameters())  # before ZeRO-3 partitions them
         self.model, *_ = deepspeed.initialize(
             model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-            config=deepspeed_config(self.cfg, self.on_gpu), lr_scheduler=scheduler,
+            config=ds_config, lr_scheduler=scheduler,
         )  # fmt: skip
         self.ref_model = None
-        if self.cfg.loss.beta > 0:  # frozen reference policy for the KL term
-            self.ref_model = AutoModelForCausalLM.from_pretrained(self.cfg.model_name_or_path, dtype=dtype,
-                                                                  attn_implementation=model.config._attn_implementation)  # fmt: skip
-            self.ref_model.to(self.device).eval().requires_grad_(False)
-        return {"rank": self.rank, "device": str(self.device), "params": num_params}
+        if ref is not None:
+            if self.cfg.deepspeed_stage == 3:  # its forward gathers each layer in turn
+                self.ref_model, *_ = deepspeed.initialize(model=ref, config=reference_config(ds_config))
+            else:
+                self.ref_model = ref.to(self.device)
+            self.ref_model.eval()
+        return {"rank": self.rank, "device": str(self.device), "params": num_params, "loaded_param_bytes": loaded_bytes,
+                "rendezvous": f"{master_addr}:{master_port}"}  # fmt: skip
 
     # ----------------------------------------------------------------------------------------------
-    def train(self, samples: list[Sample], num_tokens: float) -> dict[str, float]:
-        """One training step on this rank's shard. `num_tokens` is the step's response-token count over
-        all ranks divided by the number of ranks (DeepSpeed averages gradients across ranks), so the loss
-        is the token-level mean over the whole step."""
+    def train(self, batch: RankBatch) -> dict[str, float]:
+        """One training step on this rank's share (from `plan_step`, which gives every rank the same number of
+        micro-batches per mini-batch); DeepSpeed steps the optimizer once per mini-batch."""
         start = time.perf_counter()
         cfg = self.cfg
         self.model.train()
-        minibatches = [samples[i :: cfg.num_mini_batches] for i in range(cfg.num_mini_batches)]
         totals: dict[str, float] = {"loss_sum": 0.0, "tokens": 0.0, "clipped_tokens": 0.0, "kl_sum": 0.0,
-                                    "ratio_sum": 0.0, "grad_norm": 0.0, "updates": 0}  # fmt: skip
-        old = self._old_logprobs(minibatches) if cfg.num_epochs > 1 or cfg.num_mini_batches > 1 else None
+                                    "ratio_sum": 0.0, "grad_norm": 0.0, "updates": 0, "micro_batches": 0}  # fmt: skip
+        reuse = cfg.num_epochs > 1 or len(batch.micro_batches) > 1  # later updates need the step's first policy
+        old = self._old_logprobs(batch) if reuse else None
         for _ in range(cfg.num_epochs):
-            for mb_index, minibatch in enumerate(minibatches):
-                bins = pack(minibatch, cfg.pack_length)
-                mb_tokens = num_tokens / cfg.num_mini_batches
-                for i, micro in enumerate(bins):
-                    batch = collate(micro, self.pad_id, self.device)
-                    logprobs = token_logprobs(self.model, batch["input_ids"], batch["attention_mask"])
-                    old_lp = old[mb_index][i] if old is not None else logprobs.detach()
+            for m, (micros, mb_tokens) in enumerate(zip(batch.micro_batches, batch.num_tokens, strict=True)):
+                for i, micro in enumerate(micros):
+                    b = collate(micro, self.pad_id, self.device)
+                    logprobs = token_logprobs(self.model, b["input_ids"], b["position_ids"])
+                    old_lp = old[m][i] if old is not None else logprobs.detach()
                     ref_lp = None
                     if self.ref_model is not None:
                         with torch.no_grad():
-                            ref_lp = token_logprobs(self.ref_model, batch["input_ids"], batch["attention_mask"])
-                    loss, stats = grpo_loss(logprobs, old_lp, batch["advantages"], batch["mask"], cfg.loss,
-                                            mb_tokens, vllm_logprobs=batch["vllm_logprobs"], ref_logprobs=ref_lp)  # fmt: skip
-                    self.model.set_gradient_accumulation_boundary(i == len(bins) - 1)
+                            ref_lp = token_logprobs(self.ref_model, b["input_ids"], b["position_ids"])
+                    loss, stats = grpo_loss(logprobs, old_lp, b["advantages"], b["mask"], cfg.loss, mb_tokens,
+                                            vllm_logprobs=b["vllm_logprobs"], ref_logprobs=ref_lp)  # fmt: skip
+                    self.model.set_gradient_accumulation_boundary(i == len(micros) - 1)
                     self.model.backward(loss)
                     self.model.step()  # applies the update only at the boundary
                     totals["loss_sum"] += float(loss.detach()) * mb_tokens
-                    totals["tokens"] += float(batch["mask"].sum())
+                    totals["tokens"] += float(b["mask"].sum())
+                    totals["micro_batches"] += 1
                     for k in ("clipped_tokens", "kl_sum", "ratio_sum"):
                         totals[k] += stats.get(k, 0.0)
                 grad_norm = self.model.get_global_grad_norm()
@@ -231,47 +345,55 @@ class PolicyLearner:
         return totals
 
     @torch.no_grad()
-    def _old_logprobs(self, minibatches: list[list[Sample]]) -> list[list[torch.Tensor]]:
+    def _old_logprobs(self, batch: RankBatch) -> list[list[torch.Tensor]]:
         """Log-probs of the policy before this step's updates, for the ratio in later epochs/mini-batches."""
         self.model.eval()
         out = []
-        for minibatch in minibatches:
-            per_bin = []
-            for micro in pack(minibatch, self.cfg.pack_length):
-                batch = collate(micro, self.pad_id, self.device)
-                per_bin.append(token_logprobs(self.model, batch["input_ids"], batch["attention_mask"]))
-            out.append(per_bin)
+        for micros in batch.micro_batches:
+            per_micro = []
+            for micro in micros:
+                b = collate(micro, self.pad_id, self.device)
+                per_micro.append(token_logprobs(self.model, b["input_ids"], b["position_ids"]))
+            out.append(per_micro)
         self.model.train()
         return out
 
     # ----------------------------------------------------------------------------------------------
-    def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """(HF name, full tensor) for every parameter, gathered one at a time under ZeRO-3."""
+    def named_weights(self, materialize: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
+        """(HF name, full tensor) for every parameter. Under ZeRO-3 each one is gathered in turn, and every
+        rank must iterate in step with the others (a gather is a collective). With `materialize=False` the
+        tensor is the gathered buffer itself, valid only until the next item: what a rank that only takes
+        part in the gathers, or copies each tensor at once, should ask for."""
         import deepspeed
 
         for name, param in self.model.module.named_parameters():
             if self.cfg.deepspeed_stage == 3:
                 with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
-                    yield name, param.data.detach().clone()
+                    yield name, (param.data.detach().clone() if materialize else param.data.detach())
             else:
                 yield name, param.data.detach()
 
     def state_dict_cpu(self) -> dict[str, torch.Tensor] | None:
-        """The full model on CPU (rank 0 only; every rank must call this under ZeRO-3)."""
-        state = {name: t.to("cpu", copy=True) for name, t in self.named_weights()}
-        return state if self.rank == 0 else None
-
-    def save_model(self, path: str, chat_template: str | None = None) -> str | None:
-        """An HF checkpoint (safetensors, config, tokenizer with its chat template) at `path`."""
-        state = self.state_dict_cpu()
+        """The full model on CPU, built on rank 0 only (under ZeRO-3 every rank must call this: the other ranks
+        take part in the gathers and copy nothing)."""
         if self.rank != 0:
+            for _ in self.named_weights(materialize=False):
+                pass
             return None
+        return {name: t.to("cpu", copy=True) for name, t in self.named_weights(materialize=False)}
+
+    def save_model(self, path: str, chat_template: str | None = None) -> dict:
+        """An HF checkpoint (safetensors, config, tokenizer with its chat template) at `path`, written by rank
+        0. Returns the bytes of weights this rank copied to host memory to write it (0 on other ranks)."""
+        state = self.state_dict_cpu()
+        if state is None:
+            return {"path": None, "host_bytes": 0}
         os.makedirs(path, exist_ok=True)
         self.model.module.save_pretrained(path, state_dict=state, safe_serialization=True)
         if chat_template is not None:
             self.tokenizer.chat_template = chat_template
         self.tokenizer.save_pretrained(path)
-        return path
+        return {"path": path, "host_bytes": sum(t.numel() * t.element_size() for t in state.values())}
 
     # ----------------------------------------------------------------------------------------------
     def save_state(self, path: str) -> None:

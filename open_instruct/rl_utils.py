@@ -124,11 +124,12 @@ def grpo_loss(
     """Loss summed over the masked tokens of this micro-batch and divided by `num_tokens`, the response
     token count of the whole mini-batch, so micro-batch losses add up to the token-level mean.
 
-    Shapes: logprobs, old_logprobs, vllm_logprobs, ref_logprobs, mask: [B, T]; advantages: [B].
+    Shapes: logprobs, old_logprobs, vllm_logprobs, ref_logprobs, mask: [B, T]; advantages: [B] (one per
+    row) or [B, T] (one per token: a packed row holds several samples).
     Returned stats are sums over masked tokens (divide by the token count to get means).
     """
     mask = mask.to(logprobs.dtype)
-    adv = advantages.unsqueeze(1)
+    adv = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
     ratio = torch.exp(logprobs - old_logprobs)
     unclipped = -adv * ratio
     clipped = -adv * torch.clamp(ratio, 1.0 - cfg.clip_lower, 1.0 + cfg.clip_higher)

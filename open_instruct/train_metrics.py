@@ -44,7 +44,11 @@ def step_metrics(ro, adv, train_stats: list[dict], sync_seconds: float, train_se
         "grad_norm": train_stats[0]["grad_norm"] / max(train_stats[0]["updates"], 1) if train_stats else float("nan"),
         "lr": train_stats[0]["lr"] if train_stats else float("nan"),
         "judge_cost": sum(r.cost for r in flat),
-        "weights_staleness": ro.step - 1 - ro.weights_version,
+        # Steps between the weights being trained and those that generated the samples (vLLM's weight
+        # versions, per sample): the oldest and the newest. With --async_steps a step can mix versions (a
+        # sync that lands between two rollout calls); truncated importance sampling corrects each token.
+        "weights_staleness": ro.step - 1 - min(c["weight_versions"][0] for c in samples),
+        "weights_staleness_min": ro.step - 1 - max(c["weight_versions"][1] for c in samples),
         "time/generation": ro.gen_seconds,
         "time/reward": ro.reward_seconds,
         "time/training": train_seconds,

@@ -44,7 +44,8 @@ Concurrency
 
 Learner side: `WeightSyncSender` (held by learner rank 0), or the driver helpers `init_weight_sync` /
 `sync_weights`, which run on the learner actors through Ray's `__ray_call__` and need only the learner's
-`rank` attribute and `named_weights()` iterator.
+`rank` attribute and `named_weights()` iterator (other ranks than 0 are asked for
+`named_weights(materialize=False)`: they only take part in ZeRO-3's gathers).
 """
 
 from __future__ import annotations
@@ -295,6 +296,7 @@ class LLMRayActor:
             **llm_kwargs,
         )
         self.inflight_updates = inflight_updates
+        self.weight_version = 0  # the trainer's step whose weights the engine holds (0: the initial ones)
         self._gate = _EngineGate()
         self._updating = False  # the gate is held by an update, from start_weight_update to finish
         self._prefix_cache_stale = False  # an update's reset found blocks in use by a rollout in flight
@@ -308,7 +310,11 @@ class LLMRayActor:
         stop: list[str] | None = None,
         seed: int | None = None,
     ) -> list[list[dict]]:
-        """n samples per prompt: {"token_ids", "logprobs", "finish_reason" ("stop"|"length"), "text"}.
+        """n samples per prompt: {"token_ids", "logprobs", "finish_reason" ("stop"|"length"), "text",
+        "weight_versions"}. `weight_versions` is (first, last): the versions of the weights (the trainer's
+        step, set by `finish_weight_update`) that generated the sample's first and last tokens. They differ
+        only with `inflight_updates`; across the calls of one rollout they differ whenever a weight update
+        landed between two calls.
 
         `logprobs` are vLLM's raw logprobs (its default `logprobs_mode`): log-softmax of the model's logits
         before temperature, i.e. what the learner computes for the same tokens. A call that arrives during a
@@ -334,6 +340,7 @@ class LLMRayActor:
 
         prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_token_ids]
         with self._gate.generation_turn():
+            first_version = self.weight_version
             if self._prefix_cache_stale:  # nothing runs now, so the reset an update could not do works
                 self._prefix_cache_stale = not self.llm.reset_prefix_cache()
             if seed is not None:
@@ -344,8 +351,9 @@ class LLMRayActor:
                 self.llm.enqueue(prompts, params, use_tqdm=False)
         if self.inflight_updates:
             outputs = self._step_until_done()
+        versions = (first_version, self.weight_version)
         tokenizer = None if params.detokenize else self.llm.get_tokenizer()
-        return [[_sample_dict(c, tokenizer) for c in out.outputs] for out in outputs]
+        return [[_sample_dict(c, tokenizer) | {"weight_versions": versions} for c in out.outputs] for out in outputs]
 
     def _step_until_done(self) -> list:
         """`LLM.generate`'s engine loop, one gated step at a time, so weight updates land between steps."""
@@ -399,6 +407,8 @@ class LLMRayActor:
     def finish_weight_update(self, weight_version: str | None = None) -> None:
         try:
             self.llm.finish_weight_update(weight_version)
+            if weight_version is not None and weight_version.isdigit():
+                self.weight_version = int(weight_version)
             # Cached prefixes were computed with the old weights. With a rollout in flight vLLM refuses
             # (its blocks are in use); the next generate call does it before it starts.
             self._prefix_cache_stale = not self.llm.reset_prefix_cache()
@@ -428,15 +438,20 @@ def create_vllm_engines(
     enable_prefix_caching: bool = False,
     gpu_memory_utilization: float = 0.9,
     timeout: float | None = None,
+    actor_options: list[dict] | None = None,
+    wait: bool = True,
     **engine_kwargs: Any,
 ) -> list:
-    """Start `num_engines` LLMRayActors (one GPU per TP rank on GPU clusters, one CPU each otherwise) and
-    wait until all are up. Engine i gets seed `seed + i` so engines do not draw identical samples."""
-    on_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    """Start `num_engines` LLMRayActors and (with `wait`) wait until all are up. Engine i gets seed
+    `seed + i` so engines do not draw identical samples. `actor_options[i]` places engine i (resources and
+    placement-group bundle, from cluster.Placement); without it each takes one GPU per TP rank on a GPU
+    cluster, one CPU otherwise."""
     actor = ray.remote(concurrency_groups=ENGINE_CONCURRENCY_GROUPS)(LLMRayActor)
-    actor = actor.options(num_cpus=1, num_gpus=tensor_parallel_size if on_gpu else 0)
+    if actor_options is None:
+        on_gpu = ray.cluster_resources().get("GPU", 0) > 0
+        actor_options = [{"num_cpus": 1, "num_gpus": tensor_parallel_size if on_gpu else 0}] * num_engines
     engines = [
-        actor.remote(
+        actor.options(**actor_options[i]).remote(
             model_path,
             seed=seed + i,
             max_model_len=max_model_len,
@@ -447,7 +462,8 @@ def create_vllm_engines(
         )
         for i in range(num_engines)
     ]
-    ray.get([e.ready.remote() for e in engines], timeout=timeout)
+    if wait:
+        ray.get([e.ready.remote() for e in engines], timeout=timeout)
     return engines
 
 
@@ -501,7 +517,7 @@ class WeightSyncSender:
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     ) -> None:
         import ray
-        from vllm.utils.network_utils import get_ip, get_open_port
+        from vllm.utils.network_utils import get_open_port
 
         self.engines = list(engines)
         self.chunk_bytes = chunk_bytes
@@ -510,7 +526,8 @@ class WeightSyncSender:
         if len(backends) != 1:
             raise ValueError(f"engines disagree on the weight-transfer backend: {sorted(backends)}")
         self.backend = backends.pop()
-        address = master_address or get_ip()
+        # The engines may be on other nodes: the address Ray knows this node by is one they can reach.
+        address = master_address or ray.util.get_node_ip_address()
         port = master_port or get_open_port()
         world_size = 1 + sum(info["num_workers"] for info in infos)
         offsets = [1 + sum(info["num_workers"] for info in infos[:i]) for i in range(len(infos))]
@@ -588,7 +605,7 @@ def _learner_send(learner: Any, version: int | None) -> None:
     if sender is not None:
         sender.send(learner.named_weights(), version)
     else:
-        for _ in learner.named_weights():  # stay in the ZeRO-3 gathers that rank 0's iteration drives
+        for _ in learner.named_weights(materialize=False):  # stay in the ZeRO-3 gathers rank 0 drives
             pass
 
 

@@ -1,15 +1,13 @@
-"""`grpo_fast --dry_run`: the published recipe (paper preset) checked against a Ray cluster that declares
-its 24 GPUs, the launch script's own flags, a scripted judge; and the problems it must report."""
+"""`grpo_fast --dry_run`: the published recipe (paper preset) checked against a simulated Ray cluster of its
+shape (conftest.gpu_cluster: a head node without GPUs, 3 nodes of 8 GPUs at their own addresses), the launch
+script's own flags, a scripted judge; and the problems it must report."""
 
 import os
-import signal
-import socket
+import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from open_instruct.judge_server import free_port
@@ -25,35 +23,6 @@ def tiny_policy_dir(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("tiny-policy"), seed=1)
 
 
-@pytest.fixture(scope="module")
-def gpu_cluster(tmp_path_factory):
-    """A real one-node Ray cluster that declares 24 GPUs (Ray schedules by declared resources; nothing
-    here runs on them), at its own port, stopped with everything it started."""
-    port = free_port()
-    ray_bin = Path(sys.executable).with_name("ray")
-    env = {**os.environ, **RAY_AUTH}
-    head = subprocess.Popen([str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-gpus=24", "--num-cpus=32",
-                             "--include-dashboard=false", "--disable-usage-stats", "--node-ip-address=127.0.0.1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)  # fmt: skip
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.5)
-    time.sleep(3)  # the raylet registers just after the GCS port opens
-    yield f"127.0.0.1:{port}"
-    family = [head] + psutil.Process(head.pid).children(recursive=True)
-    os.killpg(head.pid, signal.SIGTERM)
-    _, alive = psutil.wait_procs(family, timeout=30)
-    for p in alive:
-        p.kill()
-
-
-# Ray clusters require a shared token to join (as the cluster launchers set up).
-RAY_AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": os.urandom(16).hex()}
-
-
 def ok_judge(messages, n):
     return Reply("OK")
 
@@ -67,14 +36,19 @@ def dry_run(env_extra: dict, *flags: str) -> subprocess.CompletedProcess:
 
 def test_paper_preset_plan_on_a_24_gpu_cluster(tmp_path, tiny_policy_dir, gpu_cluster):
     with ScriptedJudge(ok_judge) as judge:
-        proc = dry_run({"PRESET": "paper", "MODEL_NAME_OR_PATH": str(tiny_policy_dir), "RAY_ADDRESS": gpu_cluster,
+        proc = dry_run({"PRESET": "paper", "MODEL_NAME_OR_PATH": str(tiny_policy_dir), "RAY_ADDRESS": gpu_cluster.address,
                         "DATASETS": "data/general_chat_flip_sample.jsonl 1.0", "JUDGE_BASE_URL": judge.api_base,
-                        "JUDGE_MODEL": "hosted_vllm/scripted", "OUTPUT_DIR": str(tmp_path / "out"), **RAY_AUTH})  # fmt: skip
+                        "JUDGE_MODEL": "hosted_vllm/scripted", "OUTPUT_DIR": str(tmp_path / "out")})  # fmt: skip
         assert judge.requests == 1, "the judge endpoint was checked with one call"
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = proc.stdout
-    assert "1 node(s), 32 CPUs, 24 GPUs" in out
-    assert "16 vLLM engine(s) x TP 1 = 16 GPUs" in out and "8 DeepSpeed learner(s), ZeRO-3" in out
+    assert "4 node(s), 52 CPUs, 24 GPUs" in out
+    assert "8 DeepSpeed learner(s), ZeRO-3, 8 per node" in out and "16 vLLM engine(s) x TP 1, 1 GPU each" in out
+    # as Ray placed them: the 8 learners on one GPU node with the rendezvous, 8 engines on each other node
+    placed = dict(re.findall(r"^    (127\.0\.0\.\d+): (.*)$", out, re.M))
+    learner_node = next(ip for ip, what in placed.items() if "learner" in what)
+    assert placed[learner_node] == "learner rank(s) 0-7 (rendezvous: rank 0)"
+    assert sorted(placed.values())[:2] == ["engine(s) 0-7", "engine(s) 8-15"] and len(placed) == 3
     assert "24 prompts x 8 samples = 192 samples; 24 per learner" in out
     assert f"{10_000_000 // 192} steps (10000000 episodes), async_steps 1, state every 50" in out
     assert "memory per learner GPU (rough)" in out and "(answered)" in out
@@ -84,15 +58,15 @@ def test_paper_preset_plan_on_a_24_gpu_cluster(tmp_path, tiny_policy_dir, gpu_cl
 
 
 def test_problems_are_listed_and_exit_2(tmp_path, tiny_policy_dir):
-    """No GPU on this machine's local cluster for 8 learners, and a judge that is not there."""
+    """A judge that is not there, and tensor parallelism on a cluster without GPUs."""
     proc = dry_run({"PRESET": "paper", "MODEL_NAME_OR_PATH": str(tiny_policy_dir),
                     "DATASETS": "data/general_chat_flip_sample.jsonl 1.0",
                     "JUDGE_BASE_URL": f"http://127.0.0.1:{free_port()}/v1", "JUDGE_MODEL": "hosted_vllm/absent",
-                    "OUTPUT_DIR": str(tmp_path / "out")}, "--llm_judge_retries", "0")  # fmt: skip
+                    "OUTPUT_DIR": str(tmp_path / "out")}, "--llm_judge_retries", "0", "--vllm_tensor_parallel_size", "2")  # fmt: skip
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     problems = [line for line in proc.stdout.splitlines() if line.startswith("problem: ")]
     assert len(problems) == 2, proc.stdout
-    assert "did not answer" in problems[0] and "has no GPU" in problems[1]
+    assert "did not answer" in problems[0] and "has no GPU: --vllm_tensor_parallel_size 2 needs GPUs" in problems[1]
     assert "dry run: 2 problem(s)" in proc.stdout and "Traceback" not in proc.stderr
 
 
@@ -109,9 +83,9 @@ def test_bad_dataset_row_fails_before_anything_starts(tmp_path, tiny_policy_dir)
 
 def test_too_few_gpus_is_a_problem_not_a_hang(tmp_path, tiny_policy_dir, gpu_cluster):
     with ScriptedJudge(ok_judge) as judge:
-        proc = dry_run({"PRESET": "paper", "MODEL_NAME_OR_PATH": str(tiny_policy_dir), "RAY_ADDRESS": gpu_cluster,
+        proc = dry_run({"PRESET": "paper", "MODEL_NAME_OR_PATH": str(tiny_policy_dir), "RAY_ADDRESS": gpu_cluster.address,
                         "DATASETS": "data/general_chat_flip_sample.jsonl 1.0", "JUDGE_BASE_URL": judge.api_base,
-                        "JUDGE_MODEL": "hosted_vllm/scripted", "OUTPUT_DIR": str(tmp_path / "out"), **RAY_AUTH},
+                        "JUDGE_MODEL": "hosted_vllm/scripted", "OUTPUT_DIR": str(tmp_path / "out")},
                        "--vllm_num_engines", "20")  # fmt: skip
     assert proc.returncode == 2
     assert "problem: the run needs 28 GPUs for 8 learner(s) and 20 engine(s) x TP 1, and the Ray cluster has 24" in proc.stdout

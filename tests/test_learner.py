@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from open_instruct.learner import Sample, collate, jit_arch_list, pack
+from open_instruct.learner import Sample, collate, jit_arch_list, pack, plan_step, token_logprobs
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -33,57 +33,173 @@ def test_arch_list_drops_the_arch_specific_suffix_deepspeed_cannot_parse(value, 
     assert jit_arch_list(value) == expected
 
 
-def test_collate_aligns_mask_and_logprobs_with_next_token_positions():
+def test_collate_packs_samples_into_one_row_aligned_with_next_token_positions():
     batch = collate([sample(3, 2, adv=0.5), sample(1, 3, adv=-1.0)], pad_id=0, device="cpu")
-    # sample 0: ids [10 11 12 100 101]; positions 2 and 3 predict the response tokens
-    assert batch["input_ids"][0].tolist() == [10, 11, 12, 100, 101]
-    assert batch["mask"][0].tolist() == [0, 0, 1, 1]
-    assert batch["vllm_logprobs"][0].tolist() == [0, 0, -0.0, -1.0]
-    # sample 1: ids [10 100 101 102 pad]; positions 0..2 predict the response, padding is masked
-    assert batch["input_ids"][1].tolist() == [10, 100, 101, 102, 0]
-    assert batch["attention_mask"][1].tolist() == [1, 1, 1, 1, 0]
-    assert batch["mask"][1].tolist() == [1, 1, 1, 0]
-    assert batch["advantages"].tolist() == [0.5, -1.0]
+    # one row, no padding: [10 11 12 100 101 | 10 100 101 102], positions restarting at each sample
+    assert batch["input_ids"].tolist() == [[10, 11, 12, 100, 101, 10, 100, 101, 102]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0, 1, 2, 3]]
+    # position t predicts token t + 1: positions 2, 3 (sample 0) and 5, 6, 7 (sample 1) predict responses;
+    # position 4 predicts the next sample's first token and is not in the loss
+    assert batch["mask"].tolist() == [[0, 0, 1, 1, 0, 1, 1, 1]]
+    assert batch["vllm_logprobs"].tolist() == [[0, 0, -0.0, -1.0, 0, -0.0, -1.0, -2.0]]
+    assert batch["advantages"].tolist() == [[0.5] * 5 + [-1.0] * 3]
+
+
+def test_an_empty_micro_batch_is_a_row_with_nothing_in_the_loss():
+    batch = collate([], pad_id=7, device="cpu")
+    assert batch["input_ids"].tolist() == [[7, 7]] and batch["mask"].sum() == 0
+
+
+def lengths(micro: list[Sample]) -> int:
+    return sum(s.length for s in micro)
+
+
+@pytest.mark.parametrize(("n", "world", "minibatches"), [(9, 4, 1), (5, 4, 1), (1, 4, 1), (16, 2, 2), (7, 3, 2)])
+def test_step_plan_gives_every_rank_the_same_number_of_micro_batches(n, world, minibatches):
+    """Failed before global packing: each rank packed its own shard, so ranks ran different numbers of
+    passes (a hang under ZeRO), and a rank with an empty shard ran none."""
+    g = torch.Generator().manual_seed(n)
+    samples = [sample(int(torch.randint(1, 12, (1,), generator=g)), int(torch.randint(1, 20, (1,), generator=g)), float(i))
+               for i in range(n)]  # fmt: skip
+    plan = plan_step(samples, world, minibatches, pack_length=32)
+    assert len(plan) == world
+    for m in range(minibatches):
+        counts = {len(rank.micro_batches[m]) for rank in plan}
+        assert len(counts) == 1 and counts.pop() >= 1
+        # the loss normaliser: mini-batch m's response tokens over all ranks, divided by the ranks
+        expected = sum(len(s.response_ids) for s in samples[m::minibatches]) / world
+        assert all(rank.num_tokens[m] == pytest.approx(expected) for rank in plan)
+    dealt = [s for rank in plan for micros in rank.micro_batches for micro in micros for s in micro]
+    assert sorted(map(id, dealt)) == sorted(map(id, samples))  # every sample once
+    assert all(lengths(micro) <= 32 for rank in plan for micros in rank.micro_batches for micro in micros)
+
+
+def test_step_plan_balances_tokens_across_ranks():
+    samples = [sample(10, 20) for _ in range(8)] + [sample(1, 1) for _ in range(8)]
+    plan = plan_step(samples, 2, 1, pack_length=32)
+    load = [sum(lengths(micro) for micro in rank.micro_batches[0]) for rank in plan]
+    assert max(load) - min(load) <= 16, load
+
+
+def test_micro_batch_tensors_never_exceed_the_pack_length():
+    """Failed before: bins were limited by real tokens but padded to batch x longest sequence, so a bin of
+    one long and several short samples held several times pack_length tokens (and logits)."""
+    samples = [sample(50, 150)] + [sample(5, 5) for _ in range(20)]
+    for rank in plan_step(samples, 2, 1, pack_length=400):
+        for micro in rank.micro_batches[0]:
+            assert collate(micro, 0, "cpu")["input_ids"].numel() <= 400
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_judge_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_judge_dir, dtype=torch.float32, attn_implementation="sdpa")
+
+
+def alone(model, s: Sample) -> torch.Tensor:
+    ids = torch.tensor([s.query_ids + s.response_ids])
+    logits = model(input_ids=ids, use_cache=False).logits[0, :-1].float()
+    return torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None]).squeeze(-1)
+
+
+def test_packed_row_log_probs_equal_each_sample_alone(tiny_model):
+    """The block-diagonal mask built from the restarting position ids keeps samples apart: each sample's
+    log-probs in the packed row equal those of the sample run alone."""
+    g = torch.Generator().manual_seed(0)
+    samples = [Sample(torch.randint(3, 600, (3 + i,), generator=g).tolist(),
+                      torch.randint(3, 600, (2 + 2 * i,), generator=g).tolist(), [0.0] * (2 + 2 * i), 0.0)
+               for i in range(4)]  # fmt: skip
+    b = collate(samples, 0, "cpu")
+    with torch.no_grad():
+        packed = token_logprobs(tiny_model, b["input_ids"], b["position_ids"])[0]
+        one_sequence = token_logprobs(tiny_model, b["input_ids"], torch.arange(b["input_ids"].shape[1])[None])[0]
+    offset = 0
+    for s in samples:
+        torch.testing.assert_close(packed[offset : offset + s.length - 1], alone(tiny_model, s), atol=1e-5, rtol=0)
+        offset += s.length
+    # without the restarting positions the later samples would see the earlier ones
+    assert (one_sequence - packed).abs().max() > 1e-3
+
+
+def test_float32_log_softmax_is_taken_a_bounded_chunk_at_a_time(tiny_model, monkeypatch):
+    """Same log-probs and gradients as one full float32 pass, while no float32 logits larger than
+    LOGIT_CHUNK_ELEMENTS exist at once (forward, or recomputed in backward)."""
+    from open_instruct import learner
+
+    g = torch.Generator().manual_seed(1)
+    samples = [Sample(torch.randint(3, 600, (9,), generator=g).tolist(), torch.randint(3, 600, (30,), generator=g).tolist(),
+                      [0.0] * 30, 0.0) for _ in range(3)]  # fmt: skip
+    b = collate(samples, 0, "cpu")
+
+    def run():
+        tiny_model.zero_grad()
+        lp = token_logprobs(tiny_model, b["input_ids"], b["position_ids"])
+        (lp * b["mask"]).sum().backward()
+        return lp.detach(), tiny_model.model.embed_tokens.weight.grad.clone()
+
+    full_lp, full_grad = run()
+    seen = []
+    original = learner._chunk_logprobs
+
+    def spy(logits, targets):
+        seen.append(logits.numel())
+        return original(logits, targets)
+
+    monkeypatch.setattr(learner, "_chunk_logprobs", spy)
+    monkeypatch.setattr(learner, "LOGIT_CHUNK_ELEMENTS", 10 * tiny_model.config.vocab_size)
+    chunked_lp, chunked_grad = run()
+    assert len(seen) >= 2 * 12 and max(seen) <= 10 * tiny_model.config.vocab_size  # 12 chunks, each run twice
+    torch.testing.assert_close(chunked_lp, full_lp, atol=1e-6, rtol=0)
+    torch.testing.assert_close(chunked_grad, full_grad, atol=1e-6, rtol=1e-5)
 
 
 SCRIPT = """
 import sys, torch
-from open_instruct.learner import LearnerConfig, PolicyLearner, Sample
+from open_instruct.learner import LearnerConfig, PolicyLearner, Sample, plan_step
 from open_instruct.judge_server import free_port
-stage, pack_length, model, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-cfg = LearnerConfig(model, learning_rate=1e-2, deepspeed_stage=stage, pack_length=pack_length, total_steps=1)
-learner = PolicyLearner(cfg, 0, 1, "127.0.0.1", free_port())
-learner.setup()
+from open_instruct.rl_utils import LossConfig
+stage, pack_length, model, out, beta = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], float(sys.argv[5])
+cfg = LearnerConfig(model, learning_rate=1e-2, deepspeed_stage=stage, pack_length=pack_length, total_steps=2,
+                    loss=LossConfig(beta=beta))
+learner = PolicyLearner(cfg, 0, 1)
+learner.setup("127.0.0.1", free_port())
 g = torch.Generator().manual_seed(0)
 samples = [Sample(torch.randint(3, 600, (5 + i,), generator=g).tolist(),
                   torch.randint(3, 600, (4 + 2 * i,), generator=g).tolist(), [-6.0] * (4 + 2 * i), i - 1.5)
            for i in range(4)]
-stats = learner.train(samples, sum(len(s.response_ids) for s in samples))
+stats = [learner.train(plan_step(samples, 1, 1, pack_length)[0]) for _ in range(2)]
 torch.save({"weights": dict(learner.named_weights()), "stats": stats}, out)
 """
 
 
 @pytest.mark.slow
 def test_micro_batches_accumulate_to_the_full_batch_update(tmp_path, tiny_judge_dir):
-    """One micro-batch vs several (a small pack_length), under ZeRO-2 and ZeRO-3: same loss, same
-    gradient norm, same updated weights."""
+    """One micro-batch vs several (a small pack_length), under ZeRO-2 and ZeRO-3, two steps: same loss, same
+    gradient norm, same updated weights. With a KL penalty (beta > 0) the reference policy is loaded as well,
+    partitioned under ZeRO-3, and its KL term (non-zero once the policy has moved) matches too."""
     runs = {}
-    for stage, pack_length in [(2, 10_000), (2, 20), (3, 20)]:
-        out = tmp_path / f"{stage}_{pack_length}.pt"
-        proc = subprocess.run([sys.executable, "-c", SCRIPT, str(stage), str(pack_length), str(tiny_judge_dir), str(out)],
+    for key in [(2, 10_000, 0.0), (2, 20, 0.0), (3, 20, 0.0), (2, 10_000, 0.5), (3, 20, 0.5)]:
+        out = tmp_path / ("_".join(map(str, key)) + ".pt")
+        proc = subprocess.run([sys.executable, "-c", SCRIPT, str(key[0]), str(key[1]), str(tiny_judge_dir), str(out), str(key[2])],
                               cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-2000:]
-        runs[(stage, pack_length)] = torch.load(out)
-    base = runs[(2, 10_000)]
-    assert base["stats"]["updates"] == 1 and base["stats"]["grad_norm"] > 0
-    for key in [(2, 20), (3, 20)]:
-        other = runs[key]
-        assert other["stats"]["grad_norm"] == pytest.approx(base["stats"]["grad_norm"], rel=1e-4)
-        assert other["stats"]["loss_sum"] == pytest.approx(base["stats"]["loss_sum"], rel=1e-4, abs=1e-6)
-        for name, w in base["weights"].items():
-            torch.testing.assert_close(other["weights"][name], w, atol=2e-4, rtol=0)
+        runs[key] = torch.load(out)
+    for base_key, others in [((2, 10_000, 0.0), [(2, 20, 0.0), (3, 20, 0.0)]), ((2, 10_000, 0.5), [(3, 20, 0.5)])]:
+        base = runs[base_key]
+        assert [s["updates"] for s in base["stats"]] == [1, 1] and base["stats"][0]["grad_norm"] > 0
+        for key in others:
+            other = runs[key]
+            for mine, theirs in zip(other["stats"], base["stats"], strict=True):
+                assert mine["grad_norm"] == pytest.approx(theirs["grad_norm"], rel=1e-4)
+                assert mine["loss_sum"] == pytest.approx(theirs["loss_sum"], rel=1e-4, abs=1e-6)
+                assert mine["kl_sum"] == pytest.approx(theirs["kl_sum"], rel=1e-3, abs=1e-6)
+            for name, w in base["weights"].items():
+                torch.testing.assert_close(other["weights"][name], w, atol=2e-4, rtol=0)
+    assert runs[(2, 10_000, 0.5)]["stats"][1]["kl_sum"] > 0  # the policy moved away from the reference
     from transformers import AutoModelForCausalLM
 
     initial = AutoModelForCausalLM.from_pretrained(tiny_judge_dir).state_dict()
-    moved = max((base["weights"][k] - initial[k]).abs().max().item() for k in base["weights"])
+    trained = runs[(2, 10_000, 0.0)]["weights"]
+    moved = max((trained[k] - initial[k]).abs().max().item() for k in trained)
     assert moved > 1e-3  # the step really changed the weights

@@ -133,7 +133,8 @@ def test_generate_n_samples_with_aligned_logprobs_matching_hf(engine, prompts, h
         assert len(samples) == 3
         assert len({tuple(s["token_ids"]) for s in samples}) > 1  # n distinct samples, not one copied
         for s in samples:
-            assert set(s) == {"token_ids", "logprobs", "finish_reason", "text"}
+            assert set(s) == {"token_ids", "logprobs", "finish_reason", "text", "weight_versions"}
+            assert s["weight_versions"] == (0, 0)  # the initial weights: no update yet
             assert s["finish_reason"] in ("stop", "length")
             assert len(s["token_ids"]) == len(s["logprobs"]) > 0
             if s["finish_reason"] == "length":
@@ -243,6 +244,8 @@ def test_driver_helpers_sync_from_learner_actor(engine, prompts, tiny_judge_dir)
         vllm_utils.sync_weights([learner], [engine], version=3)
         assert _vllm_greedy(engine, prompts, 16) == ray.get(learner.greedy.remote(prompts, 16))
         assert ray.get(engine.get_weight_version.remote()) == "3"
+        # samples say which weights generated them
+        assert ray.get(engine.generate.remote(prompts[:1], 1, 1.0, 4, None, 0))[0][0]["weight_versions"] == (3, 3)
     finally:
         ray.kill(learner)
 

@@ -36,7 +36,7 @@ case "$PRESET" in
     PRESET_ARGS=(--async_steps 1 --truncated_importance_sampling_ratio_cap 2.0 --num_samples_per_prompt_rollout 8
       --num_unique_prompts_rollout 8 --learning_rate 1e-6 --response_length 2048 --pack_length 4096
       --max_prompt_token_length 1024 --total_episodes 64000 --deepspeed_stage 2 --num_learners_per_node 1
-      --vllm_num_engines 1 --vllm_gpu_memory_utilization 0.3 --gradient_checkpointing --vllm_enable_prefix_caching
+      --vllm_num_engines 1 --single_gpu_mode --vllm_gpu_memory_utilization 0.3 --gradient_checkpointing --vllm_enable_prefix_caching
       --clip_higher 0.272 --mask_truncated_completions True --llm_judge_max_context_length 8192
       --llm_judge_max_tokens 1024 --save_freq 100 --local_eval_every 50 --seed "$SEED")
     ;;
