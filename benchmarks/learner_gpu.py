@@ -87,7 +87,7 @@ def defaults(on_gpu: bool, quick: bool) -> dict:
 # Worker side: one configuration in this process.
 
 
-def make_batch(gen, n: int, prompt_len: int, response_len: int, vocab: int, pack_length: int):
+def make_batch(gen, n: int, prompt_len: int, response_len: int, vocab: int, pack_length: int, packed_rows: bool):
     """One step's synthetic samples, packed for the single rank (learner.plan_step)."""
     import torch
 
@@ -99,7 +99,7 @@ def make_batch(gen, n: int, prompt_len: int, response_len: int, vocab: int, pack
     lps = -(0.05 + 2.45 * torch.rand(n, response_len, generator=gen))
     samples = [Sample(ids[i, :prompt_len].tolist(), ids[i, prompt_len:].tolist(), lps[i].tolist(), float(adv[i]))
                for i in range(n)]  # fmt: skip
-    return plan_step(samples, 1, 1, pack_length)[0]
+    return plan_step(samples, 1, 1, pack_length, packed_rows)[0]
 
 
 def one_weight(learner, name: str):
@@ -178,8 +178,8 @@ def _train_config(spec: dict, res: dict) -> tuple[list, list, float]:
 
     gen = torch.Generator().manual_seed(SEED)
     vocab = learner.model.module.config.vocab_size
-    batches = [make_batch(gen, spec["samples"], spec["prompt_len"], spec["response_len"], vocab, spec["pack_length"])
-               for _ in range(n_steps)]  # fmt: skip
+    batches = [make_batch(gen, spec["samples"], spec["prompt_len"], spec["response_len"], vocab, spec["pack_length"],
+                          info["packed_rows"]) for _ in range(n_steps)]  # fmt: skip
     probe = spec["probe"]
     before = one_weight(learner, probe)
     times, stats = [], []

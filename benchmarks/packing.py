@@ -7,8 +7,10 @@ counted side by side:
 
   per-rank  each learner packs its own shard (samples r::8) into bins of at most pack_length real tokens,
             and a bin is padded to (samples in it) x (its longest sample), as before learner.plan_step
-  global    learner.plan_step: the whole step packed at once into rows of at most pack_length tokens, no
-            padding, dealt out so every learner runs the same number of micro-batches
+  padded    learner.plan_step with padded rows (SDPA or eager attention): the whole step packed at once
+            into bins of at most pack_length tokens padding included, dealt out so every learner runs the
+            same number of micro-batches
+  packed    learner.plan_step with packed rows (flash-attention): the same, one row without padding each
 
 Printed per way: the spread of micro-batches per learner (a difference is a hang under ZeRO: every pass has
 collectives), the largest micro-batch in tokens (padding included), and the largest float32 logits a
@@ -42,16 +44,17 @@ def per_rank(samples: list[Sample], world: int, pack_length: int) -> tuple[list[
     """(micro-batches per learner, largest padded micro-batch in tokens) with per-shard packing."""
     counts, largest = [], 0
     for r in range(world):
-        bins = pack(samples[r::world], pack_length)
+        bins = pack(samples[r::world], pack_length, packed_rows=True)  # bins by real tokens, then padded
         counts.append(len(bins))
         largest = max([largest] + [len(b) * max(s.length for s in b) for b in bins])
     return counts, largest
 
 
-def global_plan(samples: list[Sample], world: int, pack_length: int) -> tuple[list[int], int]:
-    plan = plan_step(samples, world, 1, pack_length)
+def global_plan(samples: list[Sample], world: int, pack_length: int, packed_rows: bool) -> tuple[list[int], int]:
+    plan = plan_step(samples, world, 1, pack_length, packed_rows)
     counts = [len(rank.micro_batches[0]) for rank in plan]
-    largest = max(sum(s.length for s in micro) for rank in plan for micro in rank.micro_batches[0])
+    size = (lambda m: sum(s.length for s in m)) if packed_rows else (lambda m: len(m) * max(s.length for s in m))
+    largest = max(size(micro) for rank in plan for micro in rank.micro_batches[0] if micro)
     return counts, largest
 
 
@@ -65,24 +68,27 @@ def main() -> None:
     rows = []
     for seed in range(a.seeds):
         samples = draw_step(random.Random(seed), 24, 8, max_prompt, max_response, a.truncated)
-        old_counts, old_largest = per_rank(samples, world, pack_length)
-        new_counts, new_largest = global_plan(samples, world, pack_length)
-        old_fp32 = 2 * old_largest * a.vocab * 4  # logits.float() and its log-softmax
-        new_fp32 = 2 * min(LOGIT_CHUNK_ELEMENTS, new_largest * a.vocab) * 4
-        rows.append((old_counts, new_counts, old_largest, new_largest, old_fp32, new_fp32))
-        print(f"seed {seed}: micro-batches per learner {min(old_counts)}-{max(old_counts)} per-rank, "
-              f"{min(new_counts)}-{max(new_counts)} global; largest micro-batch {old_largest} vs {new_largest} tokens "
-              f"({old_largest / new_largest:.2f}x); float32 logits {old_fp32 / GiB:.1f} vs {new_fp32 / GiB:.2f} GiB")  # fmt: skip
-    unequal = sum(max(r[0]) != min(r[0]) for r in rows)
-    print(f"\n{a.seeds} steps of 24 x 8 samples on {world} learners, pack_length {pack_length}, vocab {a.vocab}:")
-    print(f"  steps where learners would run different numbers of micro-batches: per-rank {unequal}/{a.seeds}, "
-          f"global {sum(max(r[1]) != min(r[1]) for r in rows)}/{a.seeds}")
-    print(f"  largest micro-batch (tokens, padding included): per-rank / global = "
-          f"{statistics.median(r[2] / r[3] for r in rows):.2f}x median, per-rank up to "
-          f"{max(r[2] for r in rows) / pack_length:.2f}x pack_length, global up to {max(r[3] for r in rows) / pack_length:.2f}x")
-    print(f"  largest float32 logits: per-rank / global = {statistics.median(r[4] / r[5] for r in rows):.0f}x median "
-          f"({max(r[4] for r in rows) / GiB:.0f} GiB vs {max(r[5] for r in rows) / GiB:.2f} GiB)")
+        ways = {"per-rank": per_rank(samples, world, pack_length),
+                "padded": global_plan(samples, world, pack_length, False),
+                "packed": global_plan(samples, world, pack_length, True)}  # fmt: skip
+        rows.append(ways)
+        print(f"seed {seed}: " + "; ".join(f"{name} {min(c)}-{max(c)} micro-batches per learner, largest {big} tokens"
+                                         for name, (c, big) in ways.items()))  # fmt: skip
 
+    def fp32(tokens: int, chunked: bool) -> float:  # float32 logits and their log-softmax
+        return 2 * (min(LOGIT_CHUNK_ELEMENTS, tokens * a.vocab) if chunked else tokens * a.vocab) * 4
+
+    print(f"\n{a.seeds} steps of 24 x 8 samples on {world} learners, pack_length {pack_length}, vocab {a.vocab}:")
+    for name in ("per-rank", "padded", "packed"):
+        unequal = sum(max(r[name][0]) != min(r[name][0]) for r in rows)
+        count = statistics.median(statistics.mean(r[name][0]) for r in rows)
+        big = max(r[name][1] for r in rows)
+        print(f"  {name:8s}  learners with different numbers of micro-batches in {unequal}/{a.seeds} steps; "
+              f"{count:.1f} micro-batches per learner (median); largest micro-batch {big / pack_length:.2f}x "
+              f"pack_length; largest float32 logits {fp32(big, name != 'per-rank') / GiB:.2f} GiB")  # fmt: skip
+    old, new = max(r["per-rank"][1] for r in rows), max(r["padded"][1] for r in rows)
+    print(f"  ratios per-rank / padded: largest micro-batch {old / new:.2f}x, float32 logits "
+          f"{fp32(old, False) / fp32(new, True):.0f}x")
 
 if __name__ == "__main__":
     main()

@@ -78,8 +78,8 @@ class GRPOConfig:
     num_mini_batches: int = opt(1, "optimizer updates per step")
     num_epochs: int = opt(1, "passes over each step's samples")
     per_device_train_batch_size: int = opt(1, "kept for compatibility: micro-batches are packed by --pack_length")
-    pack_length: int = opt(4096, "most tokens per micro-batch: samples are packed into one row of at most this many "
-        "tokens, without padding (at least --max_prompt_token_length + --response_length); "
+    pack_length: int = opt(4096, "most tokens per micro-batch, padding included (with flash-attention samples are "
+        "packed into one row without padding); at least --max_prompt_token_length + --response_length; "
         "on a GPU fewer, larger micro-batches train faster for more memory (H200, 0.3B model: 16384 took 0.97 s a "
         "step and 22 GiB, 4096 took 3.2 s and 10 GiB; benchmarks/learner_gpu.py)")
     gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass to save memory")

@@ -282,6 +282,7 @@ class Trainer:
                 actor_options=[self.placement.engine_options(i) for i in range(cfg.vllm_num_engines)], wait=False,
             )  # fmt: skip
             self.learners, reports = create_learners(cfg, self.placement, self.steps, self.timeout)
+            self.packed_rows = reports[0]["packed_rows"]  # how the learners want micro-batches laid out
             ray.get([e.ready.remote() for e in self.engines], timeout=self.timeout)
             vllm_utils.init_weight_sync(self.learners, self.engines, timeout=self.timeout)
         print(f"actors: {len(self.engines)} vLLM engine(s), {len(self.learners)} learner(s) on {len(nodes)} node(s), "
@@ -362,7 +363,7 @@ class Trainer:
             return adv, [], 0.0, 0.0
         with actor_errors(f"training step {ro.step}", cfg):
             t0 = time.perf_counter()
-            batches = plan_step(samples, len(self.learners), cfg.num_mini_batches, cfg.pack_length)
+            batches = plan_step(samples, len(self.learners), cfg.num_mini_batches, cfg.pack_length, self.packed_rows)
             train_stats = ray.get([lr.train.remote(b) for lr, b in zip(self.learners, batches, strict=True)],
                                   timeout=self.timeout)  # fmt: skip
             train_s = time.perf_counter() - t0

@@ -1,9 +1,10 @@
 """The learner: one DeepSpeed engine per GPU (gloo learners on CPU), run as Ray actors.
 
-The controller packs the whole step (`plan_step`): per mini-batch, samples go into micro-batches of at most
-`pack_length` tokens, and the micro-batches are dealt out so that every rank runs the same number (the
-collectives of ZeRO-2/3 need every rank in every pass). A micro-batch is one packed row with position ids
-that restart at each sample, so there is no padding and each sample attends to itself only. Each rank
+The controller packs the whole step (`plan_step`): per mini-batch, samples go into micro-batches that fill
+at most `pack_length` tokens of the micro-batch tensor, padding included, and the micro-batches are dealt
+out so that every rank runs the same number (the collectives of ZeRO-2/3 need every rank in every pass).
+With flash-attention a micro-batch is one packed row whose position ids restart at each sample
+(variable-length attention, no padding); otherwise it is right-padded rows of similar lengths. Each rank
 computes response-token log-probabilities (float32 a chunk at a time), the GRPO loss (rl_utils.grpo_loss)
 and accumulates gradients; DeepSpeed steps once per mini-batch (ZeRO stage 2 or 3, gradient clipping,
 AdamW). Under ZeRO-3 the model is partitioned as it loads. Weights leave the learner gathered one tensor at
@@ -62,30 +63,36 @@ class RankBatch:
     """One rank's share of a training step. `micro_batches[m]` lists the micro-batches of mini-batch m; every
     rank gets the same number, and an empty one is padding. `num_tokens[m]` is mini-batch m's response-token
     count over all ranks divided by the number of ranks: DeepSpeed averages gradients over ranks, so dividing
-    each rank's token sum by it makes the update the token-level mean over the whole mini-batch."""
+    each rank's token sum by it makes the update the token-level mean over the whole mini-batch.
+    `packed_rows`: how a micro-batch becomes tensors (see `collate`)."""
 
     micro_batches: list[list[list[Sample]]]
     num_tokens: list[float]
+    packed_rows: bool = False
 
 
-def pack(samples: list[Sample], pack_length: int) -> list[list[Sample]]:
-    """Greedy first-fit, longest first: bins of samples whose total tokens fit in `pack_length`
-    (a sample longer than that gets a bin of its own)."""
+def pack(samples: list[Sample], pack_length: int, packed_rows: bool = False) -> list[list[Sample]]:
+    """Greedy first-fit, longest first, into bins that fill at most `pack_length` tokens of the micro-batch
+    tensor: with `packed_rows` the samples' own tokens (one row, no padding); without, samples x the longest
+    sample (right-padded rows). Sorted longest first, a bin's longest sample is its first one. A sample
+    longer than `pack_length` gets a bin of its own."""
     bins: list[list[Sample]] = []
-    room: list[int] = []
+    used: list[int] = []  # tensor tokens each bin fills
     for s in sorted(samples, key=lambda s: -s.length):
-        for i, r in enumerate(room):
-            if s.length <= r:
-                bins[i].append(s)
-                room[i] -= s.length
+        for i, b in enumerate(bins):
+            grown = used[i] + s.length if packed_rows else (len(b) + 1) * b[0].length
+            if grown <= pack_length:
+                b.append(s)
+                used[i] = grown
                 break
         else:
             bins.append([s])
-            room.append(pack_length - s.length)
+            used.append(s.length)
     return bins
 
 
-def plan_step(samples: list[Sample], world_size: int, num_mini_batches: int, pack_length: int) -> list[RankBatch]:
+def plan_step(samples: list[Sample], world_size: int, num_mini_batches: int, pack_length: int,
+              packed_rows: bool = False) -> list[RankBatch]:  # fmt: skip
     """Pack the whole step at once and deal the micro-batches out so that every rank runs the same number.
 
     Under ZeRO-2/3 every forward and backward pass has collectives, so a rank that ran one micro-batch
@@ -93,10 +100,9 @@ def plan_step(samples: list[Sample], world_size: int, num_mini_batches: int, pac
     micro-batches go largest first to the rank with the fewest tokens among those still below their share
     (ceil(micro-batches / ranks)); a rank left short is padded with empty micro-batches, which run a pass
     with no token in the loss."""
-    minibatches = [samples[i::num_mini_batches] for i in range(num_mini_batches)]
-    out = [RankBatch([], []) for _ in range(world_size)]
-    for minibatch in minibatches:
-        bins = sorted(pack(minibatch, pack_length), key=lambda b: -sum(s.length for s in b))
+    out = [RankBatch([], [], packed_rows) for _ in range(world_size)]
+    for minibatch in (samples[i::num_mini_batches] for i in range(num_mini_batches)):
+        bins = sorted(pack(minibatch, pack_length, packed_rows), key=lambda b: -sum(s.length for s in b))
         share = max(1, math.ceil(len(bins) / world_size))
         ranks: list[list[list[Sample]]] = [[] for _ in range(world_size)]
         load = [0] * world_size
@@ -111,36 +117,50 @@ def plan_step(samples: list[Sample], world_size: int, num_mini_batches: int, pac
     return out
 
 
-def collate(samples: list[Sample], pad_id: int, device) -> dict[str, torch.Tensor]:
-    """The samples as one packed row, [1, L]: no padding, `position_ids` restarting at 0 for each sample,
-    from which transformers builds a block-diagonal causal mask (flash-attention: variable-length
-    kernels), so every sample attends to itself only. The per-token tensors are aligned with position t
-    predicting token t + 1: `mask` marks positions whose next token is a response token of the same sample,
-    and each carries its sample's advantage. An empty list gives a two-token row with nothing in the loss
-    (a padding micro-batch: it still runs the passes whose collectives the other ranks wait on)."""
-    if not samples:
+def collate(samples: list[Sample], pad_id: int, device, packed_rows: bool = False) -> dict:
+    """A micro-batch as tensors. Per-token tensors are aligned with position t predicting token t + 1:
+    `mask` marks positions whose next token is a response token of the same sample, and `advantages` and
+    `vllm_logprobs` are given per position.
+
+    packed_rows=False: [B, L], right-padded to the longest sample, with an attention mask (pack() keeps
+        B x L within pack_length). Exact with any attention implementation, and no attention is spent across
+        samples: what SDPA and eager attention want.
+    packed_rows=True: [1, L], the samples back to back without padding, with position ids that restart at 0
+        for each sample; transformers turns those into variable-length attention (flash-attention) or a
+        block-diagonal mask, so each sample attends to itself only.
+    An empty list gives one row of two padding tokens with nothing in the loss (a padding micro-batch still
+    runs the passes whose collectives the other ranks wait on)."""
+    empty = not samples
+    if empty:
         samples = [Sample([pad_id], [pad_id], [0.0], 0.0)]
-        empty = True
-    else:
-        empty = False
-    ids, pos, mask, vllm_lp, adv = [], [], [], [], []
+    rows = []
     for s in samples:
         q, r = len(s.query_ids), len(s.response_ids)
-        ids += s.query_ids + s.response_ids
-        pos += range(q + r)
-        # positions of this sample: q - 1 .. q + r - 2 predict the response; its last one predicts the next
-        # sample's first token, which is not in the loss
-        mask += [0.0] * (q - 1) + [0.0 if empty else 1.0] * r + [0.0]
-        vllm_lp += [0.0] * (q - 1) + list(s.vllm_logprobs[:r]) + [0.0] * (r - len(s.vllm_logprobs[:r])) + [0.0]
-        adv += [s.advantage] * (q + r)
-    out = dict(
-        input_ids=torch.tensor([ids], dtype=torch.long),
-        position_ids=torch.tensor([pos], dtype=torch.long),
-        mask=torch.tensor([mask[:-1]], dtype=torch.float32),
-        vllm_logprobs=torch.tensor([vllm_lp[:-1]], dtype=torch.float32),
-        advantages=torch.tensor([adv[:-1]], dtype=torch.float32),
-    )
-    return {k: v.to(device) for k, v in out.items()}
+        lps = list(s.vllm_logprobs[:r]) + [0.0] * (r - len(s.vllm_logprobs[:r]))
+        # position q - 1 .. q + r - 2 predict the response; the last one predicts the next sample's first token
+        rows.append((s.query_ids + s.response_ids, [0.0] * (q - 1) + [0.0 if empty else 1.0] * r + [0.0],
+                     [0.0] * (q - 1) + lps + [0.0], [s.advantage] * (q + r)))  # fmt: skip
+    if packed_rows:
+        rows = [tuple(sum((row[k] for row in rows), []) for k in range(4))]
+        positions = [p for s in samples for p in range(s.length)]
+    length = max(len(ids) for ids, *_ in rows)
+    B = len(rows)
+    out = {"input_ids": torch.full((B, length), pad_id, dtype=torch.long)}
+    for name in ("mask", "vllm_logprobs", "advantages"):
+        out[name] = torch.zeros((B, length - 1), dtype=torch.float32)
+    attention = torch.zeros((B, length), dtype=torch.long)
+    for b, (ids, mask, lps, adv) in enumerate(rows):
+        n = len(ids)
+        out["input_ids"][b, :n] = torch.tensor(ids)
+        attention[b, :n] = 1
+        out["mask"][b, : n - 1] = torch.tensor(mask[: n - 1])
+        out["vllm_logprobs"][b, : n - 1] = torch.tensor(lps[: n - 1])
+        out["advantages"][b, : n - 1] = torch.tensor(adv[: n - 1])
+    if packed_rows:
+        out["position_ids"], out["attention_mask"] = torch.tensor([positions]), None
+    else:
+        out["position_ids"], out["attention_mask"] = None, attention
+    return {k: v.to(device) if v is not None else None for k, v in out.items()}
 
 
 LOGIT_CHUNK_ELEMENTS = 2**26  # float32 logits held at once while computing log-probs: 256 MiB
@@ -151,15 +171,19 @@ def _chunk_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
-def token_logprobs(model, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-    """log p(token t+1 | tokens <= t of its sample) for every position of a packed row, [1, L-1], float32.
+def token_logprobs(model, batch: dict) -> torch.Tensor:
+    """log p(token t+1 | tokens <= t of its sample) for every position of a collated micro-batch, [B, L-1],
+    float32.
 
     The model's logits stay in its own dtype (bf16 on GPU); the float32 log-softmax is taken a chunk of
     positions at a time (LOGIT_CHUNK_ELEMENTS) and recomputed in the backward pass instead of kept, so a
-    float32 copy of the [L, vocab] logits never exists (at the paper's 18k tokens and a 150k vocabulary
+    float32 copy of the [B x L, vocab] logits never exists (at the paper's 18k tokens and a 150k vocabulary
     that copy alone would be 11 GB)."""
-    logits = model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits[0, :-1]
-    targets = input_ids[0, 1:]
+    input_ids = batch["input_ids"]
+    logits = model(input_ids=input_ids, attention_mask=batch["attention_mask"], position_ids=batch["position_ids"],
+                   use_cache=False).logits[:, :-1]  # fmt: skip
+    shape = logits.shape[:2]
+    logits, targets = logits.reshape(-1, logits.shape[-1]), input_ids[:, 1:].reshape(-1)
     step = max(1, LOGIT_CHUNK_ELEMENTS // logits.shape[-1])
     parts = []
     for start in range(0, logits.shape[0], step):
@@ -168,7 +192,7 @@ def token_logprobs(model, input_ids: torch.Tensor, position_ids: torch.Tensor) -
             parts.append(torch.utils.checkpoint.checkpoint(_chunk_logprobs, *chunk, use_reentrant=False))
         else:
             parts.append(_chunk_logprobs(*chunk))
-    return torch.cat(parts).unsqueeze(0)
+    return torch.cat(parts).reshape(shape)
 
 
 def deepspeed_config(cfg: LearnerConfig, on_gpu: bool) -> dict:
@@ -303,8 +327,10 @@ class PolicyLearner:
             else:
                 self.ref_model = ref.to(self.device)
             self.ref_model.eval()
+        # Packed rows need variable-length attention to be cheap; with SDPA or eager attention a packed row
+        # would attend over its whole length (masked), so micro-batches are padded rows instead.
         return {"rank": self.rank, "device": str(self.device), "params": num_params, "loaded_param_bytes": loaded_bytes,
-                "rendezvous": f"{master_addr}:{master_port}"}  # fmt: skip
+                "rendezvous": f"{master_addr}:{master_port}", "packed_rows": attn == "flash_attention_2"}  # fmt: skip
 
     # ----------------------------------------------------------------------------------------------
     def train(self, batch: RankBatch) -> dict[str, float]:
@@ -320,13 +346,13 @@ class PolicyLearner:
         for _ in range(cfg.num_epochs):
             for m, (micros, mb_tokens) in enumerate(zip(batch.micro_batches, batch.num_tokens, strict=True)):
                 for i, micro in enumerate(micros):
-                    b = collate(micro, self.pad_id, self.device)
-                    logprobs = token_logprobs(self.model, b["input_ids"], b["position_ids"])
+                    b = collate(micro, self.pad_id, self.device, batch.packed_rows)
+                    logprobs = token_logprobs(self.model, b)
                     old_lp = old[m][i] if old is not None else logprobs.detach()
                     ref_lp = None
                     if self.ref_model is not None:
                         with torch.no_grad():
-                            ref_lp = token_logprobs(self.ref_model, b["input_ids"], b["position_ids"])
+                            ref_lp = token_logprobs(self.ref_model, b)
                     loss, stats = grpo_loss(logprobs, old_lp, b["advantages"], b["mask"], cfg.loss, mb_tokens,
                                             vllm_logprobs=b["vllm_logprobs"], ref_logprobs=ref_lp)  # fmt: skip
                     self.model.set_gradient_accumulation_boundary(i == len(micros) - 1)
@@ -352,8 +378,8 @@ class PolicyLearner:
         for micros in batch.micro_batches:
             per_micro = []
             for micro in micros:
-                b = collate(micro, self.pad_id, self.device)
-                per_micro.append(token_logprobs(self.model, b["input_ids"], b["position_ids"]))
+                b = collate(micro, self.pad_id, self.device, batch.packed_rows)
+                per_micro.append(token_logprobs(self.model, b))
             out.append(per_micro)
         self.model.train()
         return out
