@@ -32,8 +32,11 @@ Printed: our seconds per step over TRL's (target: at most 1.0).
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -125,7 +128,44 @@ LAYOUTS = [
 ]
 
 
+@contextlib.contextmanager
+def ray_head(cpus: int):
+    """A Ray head of our own that declares `cpus` CPUs. The trainer's own local cluster is this machine (a CPU
+    per core, one per actor), so a layout with more actors than cores runs on a cluster that says it has
+    them: on purpose here, the point being to measure that layout. Stopped with everything it started."""
+    from open_instruct.judge_server import free_port
+
+    port = free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    ray = Path(sys.executable).with_name("ray")
+    proc = subprocess.Popen([str(ray), "start", "--head", "--block", f"--port={port}", f"--num-cpus={cpus}", "--num-gpus=0",
+                             "--include-dashboard=false", "--disable-usage-stats"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True, env=env)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if time.monotonic() > deadline or proc.poll() is not None:
+                sys.exit(f"the benchmark's Ray head (port {port}) did not start")
+            time.sleep(0.5)
+        time.sleep(3)  # the raylet registers just after the GCS port opens
+        yield f"127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
 def run_ours(args, model: Path, data: Path, work: Path, name: str, layout: list[str]) -> tuple[list[dict], float]:
+    actors = 1 + int(layout[layout.index("--vllm_num_engines") + 1])  # a learner and the engines
+    if actors > len(os.sched_getaffinity(0)):
+        with ray_head(actors) as address:
+            return _run_ours(args, model, data, work, name, [*layout, "--ray_address", address])
+    return _run_ours(args, model, data, work, name, layout)
+
+
+def _run_ours(args, model: Path, data: Path, work: Path, name: str, layout: list[str]) -> tuple[list[dict], float]:
     out = work / name.replace(" ", "_")
     cmd = [sys.executable, "-m", "open_instruct.grpo_fast", "--model_name_or_path", str(model),
            "--dataset_mixer_list", str(data), "1.0", "--output_dir", str(out),

@@ -143,10 +143,9 @@ def init_ray(cfg: GRPOConfig) -> str:
 
     address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
     if not address:
-        # A CPU is a scheduling token here: every engine and learner gets one, even on a 2-core machine
-        # (their threads share the cores; see learner.cpu_runtime_env).
-        cpus = max(os.cpu_count() or 2, int(layout(cfg, on_gpu=False).needs()["CPU"]))
-        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+        # This machine as it is: a CPU per core (every engine and learner takes one) and the GPUs Ray finds,
+        # so a run that asks for more is refused by fit() instead of being squeezed onto it.
+        ray.init(address="local", num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False, log_to_driver=False)
         return "a local Ray cluster on this machine"
     try:
         ray.init(address=address, log_to_driver=False)

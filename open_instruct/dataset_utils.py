@@ -310,26 +310,38 @@ _TULU = (
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
 )
 
-THINKER_INSTRUCTION = (
-    "Before you reply, reason about the request privately inside <think> </think>. "
-    "Then give the reply the user will read inside <answer> </answer>, and nothing after it."
-)
-
-# ChatML with the think-then-answer instruction in the system turn (merged ahead of the user's own system
-# message, if any) and the assistant turn opened with <think>, so every rollout starts by reasoning. The
-# response text therefore begins inside the think block: judge_utils.strip_reasoning handles the lone </think>.
+# Open Instruct's `olmo_thinker`, the published recipe's template, rendering exactly as upstream's does
+# (tests/test_dataset_utils.py holds upstream's rendered text): a default system turn when the messages have
+# none; a system message of the row's own gets the "no functions" note; `functions` and `function_calls`
+# fields; the last assistant turn ends with the EOS token; the generation prompt opens the assistant turn
+# with <think>, so the response text begins inside the think block (judge_utils.strip_reasoning handles the
+# lone </think>).
+OLMO_THINKER_SYSTEM = "You are a helpful AI assistant."
+_NO_FUNCTIONS = " You do not currently have access to any functions. <functions></functions>"
 _OLMO_THINKER = (
-    "{% set instruction = '" + THINKER_INSTRUCTION + "' %}"
-    "{% if messages and messages[0]['role'] == 'system' %}"
-    "{% set system = instruction + '\n\n' + messages[0]['content'] %}{% set turns = messages[1:] %}"
-    "{% else %}"
-    "{% set system = instruction %}{% set turns = messages %}"
+    "{% if not (messages | selectattr('role', 'equalto', 'system') | list) %}"
+    "{{ '<|im_start|>system\n" + OLMO_THINKER_SYSTEM + "<|im_end|>\n' }}"
     "{% endif %}"
-    "{{ '<|im_start|>system\n' + system + '<|im_end|>\n' }}"
-    "{% for message in turns %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% for m in messages %}"
+    "{% set functions = m.get('functions', none) %}"
+    "{% if m['role'] == 'system' %}"
+    "{{ '<|im_start|>system\n' + m['content'] }}"
+    "{{ (' <functions>' + functions + '</functions>') if functions is not none else '" + _NO_FUNCTIONS + "' }}"
+    "{{ '<|im_end|>\n' }}"
+    "{% elif m['role'] == 'user' %}"
+    "{{ '<|im_start|>user\n' + m['content'] }}"
+    "{{ ('\n<functions>' + functions + '</functions>') if functions is not none else '' }}"
+    "{{ '<|im_end|>\n' }}"
+    "{% elif m['role'] == 'assistant' %}"
+    "{{ '<|im_start|>assistant\n' }}"
+    "{{ m['content'] if m.get('content', none) is not none else '' }}"
+    "{{ ('<function_calls>' + m['function_calls'] + '</function_calls>') if m.get('function_calls', none) is not none else '' }}"
+    "{{ '<|im_end|>\n' if not loop.last else eos_token }}"
+    "{% elif m['role'] == 'environment' %}"
+    "{{ '<|im_start|>environment\n' + m['content'] + '<|im_end|>\n' }}"
+    "{% endif %}"
+    "{% if loop.last and add_generation_prompt %}{{ '<|im_start|>assistant\n<think>' }}{% endif %}"
     "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n<think>' }}{% endif %}"
 )
 
 CHAT_TEMPLATES: dict[str, str] = {

@@ -1,24 +1,29 @@
-"""`grpo_fast --dry_run`: check everything a run needs, print the plan, load no model.
+"""`grpo_fast --dry_run`: check everything a run needs, print the plan; start no server, load no weights.
 
-Checked: every flag (grpo_config.parse_args), every dataset row (Trainer.setup, which also reads the
-tokenizer for prompt lengths), the judge endpoint (one completion of one token through the same client the
-run uses), and the Ray cluster's nodes against the bundles the run will reserve (cluster.fit). When they
+Checked, each problem one line and every check run whatever the others found: every flag
+(grpo_config.parse_args; a flag mistake stops there, as it makes the rest meaningless), the model's
+tokenizer and chat template, every dataset row of both mixtures, the judge settings and endpoint (one
+completion of one token through the same client the run uses; when the launch script would serve the judge
+itself, it is reported as not started), the model's config, and the Ray cluster's nodes against the bundles
+the run will reserve (cluster.fit; a local cluster is this machine, CPUs and GPUs as they are). When they
 fit, the placement groups are reserved as the run would reserve them, read back (which node holds which
 learner ranks and engines, and where the learners' rendezvous is) and released; no actor starts. Printed:
 that placement, per-step batch sizes, and a rough memory estimate per GPU from the model's config
-(parameters counted on the meta device, so no weights are read).
-
-Problems are collected and printed one per line; the exit status is 2 when there is any.
+(parameters counted on the meta device, so no weights are read). Exit status 2 when there is a problem.
 """
 
 import asyncio
 import math
+import os
 from dataclasses import dataclass, replace
 
 from open_instruct import cluster
 from open_instruct.grpo_config import GRPOConfig
 
 GiB = 1024**3
+# Set by scripts/train/grpo_*.sh in a dry run: the judge model it would serve (and does not start) at the
+# address the trainer is given.
+LAUNCHER_JUDGE_ENV = "DRY_RUN_LAUNCHER_JUDGE"
 
 
 @dataclass
@@ -91,8 +96,6 @@ def cluster_plan(cfg: GRPOConfig) -> tuple[list, str, cluster.Layout, str | None
     import ray
 
     where = cluster.init_ray(cfg)
-    if where.startswith("a local"):
-        where += " (set RAY_ADDRESS or --ray_address to check a cluster)"
     try:
         plan, nodes, shortfall = cluster.plan_for_cluster(cfg)
         placed: list[str] = []
@@ -113,11 +116,19 @@ def _count(n: float) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
 
 
-def run(cfg: GRPOConfig, trainer) -> int:
-    problems: list[str] = []
-    judge_problem = check_judge(trainer)
-    if judge_problem:
-        problems.append(judge_problem)
+def run(cfg: GRPOConfig, trainer, problems: list[str]) -> int:
+    """Print the plan and every problem, one line each: those the trainer's setup collected (`problems`:
+    model, data, judge settings), then the judge endpoint, the model's config and the cluster."""
+    launcher_judge = os.environ.get(LAUNCHER_JUDGE_ENV)
+    judge_down = None if launcher_judge else check_judge(trainer)
+    if judge_down:
+        problems.append(judge_down)
+    shape = None
+    try:
+        shape = model_shape(cfg.model_name_or_path)
+    except (OSError, ValueError, KeyError) as e:
+        if not any(p.startswith(f"--model_name_or_path {cfg.model_name_or_path}") for p in problems):
+            problems.append(f"--model_name_or_path {cfg.model_name_or_path}: cannot read its config ({str(e).splitlines()[0]})")
     nodes, where, plan, shortfall, placed = cluster_plan(cfg)
     gpus = sum(n.gpus for n in nodes)
     on_gpu, world = plan.on_gpu, plan.world_size
@@ -126,42 +137,52 @@ def run(cfg: GRPOConfig, trainer) -> int:
     if not on_gpu and cfg.vllm_tensor_parallel_size > 1:
         problems.append(f"{where} has no GPU: --vllm_tensor_parallel_size {cfg.vllm_tensor_parallel_size} needs GPUs")
 
-    shape = model_shape(cfg.model_name_or_path)
+    if trainer.judge is None:
+        judge = "none (no judge-based verifier)" if cfg.llm_judge_model is None else "not usable (see the problems below)"
+    elif launcher_judge:
+        judge = f"{trainer.judge.endpoint}: not started (dry run); the launch script would serve {launcher_judge} there"
+    else:
+        judge = trainer.judge.endpoint + ("" if judge_down else " (answered)")
     per_rank = cfg.batch_size / world
     seq = cfg.max_prompt_token_length + cfg.response_length
     # the whole step is packed at once and dealt out evenly (learner.plan_step); worst case: every sample is
     # as long as the longest allowed
     micro = math.ceil(math.ceil(cfg.batch_size / cfg.num_mini_batches / max(cfg.pack_length // seq, 1)) / world)
-    mem = learner_memory(cfg, shape, world)
-    device = gpu_memory()
     lines = [
         f"dry run: {cfg.exp_name} -> {cfg.output_dir}",
-        f"  cluster    {where}: {len(nodes)} node(s), {sum(n.cpus for n in nodes):g} CPUs, {gpus:g} GPUs",
-        f"  model      {cfg.model_name_or_path}: {_count(shape.params)} parameters, {shape.layers} layers, "
-        f"vocab {shape.vocab}",
+        f"  cluster    {where}: {len(nodes)} node(s), {sum(n.cpus for n in nodes):g} CPUs, {gpus:g} GPUs"
+        + (" (set RAY_ADDRESS or --ray_address to check a cluster)" if where.startswith("a local") else ""),
+        f"  model      {cfg.model_name_or_path}: "
+        + (f"{_count(shape.params)} parameters, {shape.layers} layers, vocab {shape.vocab}" if shape else "config not read"),
+        f"  data       {len(trainer.prompts)} training prompts, {len(trainer.eval_prompts)} eval prompts"
+        + ("" if trainer.tokenizer is not None else " (not tokenized: no tokenizer)"),
         f"  learners   {world} DeepSpeed learner(s), ZeRO-{cfg.deepspeed_stage}, "
         f"{' + '.join(map(str, plan.learners_per_node))} per node (a node of their own each, STRICT_SPREAD), "
         + (f"{plan.learner_gpus:g} GPU each, NCCL" if on_gpu else "on CPU with gloo"),
         f"  engines    {cfg.vllm_num_engines} vLLM engine(s) x TP {cfg.vllm_tensor_parallel_size}"
         + (f", {plan.engine_gpus:g} GPU each" if on_gpu else " on CPU")
-        + (" on the learner's GPU (--single_gpu_mode)" if plan.shared else ", on the GPUs the learners leave (PACK)"),
+        + (" on the learner's GPU (--single_gpu_mode)" if plan.shared else
+           ", on the GPUs the learners leave (PACK)" if on_gpu else " (PACK)"),
         "  placement  " + ("as Ray granted it (then released):" if placed else "not reserved (see the problems below)"),
         *(f"    {line}" for line in placed),
-        f"  judge      {trainer.judge.endpoint if trainer.judge else 'none (no judge-based verifier)'}"
-        + (" (answered)" if trainer.judge and not judge_problem else ""),
+        f"  judge      {judge}",
         f"  per step   {cfg.num_unique_prompts_rollout} prompts x {cfg.num_samples_per_prompt_rollout} samples = "
         f"{cfg.batch_size} samples; {per_rank:g} per learner, in {cfg.num_mini_batches} mini-batch(es), up to "
-        f"{micro} micro-batch(es) per learner per mini-batch, one packed row of <= {cfg.pack_length} tokens each "
+        f"{micro} micro-batch(es) per learner per mini-batch of <= {cfg.pack_length} tokens each "
         f"(longest sample {seq})",
         f"  schedule   {cfg.num_training_steps} steps ({cfg.total_episodes} episodes), async_steps {cfg.async_steps}, "
         f"state every {cfg.checkpoint_state_freq or 'never'}, model every {cfg.save_freq or 'end'}",
-        "  memory per learner GPU (rough): "
-        + ", ".join(f"{k} {v / GiB:.1f} GiB" for k, v in mem.items() if v)
-        + f"; total {sum(mem.values()) / GiB:.1f} GiB" + (f" of {device / GiB:.0f}" if device else ""),
-        f"  memory per engine GPU: weights {2 * shape.params / cfg.vllm_tensor_parallel_size / GiB:.1f} GiB; KV cache "
-        f"{shape.kv_bytes_per_token / 1024:.0f} KiB/token, {shape.kv_bytes_per_token * seq / GiB:.2f} GiB per full "
-        f"sequence, in the rest of --vllm_gpu_memory_utilization {cfg.vllm_gpu_memory_utilization:g}",
     ]  # fmt: skip
+    mem, device = (learner_memory(cfg, shape, world) if shape else None), gpu_memory()
+    if shape:
+        lines += [
+            "  memory per learner GPU (rough): "
+            + ", ".join(f"{k} {v / GiB:.1f} GiB" for k, v in mem.items() if v)
+            + f"; total {sum(mem.values()) / GiB:.1f} GiB" + (f" of {device / GiB:.0f}" if device else ""),
+            f"  memory per engine GPU: weights {2 * shape.params / cfg.vllm_tensor_parallel_size / GiB:.1f} GiB; KV cache "
+            f"{shape.kv_bytes_per_token / 1024:.0f} KiB/token, {shape.kv_bytes_per_token * seq / GiB:.2f} GiB per full "
+            f"sequence, in the rest of --vllm_gpu_memory_utilization {cfg.vllm_gpu_memory_utilization:g}",
+        ]  # fmt: skip
     if plan.shared:
         engines_share = cfg.vllm_num_engines * cfg.vllm_gpu_memory_utilization
         lines.append(f"  shared GPU the engines take {engines_share:g} of its memory (--vllm_gpu_memory_utilization "
@@ -170,11 +191,11 @@ def run(cfg: GRPOConfig, trainer) -> int:
         if engines_share >= 1:
             problems.append(f"--single_gpu_mode: the engines' --vllm_gpu_memory_utilization adds up to {engines_share:g} "
                             "of the GPU, leaving nothing for the learner")  # fmt: skip
-        if device and sum(mem.values()) > (1 - engines_share) * device:
+        if mem and device and sum(mem.values()) > (1 - engines_share) * device:
             lines.append(f"  warning: the learner estimate exceeds the {(1 - engines_share) * device / GiB:.0f} GiB the "
                          "engines leave on the shared GPU")  # fmt: skip
     print("\n".join(lines))
-    if device and sum(mem.values()) > device:
+    if mem and device and sum(mem.values()) > device:
         print(f"  warning: the learner estimate exceeds one GPU's {device / GiB:.0f} GiB: consider --deepspeed_stage 3, "
               "--gradient_checkpointing or a smaller --pack_length")  # fmt: skip
     for p in problems:

@@ -71,7 +71,9 @@ class GRPOConfig:
     max_grad_norm: float = opt(1.0, "gradient clipping norm")
     clip_lower: float = opt(0.2, "PPO clip below: ratio >= 1 - clip_lower")
     clip_higher: float = opt(0.2, "PPO clip above: ratio <= 1 + clip_higher (0.272 in the published recipe)")
-    truncated_importance_sampling_ratio_cap: float = opt(0.0, "cap on exp(logp_learner - logp_vllm) weighting each token; 0: off")
+    truncated_importance_sampling_ratio_cap: float = opt(2.0, "cap on exp(logp_learner - logp_vllm) weighting each "
+        "token, which corrects for samples drawn from older weights (--async_steps) and for vLLM's numerics; 0: off "
+        "(only with --async_steps 0)")
     beta: float = opt(0.0, "KL penalty weight to the initial policy; 0 loads no reference model")
     kl_estimator: str = opt("k3", "KL estimator k1, k2 or k3 (or Open Instruct's index 0, 1, 2)")
     mask_truncated_completions: bool = opt(False, "leave responses that hit response_length out of the loss")
@@ -95,6 +97,7 @@ class GRPOConfig:
     keep_last_n_checkpoints: int = opt(3, "step checkpoints kept (-1: all)")
     local_eval_every: int = opt(0, "every N steps, sample eval responses and write them with their rewards (0: never)")
     local_eval_prompts: int = opt(16, "eval prompts per evaluation")
+    eval_on_step_0: bool = opt(False, "also evaluate the initial policy before the first step (with --local_eval_every)")
     with_tracking: bool = opt(False, "log to wandb as well (offline when WANDB_API_KEY is unset)")
     wandb_project_name: str = opt("flip-grpo", "wandb project")
     exp_name: str = opt("grpo_flip", "run name")
@@ -136,8 +139,17 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the usage is what --help is for."""
+
+    def error(self, message: str):
+        from open_instruct.cli_utils import UserError
+
+        raise UserError(f"{message} (--help lists every flag)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m open_instruct.grpo_fast",
         description="GRPO with FLIP (or LLM-judge) rewards: Ray-orchestrated vLLM rollouts, judge rewards, "
         "DeepSpeed learners. Every flag is below; the launch scripts in scripts/train/ set the published recipe.",
@@ -180,7 +192,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[GRPOConfig, list[str]]:
     cfg = GRPOConfig(**vars(args))
     problems = validate(cfg)
     if problems:
-        parser.error(problems[0])
+        parser.error("; ".join(problems))
     return cfg, ignored
 
 
@@ -204,6 +216,10 @@ def validate(cfg: GRPOConfig) -> list[str]:
         (cfg.clip_lower >= 0 and cfg.clip_higher >= 0, "--clip_lower and --clip_higher must be >= 0"),
         (0.0 <= cfg.max_judge_failure_rate <= 1.0, "--max_judge_failure_rate must be between 0 and 1"),
         (cfg.backend_timeout > 0, "--backend_timeout must be positive (minutes)"),
+        (cfg.truncated_importance_sampling_ratio_cap > 0 or cfg.async_steps == 0,
+         f"--async_steps {cfg.async_steps} trains on samples from weights up to {cfg.async_steps} update(s) old, which "
+         "needs the importance correction: keep --truncated_importance_sampling_ratio_cap above 0 (the default and "
+         "the published recipe's is 2.0) or train on-policy with --async_steps 0"),
         (cfg.checkpoint_state_freq >= 0, "--checkpoint_state_freq must be 0 or more"),
         (cfg.total_episodes >= cfg.batch_size,
          f"--total_episodes ({cfg.total_episodes}) is less than one step ({cfg.batch_size} samples)"),

@@ -62,16 +62,30 @@ class Rollout:
 # Data
 
 
-def load_prompts(cfg: GRPOConfig, mixer: list[str], splits: list[str], tokenizer, chat_template: str):
+def load_rows(cfg: GRPOConfig, mixer: list[str], splits: list[str], flag: str) -> list[dict]:
+    """The validated rows of one mixture; a bad source or row is a UserError naming it."""
     from open_instruct import dataset_utils
     from open_instruct.ground_truth_utils import VERIFIER_REGISTRY
 
     try:
-        rows = dataset_utils.load_mixture(mixer, splits, cfg.seed, known_verifiers=set(VERIFIER_REGISTRY))
-        prompts, dropped = dataset_utils.tokenize_prompts(rows, tokenizer, chat_template, cfg.max_prompt_token_length)
+        return dataset_utils.load_mixture(mixer, splits, cfg.seed, known_verifiers=set(VERIFIER_REGISTRY))
     except (dataset_utils.DatasetError, ValueError, FileNotFoundError) as e:
-        raise UserError(str(e).splitlines()[0]) from None
-    return prompts, dropped
+        raise UserError(f"{flag}: {str(e).splitlines()[0]}") from None
+
+
+def judge_problem(cfg: GRPOConfig) -> str | None:
+    """Why the judge settings cannot work, before any call: a litellm id without a provider, or a hosted vLLM
+    judge with no address."""
+    import litellm
+
+    provider = cfg.llm_judge_model.split("/", 1)[0] if "/" in cfg.llm_judge_model else ""
+    if provider not in litellm.provider_list:
+        return (f"--llm_judge_model {cfg.llm_judge_model}: not a litellm id (provider/model); for a judge served by "
+                f"vLLM write hosted_vllm/{cfg.llm_judge_model}")  # fmt: skip
+    if provider == "hosted_vllm" and not (cfg.llm_judge_api_base or os.environ.get("HOSTED_VLLM_API_BASE")):
+        return (f"--llm_judge_model {cfg.llm_judge_model}: no address for the judge: set --llm_judge_api_base "
+                "(e.g. http://127.0.0.1:8000/v1) or HOSTED_VLLM_API_BASE")  # fmt: skip
+    return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -177,7 +191,7 @@ def learner_config(cfg: GRPOConfig, total_steps: int):
         max_grad_norm=cfg.max_grad_norm, deepspeed_stage=cfg.deepspeed_stage,
         gradient_checkpointing=cfg.gradient_checkpointing, pack_length=cfg.pack_length,
         per_device_train_batch_size=cfg.per_device_train_batch_size, num_mini_batches=cfg.num_mini_batches,
-        num_epochs=cfg.num_epochs, seed=cfg.seed, backend_timeout=cfg.backend_timeout * 60,
+        num_epochs=cfg.num_epochs, temperature=cfg.temperature, seed=cfg.seed, backend_timeout=cfg.backend_timeout * 60,
         loss=LossConfig(clip_lower=cfg.clip_lower, clip_higher=cfg.clip_higher,
                         tis_cap=cfg.truncated_importance_sampling_ratio_cap, beta=cfg.beta,
                         kl_estimator=parse_kl_estimator(cfg.kl_estimator)),
@@ -213,39 +227,56 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
 
-    def setup(self) -> None:
-        from transformers import AutoTokenizer
-
+    def setup(self, problems: list[str] | None = None) -> None:
+        """Read the tokenizer, the data and the judge settings: everything checked before any model or actor
+        starts. A mistake raises UserError; with `problems` (the dry run) each one is added as a line instead,
+        and every check that does not depend on it still runs."""
         from open_instruct import dataset_utils
-        from open_instruct.ground_truth_utils import VERIFIER_REGISTRY
         from open_instruct.judge_client import JudgeClient, JudgeConfig
         from open_instruct.rewards import RewardConfig, RewardModel
 
         cfg = self.cfg
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(cfg.model_name_or_path)
-            self.chat_template = dataset_utils.get_chat_template(self.tokenizer, cfg.chat_template_name)
-        except (OSError, ValueError, KeyError) as e:
-            raise UserError(f"--model_name_or_path / --chat_template_name: {str(e).splitlines()[0]}") from None
-        self.prompts, dropped = load_prompts(cfg, cfg.dataset_mixer_list, cfg.dataset_mixer_list_splits,
-                                             self.tokenizer, self.chat_template)  # fmt: skip
-        if not self.prompts:
-            raise UserError(f"no training prompts left after dropping {dropped} longer than --max_prompt_token_length")
-        self.eval_prompts = []
+
+        def attempt(step, *args):
+            try:
+                return step(*args)
+            except UserError as e:
+                if problems is None:
+                    raise
+                problems.append(str(e))
+                return None
+
+        self.tokenizer = attempt(self._read_tokenizer)
+        train = attempt(load_rows, cfg, cfg.dataset_mixer_list, cfg.dataset_mixer_list_splits, "--dataset_mixer_list")
+        evals = []
         if cfg.dataset_mixer_eval_list:
-            self.eval_prompts, _ = load_prompts(cfg, cfg.dataset_mixer_eval_list, cfg.dataset_mixer_eval_list_splits,
-                                                self.tokenizer, self.chat_template)  # fmt: skip
-        names = {p.dataset for p in self.prompts + self.eval_prompts}
-        unknown = sorted(n for n in names if n.lower() not in VERIFIER_REGISTRY)
-        if unknown:
-            raise UserError(f"dataset names unknown verifier(s) {unknown}; known: {sorted(VERIFIER_REGISTRY)}")
+            evals = attempt(load_rows, cfg, cfg.dataset_mixer_eval_list, cfg.dataset_mixer_eval_list_splits,
+                            "--dataset_mixer_eval_list")  # fmt: skip
+        self.prompts, self.eval_prompts, dropped = [], [], 0
+        if self.tokenizer is not None and train is not None:
+            self.prompts, dropped = dataset_utils.tokenize_prompts(train, self.tokenizer, self.chat_template,
+                                                                   cfg.max_prompt_token_length)  # fmt: skip
+            if not self.prompts:
+                attempt(self._fail, f"no training prompts left after dropping {dropped} longer than "
+                                    f"--max_prompt_token_length {cfg.max_prompt_token_length}")  # fmt: skip
+            if evals:
+                self.eval_prompts, _ = dataset_utils.tokenize_prompts(evals, self.tokenizer, self.chat_template,
+                                                                      cfg.max_prompt_token_length)  # fmt: skip
+        names = {row["dataset"] for row in (train or []) + (evals or [])}
         needs_judge = any(n.lower().startswith("general-") for n in names)
         if cfg.rollout_chunks_per_engine == 0:  # overlap only pays when rewards wait on a judge
             cfg.rollout_chunks_per_engine = 2 if needs_judge else 1
-        if needs_judge and not cfg.llm_judge_model:
-            raise UserError(f"verifier(s) {sorted(names)} need a judge: set --llm_judge_model")
+        # A judge is needed when a verifier calls one; when the data could not be read (a dry run goes on),
+        # a judge that is named is taken as needed, so its settings are checked too.
+        needs_judge = needs_judge or (train is None and bool(cfg.llm_judge_model))
         self.judge = None
+        problem = None
         if needs_judge:
+            missing = f"verifier(s) {sorted(names)} need a judge: set --llm_judge_model"
+            problem = judge_problem(cfg) if cfg.llm_judge_model else missing
+            if problem:
+                attempt(self._fail, problem)
+        if needs_judge and not problem:
             self.judge = JudgeClient(JudgeConfig(
                 model=cfg.llm_judge_model, api_base=cfg.llm_judge_api_base, max_concurrency=cfg.llm_judge_max_concurrency,
                 timeout=cfg.llm_judge_timeout, retries=cfg.llm_judge_retries, max_tokens=cfg.llm_judge_max_tokens,
@@ -254,8 +285,30 @@ class Trainer:
         self.reward_model = RewardModel(
             RewardConfig(cfg.non_stop_penalty, cfg.non_stop_penalty_value, cfg.llm_judge_on_unparsed), self.judge
         )
-        print(f"data: {len(self.prompts)} training prompts ({dropped} dropped as too long), "
-              f"{len(self.eval_prompts)} eval prompts; verifiers: {', '.join(sorted(names))}")  # fmt: skip
+        if self.prompts:
+            print(f"data: {len(self.prompts)} training prompts ({dropped} dropped as too long), "
+                  f"{len(self.eval_prompts)} eval prompts; verifiers: {', '.join(sorted(names))}")  # fmt: skip
+
+    def _read_tokenizer(self):
+        from transformers import AutoTokenizer
+
+        from open_instruct import dataset_utils
+
+        cfg = self.cfg
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(cfg.model_name_or_path)
+        except (OSError, ValueError, KeyError) as e:
+            raise UserError(f"--model_name_or_path {cfg.model_name_or_path}: cannot read its tokenizer "
+                            f"({str(e).splitlines()[0]})") from None  # fmt: skip
+        try:
+            self.chat_template = dataset_utils.get_chat_template(tokenizer, cfg.chat_template_name)
+        except dataset_utils.DatasetError as e:
+            raise UserError(f"--chat_template_name: {e}") from None
+        return tokenizer
+
+    @staticmethod
+    def _fail(message: str):
+        raise UserError(message)
 
     def start_actors(self) -> None:
         import ray
@@ -405,6 +458,8 @@ class Trainer:
             except BaseException as e:  # noqa: BLE001  (handed to the training loop, which re-raises)
                 batches.put(e)
 
+        if cfg.eval_on_step_0 and cfg.local_eval_every and start_step == 1:
+            self.evaluate(0)  # the initial policy, before the producer starts drawing rollouts
         producer = threading.Thread(target=produce, name="rollout-producer", daemon=True)
         producer.start()
         bar = tqdm(range(start_step, self.steps + 1), desc="GRPO", unit="step", dynamic_ncols=True,
@@ -527,17 +582,19 @@ def handle_stop_signals() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     handle_stop_signals()
-    cfg, ignored = parse_args(argv)
-    if ignored:
-        print(f"note: not used on this stack (AI2 infrastructure flags): {', '.join('--' + f for f in ignored)}")
-    trainer = Trainer(cfg)
 
     def body() -> int:
-        trainer.setup()  # data and flags are checked before any model or actor starts
-        if cfg.dry_run:
+        cfg, ignored = parse_args(argv)  # a flag mistake is a UserError: one line, exit 2
+        if ignored:
+            print(f"note: not used on this stack (AI2 infrastructure flags): {', '.join('--' + f for f in ignored)}")
+        trainer = Trainer(cfg)
+        if cfg.dry_run:  # every problem, one line each; no server, no weights, no actor
             from open_instruct import dry_run
 
-            return dry_run.run(cfg, trainer)
+            problems: list[str] = []
+            trainer.setup(problems)
+            return dry_run.run(cfg, trainer, problems)
+        trainer.setup()  # data and flags are checked before any model or actor starts
         trainer.start_actors()
         print_summary(cfg, trainer.train())
         return 0
@@ -549,7 +606,6 @@ def main(argv: list[str] | None = None) -> int:
 
         if ray.is_initialized():
             ray.shutdown()
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -40,6 +40,8 @@ class LearnerConfig:
     per_device_train_batch_size: int = 1
     num_mini_batches: int = 1
     num_epochs: int = 1
+    temperature: float = 1.0
+    """the rollouts' sampling temperature: log-probs are of logits / temperature, as vLLM's are."""
     seed: int = 1
     backend_timeout: float = 1800.0
     """seconds a collective between learner ranks may wait for a peer before failing."""
@@ -166,14 +168,16 @@ def collate(samples: list[Sample], pad_id: int, device, packed_rows: bool = Fals
 LOGIT_CHUNK_ELEMENTS = 2**26  # float32 logits held at once while computing log-probs: 256 MiB
 
 
-def _chunk_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = logits.float()
+def _chunk_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    logits = logits.float() / temperature
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
-def token_logprobs(model, batch: dict) -> torch.Tensor:
+def token_logprobs(model, batch: dict, temperature: float = 1.0) -> torch.Tensor:
     """log p(token t+1 | tokens <= t of its sample) for every position of a collated micro-batch, [B, L-1],
-    float32.
+    float32, where p is the policy's distribution at the sampling temperature (softmax of logits /
+    temperature): the distribution vLLM sampled from and reports logprobs of, so the importance ratios
+    compare like with like.
 
     The model's logits stay in its own dtype (bf16 on GPU); the float32 log-softmax is taken a chunk of
     positions at a time (LOGIT_CHUNK_ELEMENTS) and recomputed in the backward pass instead of kept, so a
@@ -187,7 +191,7 @@ def token_logprobs(model, batch: dict) -> torch.Tensor:
     step = max(1, LOGIT_CHUNK_ELEMENTS // logits.shape[-1])
     parts = []
     for start in range(0, logits.shape[0], step):
-        chunk = (logits[start : start + step], targets[start : start + step])
+        chunk = (logits[start : start + step], targets[start : start + step], temperature)
         if torch.is_grad_enabled() and logits.requires_grad:
             parts.append(torch.utils.checkpoint.checkpoint(_chunk_logprobs, *chunk, use_reentrant=False))
         else:
@@ -347,12 +351,12 @@ class PolicyLearner:
             for m, (micros, mb_tokens) in enumerate(zip(batch.micro_batches, batch.num_tokens, strict=True)):
                 for i, micro in enumerate(micros):
                     b = collate(micro, self.pad_id, self.device, batch.packed_rows)
-                    logprobs = token_logprobs(self.model, b)
+                    logprobs = token_logprobs(self.model, b, cfg.temperature)
                     old_lp = old[m][i] if old is not None else logprobs.detach()
                     ref_lp = None
                     if self.ref_model is not None:
                         with torch.no_grad():
-                            ref_lp = token_logprobs(self.ref_model, b)
+                            ref_lp = token_logprobs(self.ref_model, b, cfg.temperature)
                     loss, stats = grpo_loss(logprobs, old_lp, b["advantages"], b["mask"], cfg.loss, mb_tokens,
                                             vllm_logprobs=b["vllm_logprobs"], ref_logprobs=ref_lp)  # fmt: skip
                     self.model.set_gradient_accumulation_boundary(i == len(micros) - 1)
@@ -379,7 +383,7 @@ class PolicyLearner:
             per_micro = []
             for micro in micros:
                 b = collate(micro, self.pad_id, self.device, batch.packed_rows)
-                per_micro.append(token_logprobs(self.model, b))
+                per_micro.append(token_logprobs(self.model, b, self.cfg.temperature))
             out.append(per_micro)
         self.model.train()
         return out

@@ -13,6 +13,8 @@ batch and divided by their count, so long responses weigh by their tokens, as in
     pg      = max(-A_i * ratio, -A_i * clip(ratio, 1 - clip_lower, 1 + clip_higher))
     pg     *= min(exp(logp_old - logp_vllm), tis_cap)      truncated importance sampling, when tis_cap > 0
     loss_t  = pg + beta * KL_t(new || ref)                   only when beta > 0
+KL_t is Schulman's k1, k2 or k3 of log r = clamp(logp_ref - logp_new, -40, 40). All log-probs are of the
+same distribution: the policy's logits divided by the sampling temperature (vLLM's processed logprobs).
 """
 
 from dataclasses import dataclass
@@ -76,6 +78,7 @@ def group_advantages(
 # Loss
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
+LOG_RATIO_CLAMP = 40.0
 
 
 def parse_kl_estimator(value: str | int) -> str:
@@ -89,9 +92,11 @@ def parse_kl_estimator(value: str | int) -> str:
 
 
 def kl_per_token(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str) -> torch.Tensor:
-    """Schulman's estimators of KL(pi || ref) from samples of pi, with log r = ref - new:
+    """Schulman's estimators of KL(pi || ref) from samples of pi, with log r = ref - new clamped to
+    [-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP] (as Open Instruct does): k3's exp would overflow to inf where the two
+    policies disagree wildly (a token pi samples that ref all but rules out), and one inf poisons the batch.
     k1 = -log r,  k2 = (log r)^2 / 2,  k3 = (r - 1) - log r."""
-    log_r = ref_logprobs - logprobs
+    log_r = torch.clamp(ref_logprobs - logprobs, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     if estimator == "k1":
         return -log_r
     if estimator == "k2":

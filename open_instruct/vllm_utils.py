@@ -4,7 +4,8 @@ Generation
     `LLMRayActor` wraps `vllm.LLM` inside a Ray actor, with the engine core in-process
     (`VLLM_ENABLE_V1_MULTIPROCESSING=0`), so the weight-transfer calls below reach the worker directly.
     `generate` returns, per prompt, n samples with token ids, the logprob vLLM computed for each sampled
-    token (for truncated importance sampling), the finish reason and the text.
+    token at the sampling temperature (for truncated importance sampling), the finish reason, the text and
+    the versions of the weights that generated it.
 
 Weight sync, through vLLM's own weight-transfer API (`vllm.distributed.weight_transfer`)
     An engine is built with `weight_transfer_config=WeightTransferConfig(backend=...)`; vLLM then gives its
@@ -283,6 +284,9 @@ class LLMRayActor:
             llm_kwargs.setdefault("worker_extension_cls", f"{__name__}.RegisterGlooBackend")
         if tensor_parallel_size > 1:
             llm_kwargs.setdefault("distributed_executor_backend", "mp")  # TP workers on this actor's devices
+        # The logprob of each sampled token under the distribution it was sampled from (logits / temperature),
+        # which is what the learner computes too; vLLM's default is the untempered one.
+        llm_kwargs.setdefault("logprobs_mode", "processed_logprobs")
         self.llm = LLM(
             model=model_path,
             seed=seed,
@@ -316,9 +320,9 @@ class LLMRayActor:
         only with `inflight_updates`; across the calls of one rollout they differ whenever a weight update
         landed between two calls.
 
-        `logprobs` are vLLM's raw logprobs (its default `logprobs_mode`): log-softmax of the model's logits
-        before temperature, i.e. what the learner computes for the same tokens. A call that arrives during a
-        weight update waits for it to finish.
+        `logprobs` are vLLM's processed logprobs: the log-softmax of the model's logits divided by
+        `temperature`, the distribution each token was sampled from, which is what the learner computes for
+        the same tokens (learner.token_logprobs). A call that arrives during a weight update waits for it.
 
         `seed` makes the call reproducible: the same prompts, seed and weights give the same samples. It
         reseeds the workers' samplers for the call rather than giving vLLM per-request seeds, whose

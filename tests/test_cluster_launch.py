@@ -307,6 +307,18 @@ def test_sbatch_dry_run_checks_the_cluster_and_exits_zero(slurm_env, scripted_ju
 
 
 @pytest.mark.slow  # starts a real Ray cluster
+def test_sbatch_dry_run_serves_no_judge(slurm_env):
+    """DRY_RUN=1 with the preset's own judge: nothing is served (failed before: the head node started the judge
+    with vLLM first); the trainer's dry run says what would be served and checks the rest."""
+    run = Launch("scripts/slurm/grpo_llmjudge.sbatch", {**slurm_env, "DRY_RUN": "1"})
+    rc = run.finish(timeout=300)
+    assert rc == 0, run.log[-3000:]
+    assert "dry run: the judge is not served" in run.log and "not started (dry run)" in run.log
+    assert "serving judge" not in run.log and not (Path(slurm_env["OUTPUT_DIR"]) / "judge_server.out").exists()
+    run.assert_nothing_left()
+
+
+@pytest.mark.slow  # starts a real Ray cluster
 def test_a_judge_that_never_answers_times_out_in_one_line(slurm_env):
     env = {**slurm_env, "JUDGE_BASE_URL": f"http://127.0.0.1:{free_port()}/v1", "JUDGE_MODEL": "hosted_vllm/x",
            "JUDGE_TIMEOUT": "3"}  # fmt: skip
@@ -352,12 +364,14 @@ def test_sigterm_stops_every_step(slurm_env):
 @pytest.mark.slow
 def test_sbatch_serves_the_real_tiny_judge_on_the_head_node(slurm_env):
     """The judge the preset names (the tiny one here), served by vLLM on every interface of the head node,
-    answers the trainer's dry run through the head's name; then everything is stopped."""
-    env = {**slurm_env, "DRY_RUN": "1", "JUDGE_TIMEOUT": "600"}
-    run = Launch("scripts/slurm/grpo_flip.sbatch", env)
+    answers the trainer's dry run through the head's name (DRY_RUN=first: a DRY_RUN=1 job serves no judge),
+    and the one-step run that follows; then everything is stopped."""
+    env = {**slurm_env, "DRY_RUN": "first", "JUDGE_TIMEOUT": "600"}
+    run = Launch("scripts/slurm/grpo_flip.sbatch", env, "--total_episodes", "32", "--local_eval_every", "0",
+                 "--save_freq", "0")  # fmt: skip
     rc = run.finish(timeout=900)
     assert rc == 0, run.log[-3000:]
     assert f"judge ready at http://localhost:{env['JUDGE_PORT']}/v1 (hosted_vllm/judge)" in run.log
-    assert "(answered)" in run.log
+    assert "(answered)" in run.log and "trained 1 steps" in run.log
     assert run.started("vllm.entrypoints.openai.api_server") and run.started("--host 0.0.0.0")
     run.assert_nothing_left()

@@ -340,20 +340,51 @@ def test_chatml_and_tulu_rendering(tokenizer):
     )
 
 
-def test_olmo_thinker_asks_for_think_then_answer(tokenizer):
-    text = render(tokenizer, "olmo_thinker", CONVERSATION)
-    assert text.startswith("<|im_start|>system\n" + du.THINKER_INSTRUCTION + "<|im_end|>\n")
-    assert "<answer>" in text and text.endswith(
-        "<|im_start|>user\nWrite a haiku.<|im_end|>\n<|im_start|>assistant\n<think>"
-    )
-    # a system message of the row's own is kept, after the instruction, in the one system turn
-    with_system = render(
-        tokenizer, "olmo_thinker", [{"role": "system", "content": "Be kind."}, *CONVERSATION]
-    )
-    assert with_system.count("<|im_start|>system") == 1
-    assert with_system.startswith(
-        "<|im_start|>system\n" + du.THINKER_INSTRUCTION + "\n\nBe kind.<|im_end|>\n"
-    )
+# What Open Instruct's `olmo_thinker` template (open_instruct/dataset_transformation.py, the Olmo 3 era
+# version that the published recipe's fork carries) renders for these messages, with EOS "<|im_end|>".
+OLMO_THINKER_GOLDEN = [
+    (
+        [{"role": "user", "content": "Write a haiku about rain.\nKeep it gentle."}],
+        True,
+        "<|im_start|>system\nYou are a helpful AI assistant.<|im_end|>\n"
+        "<|im_start|>user\nWrite a haiku about rain.\nKeep it gentle.<|im_end|>\n<|im_start|>assistant\n<think>",
+    ),
+    (
+        [{"role": "system", "content": "Be kind."}, *CONVERSATION],
+        True,
+        "<|im_start|>system\nBe kind. You do not currently have access to any functions. <functions></functions>"
+        "<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n"
+        "<|im_start|>user\nWrite a haiku.<|im_end|>\n<|im_start|>assistant\n<think>",
+    ),
+    (
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
+        False,
+        "<|im_start|>system\nYou are a helpful AI assistant.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+        "<|im_start|>assistant\nHello!<|im_end|>",
+    ),
+    (
+        [{"role": "system", "content": "Tools:", "functions": "[f]"},
+         {"role": "user", "content": "Use f.", "functions": "[g]"},
+         {"role": "assistant", "content": "Calling.", "function_calls": "f()"},
+         {"role": "environment", "content": "42"},
+         {"role": "user", "content": "And?"}],
+        True,
+        "<|im_start|>system\nTools: <functions>[f]</functions><|im_end|>\n"
+        "<|im_start|>user\nUse f.\n<functions>[g]</functions><|im_end|>\n"
+        "<|im_start|>assistant\nCalling.<function_calls>f()</function_calls><|im_end|>\n"
+        "<|im_start|>environment\n42<|im_end|>\n<|im_start|>user\nAnd?<|im_end|>\n<|im_start|>assistant\n<think>",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("messages", "generation_prompt", "expected"), OLMO_THINKER_GOLDEN)
+def test_olmo_thinker_renders_as_open_instruct_does(tokenizer, messages, generation_prompt, expected):
+    """Failed before: ours wrote its own system text asking for <think>/<answer> blocks, so the published
+    recipe's prompts tokenized differently from upstream's."""
+    template = du.get_chat_template(tokenizer, "olmo_thinker")
+    text = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                         add_generation_prompt=generation_prompt)  # fmt: skip
+    assert text == expected
 
 
 def test_tokenize_prompts_and_drop_long_ones(tokenizer):

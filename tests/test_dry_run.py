@@ -58,27 +58,84 @@ def test_paper_preset_plan_on_a_24_gpu_cluster(tmp_path, tiny_policy_dir, gpu_cl
 
 
 def test_problems_are_listed_and_exit_2(tmp_path, tiny_policy_dir):
-    """A judge that is not there, and tensor parallelism on a cluster without GPUs."""
+    """A judge that is not there, the paper's 24 actors on this machine's local cluster, and tensor
+    parallelism without GPUs. Failed before: the local cluster was sized to whatever the run asked for, so
+    16 engines and 8 learners fitted a 2-core machine."""
     proc = dry_run({"PRESET": "paper", "MODEL_NAME_OR_PATH": str(tiny_policy_dir),
                     "DATASETS": "data/general_chat_flip_sample.jsonl 1.0",
                     "JUDGE_BASE_URL": f"http://127.0.0.1:{free_port()}/v1", "JUDGE_MODEL": "hosted_vllm/absent",
                     "OUTPUT_DIR": str(tmp_path / "out")}, "--llm_judge_retries", "0", "--vllm_tensor_parallel_size", "2")  # fmt: skip
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     problems = [line for line in proc.stdout.splitlines() if line.startswith("problem: ")]
-    assert len(problems) == 2, proc.stdout
-    assert "did not answer" in problems[0] and "has no GPU: --vllm_tensor_parallel_size 2 needs GPUs" in problems[1]
-    assert "dry run: 2 problem(s)" in proc.stdout and "Traceback" not in proc.stderr
+    assert len(problems) == 3, proc.stdout
+    assert "did not answer" in problems[0]
+    cores = len(os.sched_getaffinity(0))
+    assert problems[1].startswith(f"problem: the run needs 24 CPUs for 8 learner(s) and 16 engine(s) x TP 2, and the "
+                                  f"Ray cluster has {cores} (a local Ray cluster on this machine)")  # fmt: skip
+    assert "has no GPU: --vllm_tensor_parallel_size 2 needs GPUs" in problems[2]
+    assert "dry run: 3 problem(s)" in proc.stdout and "Traceback" not in proc.stderr
 
 
-def test_bad_dataset_row_fails_before_anything_starts(tmp_path, tiny_policy_dir):
+def offline_env(**extra) -> dict:
+    """No hub (as here and in CI, but failing at once instead of after retries), no Ray cluster, no judge."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "HOSTED_VLLM_API_BASE")}
+    return {**env, "HF_HUB_OFFLINE": "1", **extra}
+
+
+def test_the_published_command_line_dry_run_lists_every_problem():
+    """The published grpo_flip.sh's trainer flags verbatim (tests/test_grpo_config.py): they pass the flag
+    check, the AI2-only ones are named once as not used, and the dry run names every problem on its own
+    line: the model and both datasets (the hub is out of reach), the judge without an address, and the
+    recipe's 24 actors on this machine. Failed before: it stopped at `unknown flag(s): --eval_on_step_0`,
+    and the dry run stopped at its first problem."""
+    import shlex
+
+    from test_grpo_config import PUBLISHED
+
+    proc = subprocess.run([sys.executable, "-m", "open_instruct.grpo_fast", *shlex.split(PUBLISHED), "--dry_run"],
+                          cwd=REPO, env=offline_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and proc.stdout.count("note: not used on this stack") == 1
+    problems = [line.removeprefix("problem: ") for line in proc.stdout.splitlines() if line.startswith("problem: ")]
+    expected = ["--model_name_or_path allenai/Olmo-3-7B-Think-DPO: cannot read its tokenizer",
+                "--dataset_mixer_list: yikeee/rlvr_general_chat_flip: could not load",
+                "--dataset_mixer_eval_list: yikeee/rlvr_general_chat_flip: could not load",
+                "--llm_judge_model hosted_vllm/Qwen/Qwen3-4B: no address for the judge",
+                "the run needs 24 CPUs for 8 learner(s) and 16 engine(s) x TP 1"]  # fmt: skip
+    assert len(problems) == len(expected), proc.stdout
+    for line, start in zip(problems, expected, strict=True):
+        assert line.startswith(start), (line, start)
+    assert f"dry run: {len(expected)} problem(s)" in proc.stdout
+
+
+def test_single_gpu_preset_dry_run_starts_no_judge(tmp_path):
+    """Failed before: PRESET=single_gpu --dry_run served the preset's judge with vLLM first (offline it ended
+    "the judge server did not start", exit 1). Now it says what it would serve and checks the rest."""
+    out = tmp_path / "out"
+    proc = subprocess.run(["bash", "scripts/train/grpo_flip.sh", "--dry_run"], cwd=REPO,
+                          env=offline_env(PYTHON=sys.executable, PRESET="single_gpu", OUTPUT_DIR=str(out)),
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "would serve judge Qwen/Qwen3-0.6B on port 8000 (not started)" in proc.stdout
+    assert ("judge      hosted_vllm/judge at http://127.0.0.1:8000/v1: not started (dry run); the launch script would "
+            "serve Qwen/Qwen3-0.6B there") in proc.stdout  # fmt: skip
+    assert not (out / "judge_server.out").exists() and "did not start" not in proc.stderr
+    problems = [line for line in proc.stdout.splitlines() if line.startswith("problem: ")]
+    assert [p.split(":")[1].strip() for p in problems] == ["--model_name_or_path Qwen/Qwen3-1.7B", "--dataset_mixer_list"]
+
+
+def test_a_bad_dataset_row_is_one_problem_line_among_the_others(tmp_path, tiny_policy_dir):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}], "ground_truth": "x", "dataset": "general-flip"}\n'
                    '{"messages": "not a list", "ground_truth": "x", "dataset": "general-flip"}\n')  # fmt: skip
     proc = dry_run({"PRESET": "tiny", "MODEL_NAME_OR_PATH": str(tiny_policy_dir), "DATASETS": f"{bad} 1.0",
-                    "JUDGE_BASE_URL": "http://127.0.0.1:9/v1", "JUDGE_MODEL": "hosted_vllm/j", "OUTPUT_DIR": str(tmp_path / "out")})  # fmt: skip
-    assert proc.returncode == 2
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and "bad.jsonl" in last and "messages" in last and "Traceback" not in proc.stderr
+                    "JUDGE_BASE_URL": "http://127.0.0.1:9/v1", "JUDGE_MODEL": "hosted_vllm/j", "OUTPUT_DIR": str(tmp_path / "out")},
+                   "--llm_judge_retries", "0")  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    problems = [line for line in proc.stdout.splitlines() if line.startswith("problem: ")]
+    assert len(problems) == 2, proc.stdout
+    assert "--dataset_mixer_list" in problems[0] and "bad.jsonl" in problems[0] and "messages" in problems[0]
+    assert "did not answer" in problems[1]
 
 
 def test_too_few_gpus_is_a_problem_not_a_hang(tmp_path, tiny_policy_dir, gpu_cluster):

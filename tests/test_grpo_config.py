@@ -24,6 +24,37 @@ PAPER = """--model_name_or_path allenai/Olmo-3-7B-Think-DPO --dataset_mixer_list
  --with_tracking --oe_eval_tasks gsm8k,ifeval --try_launch_beaker_eval_jobs_on_weka True --beaker_image x/y"""
 
 
+# The trainer's flags of the published scripts/train/grpo_flip.sh (yikee/FLIP, open-instruct/), verbatim, with
+# its shell variables as that script sets them.
+PUBLISHED = """--exp_name grpo_general_flip_think_4b --beta 0.0 --async_steps 1 --truncated_importance_sampling_ratio_cap 2.0
+ --num_samples_per_prompt_rollout 8 --num_unique_prompts_rollout 24 --num_mini_batches 1 --num_epochs 1
+ --learning_rate 1e-6 --per_device_train_batch_size 1 --kl_estimator 2
+ --dataset_mixer_list yikeee/rlvr_general_chat_flip 1.0 --dataset_mixer_list_splits train
+ --dataset_mixer_eval_list yikeee/rlvr_general_chat_flip 8 --dataset_mixer_eval_list_splits train
+ --max_prompt_token_length 2048 --response_length 16384 --pack_length 18432
+ --model_name_or_path allenai/Olmo-3-7B-Think-DPO --chat_template_name olmo_thinker --stop_strings "</answer>"
+ --non_stop_penalty False --temperature 1.0 --total_episodes 10000000 --deepspeed_stage 3 --num_learners_per_node 8
+ --backend_timeout 3600 --vllm_num_engines 16 --vllm_tensor_parallel_size 1 --llm_judge_model hosted_vllm/Qwen/Qwen3-4B
+ --llm_judge_timeout 3600 --llm_judge_max_tokens 2048 --llm_judge_max_context_length 25000
+ --lr_scheduler_type constant --apply_verifiable_reward true --seed 1 --local_eval_every 50 --save_freq 50
+ --checkpoint_state_freq 50 --gradient_checkpointing --with_tracking --vllm_enable_prefix_caching --clip_higher 0.272
+ --keep_last_n_checkpoints -1 --mask_truncated_completions True --oe_eval_max_length 16384
+ --code_api_url https://p9f1719l7f.execute-api.us-west-2.amazonaws.com/prod/test_program
+ --try_launch_beaker_eval_jobs_on_weka True
+ --oe_eval_tasks ifeval::hamish_zs_reasoning_deepseek,bbh:cot::hamish_zs_reasoning_deepseek_v2,gpqa:0shot_cot::hamish_zs_reasoning_deepseek,minerva_math::hamish_zs_reasoning_deepseek,minerva_math_500::hamish_zs_reasoning_deepseek
+ --eval_on_step_0 True --oe_eval_beaker_image oe-eval-beaker/oe_eval_auto
+ --output_dir /output/olmo3-7b-rlzero-general/checkpoints"""
+
+
+def test_the_published_command_line_parses_verbatim():
+    """Failed before: `unknown flag(s): --eval_on_step_0`, after 65 lines of usage."""
+    cfg, ignored = parse_args(shlex.split(PUBLISHED))
+    assert cfg.eval_on_step_0 is True and cfg.backend_timeout == 3600 and cfg.keep_last_n_checkpoints == -1
+    assert cfg.dataset_mixer_eval_list == ["yikeee/rlvr_general_chat_flip", "8"] and cfg.stop_strings == ["</answer>"]
+    assert ignored == ["apply_verifiable_reward", "oe_eval_max_length", "code_api_url",
+                       "try_launch_beaker_eval_jobs_on_weka", "oe_eval_tasks", "oe_eval_beaker_image"]  # fmt: skip
+
+
 def test_published_recipe_parses_to_its_values():
     cfg, ignored = parse_args(shlex.split(PAPER))
     assert cfg.num_learners_per_node == [8] and cfg.vllm_num_engines == 16
@@ -38,6 +69,10 @@ def test_published_recipe_parses_to_its_values():
 def test_defaults_are_sane():
     cfg, _ = parse_args(["--model_name_or_path", "m"])
     assert isinstance(cfg, GRPOConfig) and cfg.clip_lower == 0.2 and cfg.beta == 0.0
+    # failed before: asynchronous generation by default with no importance correction
+    assert cfg.async_steps == 1 and cfg.truncated_importance_sampling_ratio_cap == 2.0
+    on_policy, _ = parse_args(["--model_name_or_path", "m", "--async_steps", "0", "--truncated_importance_sampling_ratio_cap", "0"])
+    assert on_policy.truncated_importance_sampling_ratio_cap == 0
 
 
 def run(*args):
@@ -53,11 +88,15 @@ def run(*args):
         (["--model_name_or_path", "m", "--num_samples_per_prompt_rollout", "1"], "must be at least 2"),
         (["--model_name_or_path", "m", "--mask_truncated_completions", "maybe"], "expected true or false"),
         ([], "--model_name_or_path"),
+        (["--model_name_or_path", "m", "--truncated_importance_sampling_ratio_cap", "0"],
+         "--async_steps 1 trains on samples from weights up to 1 update(s) old"),
     ],
 )
 def test_flag_mistakes_are_usage_errors_without_traceback(args, message):
+    """One line naming the flag; the usage is only on --help (failed before: 65 lines of it came first)."""
     proc = run(*args)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "usage:" not in proc.stderr, proc.stderr
 
 
 def test_help_documents_every_flag():
@@ -77,6 +116,22 @@ def test_bad_dataset_row_is_one_line_before_any_model_loads(tmp_path, tiny_judge
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "bad.jsonl row 1" in proc.stderr and "user turn" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("model", "api_base", "message"), [
+    ("Qwen/Qwen3-4B", None, "--llm_judge_model Qwen/Qwen3-4B: not a litellm id (provider/model); for a judge served "
+                            "by vLLM write hosted_vllm/Qwen/Qwen3-4B"),
+    ("hosted_vllm/Qwen/Qwen3-4B", None, "no address for the judge: set --llm_judge_api_base"),
+    ("hosted_vllm/Qwen/Qwen3-4B", "http://127.0.0.1:9/v1", None),
+    ("openai/gpt-4o-mini", None, None),
+])  # fmt: skip
+def test_judge_settings_are_checked_before_any_call(model, api_base, message, monkeypatch):
+    from open_instruct.grpo_fast import judge_problem
+
+    monkeypatch.delenv("HOSTED_VLLM_API_BASE", raising=False)
+    flags = ["--model_name_or_path", "m", "--llm_judge_model", model] + (["--llm_judge_api_base", api_base] if api_base else [])
+    problem = judge_problem(parse_args(flags)[0])
+    assert problem is None if message is None else message in problem
 
 
 def test_judge_verifier_without_judge_model(tmp_path, tiny_judge_dir):

@@ -146,6 +146,19 @@ def test_packed_and_padded_log_probs_equal_each_sample_alone(tiny_model):
     assert (one_sequence - packed).abs().max() > 1e-3
 
 
+def test_log_probs_are_of_the_tempered_distribution(tiny_model):
+    """Failed before: the learner scored tokens under the untempered policy while vLLM sampled (and reported
+    logprobs) at the rollout temperature, so at T != 1 the importance ratio compared two distributions."""
+    s = sample(4, 6)
+    b = collate([s], 0, "cpu")
+    with torch.no_grad():
+        got = token_logprobs(tiny_model, b, temperature=0.5)[0]
+        ids = b["input_ids"]
+        expected = torch.log_softmax(tiny_model(input_ids=ids).logits[0, :-1].float() / 0.5, -1)
+    torch.testing.assert_close(got, expected.gather(-1, ids[0, 1:, None]).squeeze(-1), atol=1e-5, rtol=0)
+    assert (got - token_logprobs(tiny_model, b)[0].detach()).abs().max() > 1e-2
+
+
 def test_float32_log_softmax_is_taken_a_bounded_chunk_at_a_time(tiny_model, monkeypatch):
     """Same log-probs and gradients as one full float32 pass, while no float32 logits larger than
     LOGIT_CHUNK_ELEMENTS exist at once (forward, or recomputed in backward)."""
@@ -166,9 +179,9 @@ def test_float32_log_softmax_is_taken_a_bounded_chunk_at_a_time(tiny_model, monk
     seen = []
     original = learner._chunk_logprobs
 
-    def spy(logits, targets):
+    def spy(logits, targets, temperature):
         seen.append(logits.numel())
-        return original(logits, targets)
+        return original(logits, targets, temperature)
 
     monkeypatch.setattr(learner, "_chunk_logprobs", spy)
     monkeypatch.setattr(learner, "LOGIT_CHUNK_ELEMENTS", 10 * tiny_model.config.vocab_size)

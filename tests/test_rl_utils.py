@@ -108,6 +108,17 @@ def test_kl_estimators_by_hand(est, expected):
     assert kl_per_token(t([0.0]), t([-0.5]), est).item() == pytest.approx(expected)
 
 
+def test_kl_estimators_stay_finite_for_wildly_different_policies():
+    """Failed before the log ratio was clamped: k3 = exp(100) - 1 - 100 overflowed to inf in float32."""
+    for est in ("k1", "k2", "k3"):
+        for new, ref in ((-100.0, 0.0), (0.0, -100.0)):
+            value = kl_per_token(t([new]), t([ref]), est)
+            assert torch.isfinite(value).all(), (est, new, ref)
+    # with the clamp at 40: k3 = exp(40) - 1 - 40 where ref is far more likely, 40 + exp(-40) - 1 the other way
+    assert kl_per_token(torch.tensor([-100.0]), torch.tensor([0.0]), "k3").item() == pytest.approx(math.expm1(40) - 40, rel=1e-6)
+    assert kl_per_token(torch.tensor([0.0]), torch.tensor([-100.0]), "k3").item() == pytest.approx(39.0, rel=1e-6)
+
+
 def test_kl_term_enters_loss_only_with_beta():
     cfg = LossConfig(beta=0.1, kl_estimator="k2")
     zeros = t([0.0])

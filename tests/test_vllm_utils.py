@@ -48,11 +48,11 @@ def _prompt_ids(tokenizer, text: str) -> list[int]:
     return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
 
-def _hf_logprobs(model, prompt: list[int], response: list[int]) -> torch.Tensor:
-    """log p(response[k] | prompt + response[:k]) under an HF model."""
+def _hf_logprobs(model, prompt: list[int], response: list[int], temperature: float = 1.0) -> torch.Tensor:
+    """log p(response[k] | prompt + response[:k]) under an HF model sampled at `temperature`."""
     ids = torch.tensor([prompt + response])
     with torch.no_grad():
-        logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float()
+        logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float() / temperature
     return torch.log_softmax(logits, -1).gather(-1, torch.tensor(response)[:, None])[:, 0]
 
 
@@ -144,6 +144,18 @@ def test_generate_n_samples_with_aligned_logprobs_matching_hf(engine, prompts, h
     # Same seed, same samples (the call reseeds the sampler); another seed, other samples.
     assert ray.get(engine.generate.remote(prompts, 3, 1.0, 12, None, 123)) == out
     assert ray.get(engine.generate.remote(prompts, 3, 1.0, 12, None, 124)) != out
+
+
+@pytest.mark.slow
+def test_logprobs_are_of_the_tempered_distribution(engine, prompts, hf_base):
+    """Failed before: vLLM reported the untempered logprobs (its default raw mode) of tokens it sampled at
+    T = 0.6, so the truncated importance weight compared two distributions."""
+    import ray
+
+    for prompt, samples in zip(prompts, ray.get(engine.generate.remote(prompts, 2, 0.6, 12, None, 7)), strict=True):
+        for s in samples:
+            expected = _hf_logprobs(hf_base, prompt, s["token_ids"], temperature=0.6)
+            torch.testing.assert_close(torch.tensor(s["logprobs"]), expected, atol=1e-3, rtol=0)
 
 
 @pytest.mark.slow

@@ -90,7 +90,7 @@ split_head_gpus() {
 }
 
 trainer() {  # trainer FLAGS...: scripts/train/grpo_$JUDGE_TYPE.sh on this cluster and judge; returns its status
-  start_bg 90 - env RAY_ADDRESS="$HEAD_HOST:$RAY_PORT" JUDGE_BASE_URL="$JUDGE_BASE_URL" JUDGE_MODEL="$JUDGE_MODEL" \
+  start_bg 90 - env RAY_ADDRESS="$HEAD_HOST:$RAY_PORT" JUDGE_BASE_URL="$JUDGE_BASE_URL" JUDGE_MODEL="${JUDGE_MODEL:-}" \
     PRESET="$PRESET" OUTPUT_DIR="$OUTPUT_DIR" bash "scripts/train/grpo_$JUDGE_TYPE.sh" "$@"
   wait_job "$LAST_PID"
 }
@@ -105,7 +105,9 @@ leader() {
   ray_command --head --port "$RAY_PORT" --include-dashboard=false  # the trainer needs no dashboard
   start_bg 15 "$LOG_DIR/ray_head.log" env "${RAY_ENV[@]}" "${RAY_CMD[@]}"
   local head_pid="$LAST_PID" judge_watch=() rc=0
-  if [[ -z "$JUDGE_BASE_URL" ]]; then  # the preset's judge, served by scripts/train/ itself
+  if [[ -z "$JUDGE_BASE_URL" && "$DRY_RUN" == 1 ]]; then
+    echo "[cluster] dry run: the judge is not served (the trainer's dry run reports what would be)"
+  elif [[ -z "$JUDGE_BASE_URL" ]]; then  # the preset's judge, served by scripts/train/ itself
     start_bg 30 "$LOG_DIR/judge.log" env "${JUDGE_ENV[@]}" SERVE_JUDGE_ONLY=1 JUDGE_HOST="$JUDGE_HOST" \
       JUDGE_PORT="$JUDGE_PORT" JUDGE_SERVED_NAME="$JUDGE_SERVED_NAME" PRESET="$PRESET" OUTPUT_DIR="$OUTPUT_DIR" \
       bash "scripts/train/grpo_$JUDGE_TYPE.sh"
@@ -116,9 +118,11 @@ leader() {
   await_ready ray "$HEAD_HOST:$RAY_PORT" --nodes "$NUM_NODES" --gpus "$RAY_GPUS" \
     --timeout "$RAY_TIMEOUT" --watch "$head_pid" --log "$LOG_DIR" || exit 1
   echo "[cluster] Ray cluster ready at $HEAD_HOST:$RAY_PORT"
-  await_ready judge "$JUDGE_BASE_URL" --timeout "$JUDGE_TIMEOUT" "${judge_watch[@]}" \
-    --log "$LOG_DIR/judge.log and $OUTPUT_DIR/judge_server.log" || exit 1
-  echo "[cluster] judge ready at $JUDGE_BASE_URL ($JUDGE_MODEL)"
+  if [[ -n "$JUDGE_BASE_URL" ]]; then
+    await_ready judge "$JUDGE_BASE_URL" --timeout "$JUDGE_TIMEOUT" "${judge_watch[@]}" \
+      --log "$LOG_DIR/judge.log and $OUTPUT_DIR/judge_server.log" || exit 1
+    echo "[cluster] judge ready at $JUDGE_BASE_URL ($JUDGE_MODEL)"
+  fi
   if [[ "$DRY_RUN" != 0 ]]; then  # flags, data, judge and Ray resources checked before any model loads
     trainer --dry_run "$@" || rc=$?
     if [[ "$DRY_RUN" == 1 || "$rc" != 0 ]]; then exit "$rc"; fi

@@ -11,6 +11,14 @@ fi
 if [[ "$JUDGE_TYPE" == flip ]]; then HUB_DATA=yikeee/rlvr_general_chat_flip; LOCAL_DATA=data/general_chat_flip_sample.jsonl
 else HUB_DATA=yikeee/rlvr_general_chat; LOCAL_DATA=data/general_chat_sample.jsonl; fi
 SEED="${SEED:-1}"
+# A dry run (--dry_run among the trainer flags) starts no server and builds no judge: it only checks.
+DRY=0
+ARGS=("$@")
+for i in "${!ARGS[@]}"; do
+  if [[ "${ARGS[$i]}" == --dry_run ]]; then
+    [[ "${ARGS[$((i + 1))]:-}" =~ ^([Ff]alse|0|no|off)$ ]] || DRY=1
+  fi
+done
 
 case "$PRESET" in
   paper)  # the published recipe: 3 nodes x 8 GPUs (launch on a Ray cluster: RAY_ADDRESS=auto)
@@ -48,7 +56,7 @@ case "$PRESET" in
     DATASETS="${DATASETS:-$LOCAL_DATA 1.0}"
     if [[ -z "${JUDGE_BASE_URL:-}" && -z "${JUDGE_SERVE_MODEL:-}" ]]; then
       JUDGE_SERVE_MODEL=.cache/tiny-judge
-      "$PY" -m open_instruct.tiny_models --output_dir "$JUDGE_SERVE_MODEL" --seed 0
+      [[ "$DRY" == 1 ]] || "$PY" -m open_instruct.tiny_models --output_dir "$JUDGE_SERVE_MODEL" --seed 0
     fi
     JUDGE_EXTRA_ARGS=(--enforce-eager)
     JUDGE_MAX_MODEL_LEN=2048
@@ -84,6 +92,15 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+if [[ -z "${JUDGE_BASE_URL:-}" && "$DRY" == 1 ]]; then
+  # What would be served, at the address it would have; the trainer's dry run reports it as not started.
+  PORT="${JUDGE_PORT:-8000}"
+  SERVED="${JUDGE_SERVED_NAME:-judge}"
+  echo "[grpo] dry run: would serve judge $JUDGE_SERVE_MODEL on port $PORT (not started)"
+  JUDGE_BASE_URL="http://127.0.0.1:$PORT/v1"
+  JUDGE_MODEL="${JUDGE_MODEL:-hosted_vllm/$SERVED}"
+  export DRY_RUN_LAUNCHER_JUDGE="$JUDGE_SERVE_MODEL"
+fi
 if [[ -z "${JUDGE_BASE_URL:-}" ]]; then
   PORT="${JUDGE_PORT:-$("$PY" -c 'from open_instruct.judge_server import free_port; print(free_port())')}"
   SERVED="${JUDGE_SERVED_NAME:-judge}"
