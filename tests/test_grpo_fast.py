@@ -102,6 +102,7 @@ def test_two_steps_with_real_judge_server(tmp_path, tiny_policy_dir, tiny_judge_
             "--llm_judge_model", judge.litellm_model, "--llm_judge_api_base", judge.api_base,
             "--llm_judge_max_tokens", "24", "--llm_judge_max_context_length", "2048", "--total_episodes", "32",
             "--save_freq", "1", "--keep_last_n_checkpoints", "1", "--local_eval_every", "2", "--local_eval_prompts", "3",
+            "--eval_on_step_0",
             "--with_tracking", "--truncated_importance_sampling_ratio_cap", "2.0",
             "--filter_zero_std_samples", "False",  # the random judge's rewards tie: train on every group anyway
         )  # fmt: skip
@@ -120,8 +121,9 @@ def test_two_steps_with_real_judge_server(tmp_path, tiny_policy_dir, tiny_judge_
     tok = AutoTokenizer.from_pretrained(out)
     assert model.num_parameters() > 0 and tok.chat_template
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_1"]
-    eval_rows = [json.loads(x) for x in (out / "eval" / "step_2.jsonl").read_text().splitlines()]
-    assert len(eval_rows) == 3 and all("reward" in r for r in eval_rows)
+    for step in (0, 2):  # --eval_on_step_0: the initial policy too
+        eval_rows = [json.loads(x) for x in (out / "eval" / f"step_{step}.jsonl").read_text().splitlines()]
+        assert len(eval_rows) == 3 and all("reward" in r for r in eval_rows)
     assert list((out / "wandb").glob("offline-run-*")), "wandb logs offline without a key"
     assert (out / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [r["step"] for r in map(json.loads, (out / "data_order.jsonl").read_text().splitlines())] == [1, 2]
