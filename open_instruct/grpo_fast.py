@@ -325,14 +325,16 @@ class Trainer:
         t0 = time.perf_counter()
         with actor_errors("starting the vLLM engines and learners", cfg):
             self.placement = cluster.Placement(plan, timeout=self.timeout)
-            # The engines load while the learners start; both are waited for below.
+            # The engines load while the learners start, except on a shared GPU: vLLM sizes its KV cache from
+            # the memory free when it starts, so there it must be up before a learner takes its share.
             self.engines = vllm_utils.create_vllm_engines(
                 num_engines=cfg.vllm_num_engines, tensor_parallel_size=cfg.vllm_tensor_parallel_size,
                 model_path=cfg.model_name_or_path, seed=cfg.seed,
                 max_model_len=cfg.max_prompt_token_length + cfg.response_length,
                 enable_prefix_caching=cfg.vllm_enable_prefix_caching,
                 gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, inflight_updates=cfg.inflight_updates,
-                actor_options=[self.placement.engine_options(i) for i in range(cfg.vllm_num_engines)], wait=False,
+                actor_options=[self.placement.engine_options(i) for i in range(cfg.vllm_num_engines)],
+                wait=plan.shared, timeout=self.timeout,
             )  # fmt: skip
             self.learners, reports = create_learners(cfg, self.placement, self.steps, self.timeout)
             self.packed_rows = reports[0]["packed_rows"]  # how the learners want micro-batches laid out
