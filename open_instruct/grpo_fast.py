@@ -20,42 +20,28 @@ stops the run (state saved) instead of training on what is left. Every wait on a
 (--backend_timeout), and an actor that dies ends the run with one line saying what to do.
 """
 
-import asyncio
 import contextlib
 import json
 import math
 import os
 import queue
-import random
 import re
 import shutil
 import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from open_instruct import train_state
-from open_instruct.cli_utils import RunFailure, UserError, run_command
+from open_instruct.cli_utils import RunFailure, UserError, first_line, run_command
 from open_instruct.grpo_config import GRPOConfig, parse_args
+from open_instruct.rollouts import AsyncRunner, Rollout, rollout_and_score
 from open_instruct.train_metrics import MetricsLog, plot, step_metrics
 from open_instruct.train_state import PromptSampler
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-
-
-@dataclass
-class Rollout:
-    """One step's generated and scored samples, ready for the learners."""
-
-    step: int
-    prompts: list  # PromptRow, one per prompt
-    completions: list[list[dict]]  # per prompt, n samples from vllm_utils, each with its weight_versions
-    results: list[list]  # per prompt, n VerifierResults
-    gen_seconds: float
-    reward_seconds: float  # reward time not hidden behind generation
-    sampler_state: dict  # the data position once this step's prompts were taken
 
 
 # --------------------------------------------------------------------------------------------------
@@ -70,7 +56,17 @@ def load_rows(cfg: GRPOConfig, mixer: list[str], splits: list[str], flag: str) -
     try:
         return dataset_utils.load_mixture(mixer, splits, cfg.seed, known_verifiers=set(VERIFIER_REGISTRY))
     except (dataset_utils.DatasetError, ValueError, FileNotFoundError) as e:
-        raise UserError(f"{flag}: {str(e).splitlines()[0]}") from None
+        raise UserError(f"{flag}: {first_line(e)}") from None
+
+
+def import_verifiers(module: str) -> None:
+    """Import a --verifier_modules entry (it registers its verifiers as it is imported)."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        raise UserError(f"--verifier_modules {module}: cannot import it ({first_line(e)})") from None
 
 
 def judge_problem(cfg: GRPOConfig) -> str | None:
@@ -86,70 +82,6 @@ def judge_problem(cfg: GRPOConfig) -> str | None:
         return (f"--llm_judge_model {cfg.llm_judge_model}: no address for the judge: set --llm_judge_api_base "
                 "(e.g. http://127.0.0.1:8000/v1) or HOSTED_VLLM_API_BASE")  # fmt: skip
     return None
-
-
-# --------------------------------------------------------------------------------------------------
-# Rollout + reward
-
-
-async def rollout_and_score(engines, prompts: list, reward_model, cfg: GRPOConfig, n: int, seed_key: str):
-    """Generate n samples per prompt across the engines and score each chunk as soon as it is back.
-    Returns (completions, results, generation seconds, exposed reward seconds)."""
-    start = time.perf_counter()
-    # With two chunks per engine, the first chunk's rewards run while the second one generates.
-    chunk = max(1, math.ceil(len(prompts) / (cfg.rollout_chunks_per_engine * len(engines))))
-    chunks = [list(range(i, min(i + chunk, len(prompts)))) for i in range(0, len(prompts), chunk)]
-
-    async def generate(k: int, idx: list[int]):
-        engine = engines[k % len(engines)]
-        # Each generate call is seeded from the run seed, step and chunk: a rerun (or a resume) draws the
-        # same samples from the same weights, and no two calls of a run share a random stream.
-        seed = random.Random(f"{seed_key}/{k}").randrange(2**31)
-        ref = engine.generate.remote([prompts[i].prompt_token_ids for i in idx], n, cfg.temperature,
-                                     cfg.response_length, cfg.stop_strings or None, seed)  # fmt: skip
-        return idx, await asyncio.wait_for(ref, timeout=cfg.backend_timeout * 60)
-
-    completions: list = [None] * len(prompts)
-    results: list = [[None] * n for _ in prompts]
-    reward_tasks = []
-
-    async def score(i: int, j: int):
-        p, c = prompts[i], completions[i][j]
-        results[i][j] = await reward_model.score(p.dataset, p.messages, p.ground_truth, c["text"], c["finish_reason"])
-
-    for next_done in asyncio.as_completed([generate(k, idx) for k, idx in enumerate(chunks)]):
-        idx, outs = await next_done
-        for i, samples in zip(idx, outs, strict=True):
-            completions[i] = samples
-            reward_tasks += [asyncio.create_task(score(i, j)) for j in range(len(samples))]
-    gen_done = time.perf_counter()
-    await asyncio.gather(*reward_tasks)
-    return completions, results, gen_done - start, time.perf_counter() - gen_done
-
-
-class AsyncRunner:
-    """One event loop in a background thread, shared by every rollout and eval coroutine of the run, so
-    the judge client and litellm see a single loop for the whole run."""
-
-    def __init__(self):
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="reward-loop", daemon=True)
-        self.thread.start()
-
-    def run(self, coro):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
-
-    def close(self) -> None:
-        async def drain():  # cancel what is left (litellm's logging worker) before the loop goes
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        self.run(drain())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -171,7 +103,7 @@ def actor_errors(what: str, cfg: GRPOConfig):
         yield
     except TimeoutError as e:  # ray.get's GetTimeoutError, asyncio.wait_for, the rollout queue
         raise RunFailure(f"{what}: no answer within --backend_timeout {cfg.backend_timeout:g} min "
-                         f"({str(e).splitlines()[0] if str(e) else 'timed out'}); {hint}") from None  # fmt: skip
+                         f"({first_line(e) if str(e) else 'timed out'}); {hint}") from None  # fmt: skip
     except (RayActorError, RayTaskError) as e:
         dead = e if isinstance(e, RayActorError) else getattr(e, "cause", None)
         if not isinstance(dead, RayActorError):
@@ -198,26 +130,6 @@ def learner_config(cfg: GRPOConfig, total_steps: int):
     )  # fmt: skip
 
 
-def create_learners(cfg: GRPOConfig, placement, total_steps: int, timeout: float | None = None):
-    """Start every learner rank in its node's bundle, then set them up around rank 0's rendezvous address.
-    Returns (learners, each rank's setup report)."""
-    import ray
-
-    from open_instruct.learner import PolicyLearner, cpu_runtime_env
-
-    plan = placement.plan
-    lcfg = learner_config(cfg, total_steps)
-    busy = cfg.vllm_num_engines if cfg.async_steps > 0 else 0  # engines generating while the learners train
-    actor = ray.remote(PolicyLearner)
-    learners = []
-    for r in range(plan.world_size):
-        env = None if plan.on_gpu else cpu_runtime_env(busy, plan.learners_per_node[plan.learner_bundle(r)])
-        learners.append(actor.options(**placement.learner_options(r), runtime_env=env).remote(lcfg, r, plan.world_size))
-    address = ray.get(learners[0].rendezvous_address.remote(), timeout=timeout)
-    reports = ray.get([lr.setup.remote(*address) for lr in learners], timeout=timeout)
-    return learners, reports
-
-
 # --------------------------------------------------------------------------------------------------
 # Controller
 
@@ -233,7 +145,7 @@ class Trainer:
         and every check that does not depend on it still runs."""
         from open_instruct import dataset_utils
         from open_instruct.judge_client import JudgeClient, JudgeConfig
-        from open_instruct.rewards import RewardConfig, RewardModel
+        from open_instruct.rewards import RewardConfig, RewardDispatcher
 
         cfg = self.cfg
 
@@ -246,6 +158,8 @@ class Trainer:
                 problems.append(str(e))
                 return None
 
+        for module in cfg.verifier_modules:
+            attempt(import_verifiers, module)
         self.tokenizer = attempt(self._read_tokenizer)
         train = attempt(load_rows, cfg, cfg.dataset_mixer_list, cfg.dataset_mixer_list_splits, "--dataset_mixer_list")
         evals = []
@@ -282,7 +196,7 @@ class Trainer:
                 timeout=cfg.llm_judge_timeout, retries=cfg.llm_judge_retries, max_tokens=cfg.llm_judge_max_tokens,
                 max_context_length=cfg.llm_judge_max_context_length,
             ))  # fmt: skip
-        self.reward_model = RewardModel(
+        self.rewards = RewardDispatcher(
             RewardConfig(cfg.non_stop_penalty, cfg.non_stop_penalty_value, cfg.llm_judge_on_unparsed), self.judge
         )
         if self.prompts:
@@ -299,7 +213,7 @@ class Trainer:
             tokenizer = AutoTokenizer.from_pretrained(cfg.model_name_or_path)
         except (OSError, ValueError, KeyError) as e:
             raise UserError(f"--model_name_or_path {cfg.model_name_or_path}: cannot read its tokenizer "
-                            f"({str(e).splitlines()[0]})") from None  # fmt: skip
+                            f"({first_line(e)})") from None  # fmt: skip
         try:
             self.chat_template = dataset_utils.get_chat_template(tokenizer, cfg.chat_template_name)
         except dataset_utils.DatasetError as e:
@@ -313,7 +227,7 @@ class Trainer:
     def start_actors(self) -> None:
         import ray
 
-        from open_instruct import cluster, vllm_utils
+        from open_instruct import cluster, vllm_utils, weight_sync
 
         cfg = self.cfg
         where = cluster.init_ray(cfg)
@@ -336,10 +250,12 @@ class Trainer:
                 actor_options=[self.placement.engine_options(i) for i in range(cfg.vllm_num_engines)],
                 wait=plan.shared, timeout=self.timeout,
             )  # fmt: skip
-            self.learners, reports = create_learners(cfg, self.placement, self.steps, self.timeout)
+            busy = cfg.vllm_num_engines if cfg.async_steps > 0 else 0  # engines generating while learners train
+            self.learners, reports = cluster.create_learners(self.placement, learner_config(cfg, self.steps), busy,
+                                                             self.timeout)  # fmt: skip
             self.packed_rows = reports[0]["packed_rows"]  # how the learners want micro-batches laid out
             ray.get([e.ready.remote() for e in self.engines], timeout=self.timeout)
-            vllm_utils.init_weight_sync(self.learners, self.engines, timeout=self.timeout)
+            weight_sync.init_weight_sync(self.learners, self.engines, timeout=self.timeout)
         print(f"actors: {len(self.engines)} vLLM engine(s), {len(self.learners)} learner(s) on {len(nodes)} node(s), "
               f"ready in {time.perf_counter() - t0:.0f}s; learner rendezvous {reports[0]['rendezvous']}")  # fmt: skip
         for line in self.placement.describe():
@@ -355,7 +271,7 @@ class Trainer:
         """Load the newest complete state, if any: (first step to run, sampler state, wandb run id)."""
         import ray
 
-        from open_instruct import vllm_utils
+        from open_instruct import weight_sync
 
         found = train_state.latest(self.out)
         if found is None:
@@ -366,7 +282,7 @@ class Trainer:
             raise UserError(f"{path}: {problem}")
         with actor_errors(f"loading the saved state {path}", self.cfg):
             ray.get([lr.load_state.remote(str(path / "learner")) for lr in self.learners], timeout=self.timeout)
-            vllm_utils.sync_weights(self.learners, self.engines, version=state.step, timeout=self.timeout)
+            weight_sync.sync_weights(self.learners, self.engines, version=state.step, timeout=self.timeout)
         print(f"resuming from step {state.step} ({path}); {self.steps - state.step} step(s) to go")
         return state.step + 1, state.sampler, state.wandb_run_id
 
@@ -398,8 +314,8 @@ class Trainer:
         to the engines: (advantages, learner stats, training seconds, sync seconds)."""
         import ray
 
-        from open_instruct import vllm_utils
-        from open_instruct.learner import Sample, plan_step
+        from open_instruct import weight_sync
+        from open_instruct.packing import Sample, plan_step
         from open_instruct.rl_utils import group_advantages
 
         cfg = self.cfg
@@ -423,7 +339,7 @@ class Trainer:
                                   timeout=self.timeout)  # fmt: skip
             train_s = time.perf_counter() - t0
             t0 = time.perf_counter()
-            vllm_utils.sync_weights(self.learners, self.engines, version=ro.step, timeout=self.timeout)
+            weight_sync.sync_weights(self.learners, self.engines, version=ro.step, timeout=self.timeout)
         return adv, train_stats, train_s, time.perf_counter() - t0
 
     def train(self) -> dict:
@@ -454,7 +370,7 @@ class Trainer:
                     prompts = sampler.take(cfg.num_unique_prompts_rollout)
                     position = sampler.state()
                     comps, results, gen_s, rew_s = self.runner.run(
-                        rollout_and_score(self.engines, prompts, self.reward_model, cfg, n, f"{cfg.seed}/train/{step}")
+                        rollout_and_score(self.engines, prompts, self.rewards, cfg, n, f"{cfg.seed}/train/{step}")
                     )
                     batches.put(Rollout(step, prompts, comps, results, gen_s, rew_s, position))
             except BaseException as e:  # noqa: BLE001  (handed to the training loop, which re-raises)
@@ -535,7 +451,7 @@ class Trainer:
         prompts = self.eval_prompts or self.prompts
         prompts = prompts[: self.cfg.local_eval_prompts]
         comps, results, _, _ = self.runner.run(
-            rollout_and_score(self.engines, prompts, self.reward_model, self.cfg, 1, f"{self.cfg.seed}/eval/{step}")
+            rollout_and_score(self.engines, prompts, self.rewards, self.cfg, 1, f"{self.cfg.seed}/eval/{step}")
         )
         path = self.out / "eval" / f"step_{step}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)

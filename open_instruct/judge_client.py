@@ -20,6 +20,8 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from open_instruct.cli_utils import first_line
+
 # litellm fetches a model-price map from the internet at import unless told otherwise.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -128,8 +130,8 @@ def _is_unreachable(exc: BaseException) -> bool:
 
 
 def _short(exc: BaseException) -> str:
-    msg = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {msg[:300]}" if msg else type(exc).__name__
+    msg = first_line(exc)
+    return f"{type(exc).__name__}: {msg}" if str(exc).strip() else type(exc).__name__
 
 
 def cut_middle(text: str, keep_chars: int) -> str:

@@ -15,7 +15,6 @@ and the default memory share fail there.
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,11 +22,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from open_instruct.net_utils import free_port
 
 
 def has_cuda() -> bool:

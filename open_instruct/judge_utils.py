@@ -118,10 +118,15 @@ def strip_reasoning(text: str) -> str:
     return text
 
 
+def answer_blocks(text: str) -> list[str]:
+    """The contents of every <answer>...</answer> block, in order; an unclosed trailing <answer> counts. The
+    one place both the judge's answers and the policy's are read for them (rewards.final_answer)."""
+    return re.findall(r"<answer>(.*?)(?:</answer>|$)", text, flags=re.S | re.I)
+
+
 def _answer_region(text: str) -> str:
-    """Prefer the last <answer>...</answer> block (or an unclosed trailing <answer>), else the whole text."""
-    blocks = re.findall(r"<answer>(.*?)(?:</answer>|$)", text, flags=re.S | re.I)
-    blocks = [b for b in blocks if b.strip()]
+    """Prefer the last non-empty <answer> block, else the whole text."""
+    blocks = [b for b in answer_blocks(text) if b.strip()]
     return blocks[-1] if blocks else text
 
 

@@ -10,12 +10,14 @@ from dataclasses import dataclass
 
 from open_instruct.ground_truth_utils import Verifier, VerifierResult, build_verifier
 from open_instruct.judge_client import JudgeClient
-from open_instruct.judge_utils import strip_reasoning
+from open_instruct.judge_utils import answer_blocks, strip_reasoning
 
 
 def final_answer(text: str) -> str:
+    """What the verifier reads: the text without <think> blocks, and of that the last <answer> block when
+    there is one (even an empty one: an empty answer is what the policy gave)."""
     visible = strip_reasoning(text) if re.search(r"</?think>", text, flags=re.I) else text
-    answers = re.findall(r"<answer>(.*?)(?:</answer>|$)", visible, flags=re.S | re.I)
+    answers = answer_blocks(visible)
     return (answers[-1] if answers else visible).strip()
 
 
@@ -26,8 +28,9 @@ class RewardConfig:
     on_unparsed: str = "raw"
 
 
-class RewardModel:
-    """Dispatches by verifier name; verifiers are built once, on first use."""
+class RewardDispatcher:
+    """Scores a rollout with the verifier its row names (the `dataset` column), applying the non-stop penalty
+    first; each verifier is built once, on first use, and shares the run's judge client."""
 
     def __init__(self, cfg: RewardConfig, judge: JudgeClient | None):
         self.cfg, self.judge = cfg, judge

@@ -12,12 +12,12 @@ PY="${PYTHON:-.venv/bin/python}"
 OUTPUT_DIR="${OUTPUT_DIR:-output/demo}"
 INPUT="${INPUT:-data/flip_demo.jsonl}"
 JUDGE_DIR=.cache/tiny-judge
-PORT="${PORT:-$("$PY" -c 'from open_instruct.judge_server import free_port; print(free_port())')}"
+PORT="${PORT:-$("$PY" -c 'from open_instruct.net_utils import free_port; print(free_port())')}"
 mkdir -p "$OUTPUT_DIR"
 export LITELLM_LOCAL_MODEL_COST_MAP=True
 
 echo "[demo] 1/3 tiny judge model -> $JUDGE_DIR"
-"$PY" -m open_instruct.tiny_models --output_dir "$JUDGE_DIR"
+"$PY" -m open_instruct.testing.tiny_models --output_dir "$JUDGE_DIR"
 
 echo "[demo] 2/3 vLLM judge server on port $PORT (log: $OUTPUT_DIR/judge_server.log)"
 SERVED_MODEL_NAME=tiny-judge MAX_MODEL_LEN=2048 JUDGE_LOG="$OUTPUT_DIR/judge_server.log" \

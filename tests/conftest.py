@@ -10,7 +10,7 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_judge_dir(tmp_path_factory):
     """A tiny random-weight Qwen2 chat model with its own tokenizer, built offline once per session."""
-    from open_instruct.tiny_models import build_tiny_model
+    from open_instruct.testing.tiny_models import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-judge"), seed=0)
 
@@ -24,7 +24,7 @@ class SimulatedCluster:
 
     def __init__(self, workers: list[tuple[str, int, int]], head_cpus: int = 4):
         """workers: (address, GPUs, CPUs) per worker node."""
-        from open_instruct.judge_server import free_port
+        from open_instruct.net_utils import free_port
 
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -45,7 +45,7 @@ class SimulatedCluster:
 
     def _node_args(self, k: int) -> list[str]:
         """Ports of a node's own: nodes on one machine would collide on Ray's defaults."""
-        from open_instruct.judge_server import free_port
+        from open_instruct.net_utils import free_port
 
         ports = {f"--{name}": free_port() for name in ("node-manager-port", "object-manager-port", "metrics-export-port",
                  "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port")}  # fmt: skip

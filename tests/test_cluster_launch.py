@@ -16,7 +16,8 @@ import psutil
 import pytest
 import yaml
 
-from open_instruct.judge_server import JudgeServer, free_port
+from open_instruct.judge_server import JudgeServer
+from open_instruct.net_utils import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER_ENV = REPO / "scripts/cluster/cluster_env.sh"
@@ -264,7 +265,7 @@ def _alive(p: psutil.Process) -> bool:
 
 @pytest.fixture
 def scripted_judge():
-    from open_instruct.scripted_judge import Reply, ScriptedJudge
+    from open_instruct.testing.scripted_judge import Reply, ScriptedJudge
 
     with ScriptedJudge(lambda messages, n: Reply('{"INFERRED INSTRUCTION": "Write a poem."}')) as judge:
         yield judge

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from open_instruct.judge_server import free_port
-from open_instruct.scripted_judge import Reply, ScriptedJudge
-from open_instruct.tiny_models import build_tiny_model
+from open_instruct.net_utils import free_port
+from open_instruct.testing.scripted_judge import Reply, ScriptedJudge
+from open_instruct.testing.tiny_models import build_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from open_instruct.judge_server import free_port
+from open_instruct.net_utils import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow

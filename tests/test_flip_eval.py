@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from open_instruct.f1 import f1_score
 from open_instruct.flip_eval import main
-from open_instruct.judge_server import free_port
-from open_instruct.metrics import f1_score
-from open_instruct.scripted_judge import (
+from open_instruct.net_utils import free_port
+from open_instruct.testing.scripted_judge import (
     Reply,
     ScriptedJudge,
     judge_type_of,

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from open_instruct.f1 import f1_score
 from open_instruct.ground_truth_utils import (
     VERIFIER_REGISTRY,
     LMJudgeVerifier,
@@ -12,8 +13,7 @@ from open_instruct.ground_truth_utils import (
     split_conversation,
 )
 from open_instruct.judge_client import JudgeClient, JudgeConfig
-from open_instruct.metrics import f1_score
-from open_instruct.scripted_judge import Reply, ScriptedJudge
+from open_instruct.testing.scripted_judge import Reply, ScriptedJudge
 
 
 def flip_answer(instruction: str) -> Reply:

