@@ -101,43 +101,63 @@ def resolve_splits(splits: Sequence[str] | None, num_sources: int) -> list[str]:
 # Loading
 
 
-def load_source(source: str, split: str = "train") -> list[dict]:
+class Rows(list):
+    """A source's rows, and where each one is, counted from 1 (`places[i]`): FILE:LINE for JSON lines,
+    `SOURCE row N` for a JSON array, a parquet file or a hub dataset. Every error about a row names it so."""
+
+    def __init__(self, rows: Iterable[Any], places: Sequence[str] | None = None, source: str = ""):
+        super().__init__(rows)
+        self.places = list(places) if places is not None else [f"{source} row {i + 1}" for i in range(len(self))]
+
+
+def place(rows: Sequence[Any], index: int, source: str) -> str:
+    """Where rows[index] is (see Rows); plain lists count their rows from 1."""
+    return rows.places[index] if isinstance(rows, Rows) else f"{source} row {index + 1}"
+
+
+def read_jsonl(path: Path) -> list[tuple[int, Any]]:
+    """(line number from 1, value) for every non-blank line; a line that is not JSON is a DatasetError naming
+    FILE:LINE and the column."""
+    out = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            out.append((lineno, json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+    return out
+
+
+def load_source(source: str, split: str = "train") -> Rows:
     """All rows of one source: a local .json/.jsonl/.parquet file, or a `datasets.load_dataset` path."""
     path = Path(source)
     if path.suffix.lower() in LOCAL_SUFFIXES:
         if not path.is_file():
             raise DatasetError(f"{source}: file not found")
         if path.suffix.lower() == ".parquet":
-            return _read_parquet(path)
+            return Rows(_read_parquet(path), source=source)
         return _read_json(path, split)
     if path.is_file():
         raise DatasetError(f"{source}: unsupported file type; use {', '.join(LOCAL_SUFFIXES)}")
-    return _load_hub(source, split)
+    return Rows(_load_hub(source, split), source=source)
 
 
-def _read_json(path: Path, split: str) -> list[dict]:
+def _read_json(path: Path, split: str) -> Rows:
     """A JSON array, an object of splits ({"train": [...]}), or JSON lines (which `.json` files often are)."""
-    text = path.read_text(encoding="utf-8")
     if path.suffix.lower() == ".json":
         try:
-            data = json.loads(text)
+            data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             data = None  # not one JSON document: read it as JSON lines below
         if isinstance(data, list):
-            return data
+            return Rows(data, source=str(path))
         if isinstance(data, dict):
             if isinstance(data.get(split), list):
-                return data[split]
+                return Rows(data[split], source=f"{path} [{split!r}]")
             raise DatasetError(f"{path}: a JSON object must hold the split {split!r} as a list of rows")
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"{path} line {lineno}: not valid JSON ({e.msg})") from None
-    return rows
+    lines = read_jsonl(path)
+    return Rows([value for _, value in lines], [f"{path}:{lineno}" for lineno, _ in lines])
 
 
 def _read_parquet(path: Path) -> list[dict]:
@@ -223,16 +243,15 @@ def load_mixture(
 # Validation
 
 
-def validate_rows(rows: Iterable[Any], source: str, known_verifiers: set[str] | None = None) -> None:
-    """Raise DatasetError on the first row that does not fit the RLVR schema, naming source, row and field."""
+def validate_rows(rows: Sequence[Any], source: str, known_verifiers: set[str] | None = None) -> None:
+    """Raise DatasetError on the first row that does not fit the RLVR schema, naming where it is (FILE:LINE or
+    SOURCE row N, from 1) and the field."""
     known = {v.strip().lower() for v in known_verifiers} if known_verifiers is not None else None
-    count = 0
     for index, row in enumerate(rows):
-        count += 1
         problem = _row_problem(row, known)
         if problem:
-            raise DatasetError(f"{source} row {index}: {problem}")
-    if count == 0:
+            raise DatasetError(f"{place(rows, index, source)}: {problem}")
+    if not rows:
         raise DatasetError(f"{source}: no rows")
 
 

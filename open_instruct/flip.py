@@ -12,7 +12,7 @@ from pathlib import Path
 from open_instruct.cli_utils import UserError, run_command
 from open_instruct.evaluation.best_of_n import VERIFIER_NAMES, select
 from open_instruct.ground_truth_utils import build_verifier
-from open_instruct.judge_cli import add_judge_flags, judge_all, make_client, prompt_messages, read_jsonl
+from open_instruct.judge_config import add_judge_flags, judge_all, make_client, prompt_messages, read_jsonl
 
 SCORE_DOC = """\
 score: FLIP rewards for responses. Each input row holds a response and the instruction it answered, as
@@ -91,7 +91,7 @@ def output_row(row: Row, result) -> dict:
 def cmd_score(args: argparse.Namespace) -> int:
     rows = read_rows(Path(args.input))
     client = make_client(args)
-    verifier = build_verifier("general-flip", client, on_unparsed=args.on_unparsed)
+    verifier = build_verifier("general-flip", client, on_unparsed=args.llm_judge_on_unparsed)
 
     async def one(row: Row):
         return await verifier.async_call(row.messages, row.response, None)
@@ -153,7 +153,7 @@ def cmd_bon(args: argparse.Namespace) -> int:
     methods = list(dict.fromkeys(args.method or ["flip"]))
     rows = read_bon_rows(Path(args.input), methods)
     client = make_client(args)
-    verifiers = {m: build_verifier(VERIFIER_NAMES[m], client, on_unparsed=args.on_unparsed) for m in methods}
+    verifiers = {m: build_verifier(VERIFIER_NAMES[m], client, on_unparsed=args.llm_judge_on_unparsed) for m in methods}
 
     async def one(row: BonRow) -> dict:
         chosen = await asyncio.gather(*(select(verifiers[m], row.messages, row.responses) for m in methods))
@@ -218,10 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="how candidates are scored; several at once allowed (default: flip)")
     bon.set_defaults(func=cmd_bon)
 
-    score.add_argument("--on-unparsed", choices=["raw", "fail"], default="raw",
+    score.add_argument("--llm_judge_on_unparsed", "--on-unparsed", choices=["raw", "fail"], default="raw",
                        help="judge answered but no instruction parsed: 'raw' scores F1 against the raw answer "
                        "(published recipe, flagged parsed=false); 'fail' gives reward null")
-    bon.add_argument("--on-unparsed", choices=["raw", "fail"], default="raw",
+    bon.add_argument("--llm_judge_on_unparsed", "--on-unparsed", choices=["raw", "fail"], default="raw",
                      help="judge answered but nothing parsed: 'raw' (published recipe) scores FLIP's F1 against the "
                      "raw answer and a missing rating as 0, flagged in errors; 'fail' leaves the candidate unscored")
     for p in (score, bon):

@@ -42,7 +42,7 @@ from open_instruct.evaluation.best_of_n import VERIFIER_NAMES, score_candidates
 from open_instruct.evaluation.report import write_report
 from open_instruct.evaluation.reward_bench import METHODS, Example
 from open_instruct.ground_truth_utils import build_verifier
-from open_instruct.judge_cli import add_judge_flags, judge_all, make_client, positive_int
+from open_instruct.judge_config import add_judge_flags, judge_all, make_client, positive_int
 from open_instruct.judge_utils import (
     extract_best_index,
     extract_preference,
@@ -152,8 +152,9 @@ class RunConfig:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "RunConfig":
-        return cls(reward_bench.resolve_source(args.dataset), args.split, args.judge_model, args.judge_max_tokens,
-                   args.judge_temperature, args.judge_max_context_length, args.on_unparsed, args.seed)  # fmt: skip
+        return cls(reward_bench.resolve_source(args.dataset), args.split, args.llm_judge_model, args.llm_judge_max_tokens,
+                   args.llm_judge_temperature, args.llm_judge_max_context_length, args.llm_judge_on_unparsed,
+                   args.seed)  # fmt: skip
 
     def check_or_save(self, path: Path) -> None:
         """Save it in a new directory; in one that holds a run, refuse settings that differ from it."""
@@ -235,7 +236,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     client = None
     if jobs:
         client = make_client(args)
-        judge = ExampleJudge(client, args.on_unparsed, args.seed)
+        judge = ExampleJudge(client, args.llm_judge_on_unparsed, args.seed)
         asyncio.run(judge_all(jobs, judge, client, first_error, "judging", unit="example",
                               progress=not args.no_progress, on_done=store.append))  # fmt: skip
     seconds = time.perf_counter() - start
@@ -283,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only the first N prompts of each subset (a Ties prompt's ref and tied rows count as one)")
     p.add_argument("--seed", type=int, default=0, help="seeds the order in which listwise shows responses (default 0)")
     add_judge_flags(p)
-    p.add_argument("--on-unparsed", choices=["raw", "fail"], default="raw",
+    p.add_argument("--llm_judge_on_unparsed", "--on-unparsed", choices=["raw", "fail"], default="raw",
                    help="judge answered but nothing parsed: 'raw' (published recipe) counts it against the chosen "
                    "response (FLIP scores F1 against the raw answer, a missing rating is 0, a missing verdict or "
                    "pick loses); 'fail' fails the example")

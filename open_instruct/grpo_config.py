@@ -10,12 +10,20 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin
 
+from open_instruct.judge_config import BY_NAME
+
 
 def opt(default: Any, help: str, **kw) -> Any:
     """A dataclass field with its --help text."""
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})
+
+
+def judge_opt(name: str, more_help: str = "") -> Any:
+    """A judge flag, with the default and help every judge command shares (judge_config.JUDGE_FLAGS)."""
+    flag = BY_NAME[name]
+    return opt(flag.default_value, flag.help + more_help)
 
 
 @dataclass
@@ -47,13 +55,14 @@ class GRPOConfig:
     verifier_modules: list[str] = opt([], "Python modules imported before the data is read; each may register "
         "verifiers (ground_truth_utils.register_verifier) that rows then name in `dataset`, e.g. "
         "open_instruct.testing.verifiers for the word-share smoke-test verifier")
-    llm_judge_model: str | None = opt(None, "litellm id of the judge, e.g. hosted_vllm/Qwen/Qwen3-4B (needed by general-* verifiers)")
-    llm_judge_api_base: str | None = opt(None, "judge base URL, e.g. http://127.0.0.1:8000/v1 (default: $HOSTED_VLLM_API_BASE)")
-    llm_judge_timeout: float = opt(600.0, "seconds per judge request")
-    llm_judge_max_tokens: int = opt(2048, "most tokens the judge writes")
-    llm_judge_max_context_length: int = opt(25000, "judge context window; longer responses are cut in the middle")
-    llm_judge_max_concurrency: int = opt(64, "judge requests in flight")
-    llm_judge_retries: int = opt(3, "retries on judge timeouts, connection errors, 429 and 5xx")
+    llm_judge_model: str | None = judge_opt("llm_judge_model", "; needed by general-* verifiers")
+    llm_judge_api_base: str | None = judge_opt("llm_judge_api_base")
+    llm_judge_timeout: float = judge_opt("llm_judge_timeout")
+    llm_judge_max_tokens: int = judge_opt("llm_judge_max_tokens")
+    llm_judge_max_context_length: int = judge_opt("llm_judge_max_context_length")
+    llm_judge_max_concurrency: int = judge_opt("llm_judge_max_concurrency")
+    llm_judge_retries: int = judge_opt("llm_judge_retries")
+    llm_judge_temperature: float = judge_opt("llm_judge_temperature")
     llm_judge_on_unparsed: Literal["raw", "fail"] = opt("raw", "judge answered but nothing parsed: raw = score its raw text (published recipe), fail = no reward")
     non_stop_penalty: bool = opt(False, "give responses that hit response_length the penalty value instead of their reward")
     non_stop_penalty_value: float = opt(0.0, "the reward of a response that did not stop, with --non_stop_penalty")

@@ -69,21 +69,6 @@ def import_verifiers(module: str) -> None:
         raise UserError(f"--verifier_modules {module}: cannot import it ({first_line(e)})") from None
 
 
-def judge_problem(cfg: GRPOConfig) -> str | None:
-    """Why the judge settings cannot work, before any call: a litellm id without a provider, or a hosted vLLM
-    judge with no address."""
-    import litellm
-
-    provider = cfg.llm_judge_model.split("/", 1)[0] if "/" in cfg.llm_judge_model else ""
-    if provider not in litellm.provider_list:
-        return (f"--llm_judge_model {cfg.llm_judge_model}: not a litellm id (provider/model); for a judge served by "
-                f"vLLM write hosted_vllm/{cfg.llm_judge_model}")  # fmt: skip
-    if provider == "hosted_vllm" and not (cfg.llm_judge_api_base or os.environ.get("HOSTED_VLLM_API_BASE")):
-        return (f"--llm_judge_model {cfg.llm_judge_model}: no address for the judge: set --llm_judge_api_base "
-                "(e.g. http://127.0.0.1:8000/v1) or HOSTED_VLLM_API_BASE")  # fmt: skip
-    return None
-
-
 # --------------------------------------------------------------------------------------------------
 # Actors
 
@@ -144,7 +129,8 @@ class Trainer:
         starts. A mistake raises UserError; with `problems` (the dry run) each one is added as a line instead,
         and every check that does not depend on it still runs."""
         from open_instruct import dataset_utils
-        from open_instruct.judge_client import JudgeClient, JudgeConfig
+        from open_instruct.judge_client import JudgeClient
+        from open_instruct.judge_config import judge_config, judge_problem
         from open_instruct.rewards import RewardConfig, RewardDispatcher
 
         cfg = self.cfg
@@ -187,15 +173,11 @@ class Trainer:
         problem = None
         if needs_judge:
             missing = f"verifier(s) {sorted(names)} need a judge: set --llm_judge_model"
-            problem = judge_problem(cfg) if cfg.llm_judge_model else missing
+            problem = judge_problem(cfg.llm_judge_model, cfg.llm_judge_api_base) if cfg.llm_judge_model else missing
             if problem:
                 attempt(self._fail, problem)
         if needs_judge and not problem:
-            self.judge = JudgeClient(JudgeConfig(
-                model=cfg.llm_judge_model, api_base=cfg.llm_judge_api_base, max_concurrency=cfg.llm_judge_max_concurrency,
-                timeout=cfg.llm_judge_timeout, retries=cfg.llm_judge_retries, max_tokens=cfg.llm_judge_max_tokens,
-                max_context_length=cfg.llm_judge_max_context_length,
-            ))  # fmt: skip
+            self.judge = JudgeClient(judge_config(cfg))
         self.rewards = RewardDispatcher(
             RewardConfig(cfg.non_stop_penalty, cfg.non_stop_penalty_value, cfg.llm_judge_on_unparsed), self.judge
         )

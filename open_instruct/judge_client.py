@@ -30,6 +30,9 @@ Message = dict[str, str]
 
 @dataclass
 class JudgeConfig:
+    """A judge client's settings. These defaults are the only ones: every command's judge flags take theirs from
+    here (judge_config.JUDGE_FLAGS)."""
+
     model: str
     """litellm model id, e.g. `hosted_vllm/Qwen/Qwen3-4B` or `openai/gpt-4o-mini`."""
     api_base: str | None = None
@@ -39,8 +42,9 @@ class JudgeConfig:
     max_concurrency: int = 64
     """Most judge requests in flight at once. Above the server's batch size, so the server always has the
     next request queued while this process prepares more (litellm spends a few ms of CPU per call)."""
-    timeout: float = 120.0
-    """Seconds one request may take before it counts as a (retryable) timeout."""
+    timeout: float = 600.0
+    """Seconds one request may take before it counts as a (retryable) timeout: long enough for a small judge
+    on a busy GPU to write its 2048 tokens."""
     retries: int = 3
     """Extra attempts after a retryable failure."""
     backoff_base: float = 0.5

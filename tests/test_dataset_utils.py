@@ -104,7 +104,7 @@ def test_load_errors_name_the_file(tmp_path):
         du.load_source(str(tmp_path / "missing.jsonl"))
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(row(0)) + "\n\n{not json\n")
-    with pytest.raises(DatasetError, match=r"bad\.jsonl line 3: not valid JSON"):
+    with pytest.raises(DatasetError, match=r"bad\.jsonl:3: not valid JSON \(Expecting property name enclosed in double quotes at column 2\)"):
         du.load_source(str(bad))
     splits = tmp_path / "splits.json"
     splits.write_text(json.dumps({"train": [row(0)]}))
@@ -183,7 +183,7 @@ def test_amount_selecting_nothing_is_an_error(ten_rows):
 def test_mixture_validates_every_source_row(tmp_path, ten_rows):
     bad = write_jsonl(tmp_path / "bad.jsonl", [row(0), row(1, "general-nonsense")])
     with pytest.raises(
-        DatasetError, match=r"bad\.jsonl row 1: 'dataset' 'general-nonsense' is not a known verifier"
+        DatasetError, match=r"bad\.jsonl:2: 'dataset' 'general-nonsense' is not a known verifier"
     ):
         du.load_mixture([ten_rows, "1.0", bad, "1"], ["train"], seed=0, known_verifiers=VERIFIERS)
 
@@ -243,7 +243,7 @@ def test_validation_names_source_row_and_field(bad, message):
     rows = [row(i) for i in range(17)] + [bad]
     with pytest.raises(DatasetError) as err:
         du.validate_rows(rows, "data/x.jsonl", VERIFIERS)
-    assert str(err.value) == f"data/x.jsonl row 17: {message}"
+    assert str(err.value) == f"data/x.jsonl row 18: {message}"
 
 
 def test_validation_accepts_good_rows():

@@ -113,6 +113,32 @@ def test_unreachable_judge_exits_fast_with_one_line(tmp_path):
     assert elapsed < 30
 
 
+def test_the_trainers_judge_flag_names_work_here_too(tmp_path, capsys):
+    """One spelling per option: `--llm_judge_*` as in the trainer (the dashed names stay as aliases)."""
+    inp, out = write_jsonl(tmp_path / "in.jsonl", [{"instruction": "Write about cats", "response": "cats"}]), tmp_path / "o.jsonl"
+    with ScriptedJudge(echo_judge) as judge:
+        code = main(["score", "--input", str(inp), "--output", str(out), "--llm_judge_model", "hosted_vllm/scripted",
+                     "--llm_judge_api_base", judge.api_base, "--llm_judge_retries", "0", "--llm_judge_timeout", "30",
+                     "--no-progress"])  # fmt: skip
+    assert code == 0 and read_jsonl(out)[0]["reward"] == 1.0
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--llm_judge_model", "Qwen/Qwen3-4B"], "not a litellm id (provider/model); for a judge served by vLLM write "
+                                             "hosted_vllm/Qwen/Qwen3-4B"),
+    (["--llm_judge_model", "hosted_vllm/Qwen/Qwen3-4B"], "no address for the judge: set --llm_judge_api_base"),
+])  # fmt: skip
+def test_judge_settings_are_one_line_before_any_row(tmp_path, capsys, monkeypatch, flags, message):
+    """Failed before: a model id without a provider, or hosted_vllm without an address, surfaced per row as a
+    failure to reach api.openai.com."""
+    monkeypatch.delenv("HOSTED_VLLM_API_BASE", raising=False)
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"instruction": "Write about cats", "response": "cats"}])
+    code = main(["score", "--input", str(inp), "--output", str(tmp_path / "o.jsonl"), "--no-progress", *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o.jsonl").exists()
+
+
 def test_bad_flag_value_is_a_usage_error(tmp_path):
     proc = run_cli("score", "--input", "x", "--output", "y", "--judge-model", "m", "--max-concurrency", "0")
     assert proc.returncode == 2 and "--max-concurrency: must be a positive integer" in proc.stderr

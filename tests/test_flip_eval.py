@@ -253,15 +253,15 @@ def with_row(index, **change):
 @pytest.mark.parametrize(
     "rows,message",
     [
-        ([{k: v for k, v in ROWS[0].items() if k not in ("subset", "prompt")}], "row 0: missing columns prompt, subset"),
-        (with_row(1, chosen=[]), "row 1 (id f2): 'chosen' is an empty list"),
-        (with_row(2, rejected="m1-r1"), "row 2 (id m1): 'rejected' must be a list of strings, got str"),
-        (with_row(1, rejected=["a", 3]), "row 1 (id f2): 'rejected' must be a list of strings"),
-        (with_row(0, num_incorrect=2), "row 0 (id f1): 'num_incorrect' is 2 but the lists hold 3"),
-        (with_row(2, id="f1"), "row 2: id 'f1' repeats row 0"),
-        (with_row(0, subset="Ties"), "row 0 (id f1): a Ties row's id must be 'ref:<n>' or 'tied:<n>'"),
-        (with_row(0, prompt=""), "row 0 (id f1): 'prompt' must be a non-empty string"),
-        (["not an object"], "row 0: expected an object, got str"),
+        ([{k: v for k, v in ROWS[0].items() if k not in ("subset", "prompt")}], ":1: missing columns prompt, subset"),
+        (with_row(1, chosen=[]), ":2 (id f2): 'chosen' is an empty list"),
+        (with_row(2, rejected="m1-r1"), ":3 (id m1): 'rejected' must be a list of strings, got str"),
+        (with_row(1, rejected=["a", 3]), ":2 (id f2): 'rejected' must be a list of strings"),
+        (with_row(0, num_incorrect=2), ":1 (id f1): 'num_incorrect' is 2 but the lists hold 3"),
+        (with_row(2, id="f1"), ":3: id 'f1' repeats "),
+        (with_row(0, subset="Ties"), ":1 (id f1): a Ties row's id must be 'ref:<n>' or 'tied:<n>'"),
+        (with_row(0, prompt=""), ":1 (id f1): 'prompt' must be a non-empty string"),
+        (["not an object"], ":1: expected an object, got str"),
     ],
 )  # fmt: skip
 def test_bad_rows_are_one_line_naming_the_row(tmp_path, capsys, rows, message):
@@ -271,7 +271,7 @@ def test_bad_rows_are_one_line_naming_the_row(tmp_path, capsys, rows, message):
                  "--judge-api-base", f"http://127.0.0.1:{free_port()}/v1"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert err.startswith(f"error: {data} ") and message in err
+    assert err.startswith(f"error: {data}:") and message in err  # FILE:LINE, counted from 1
     assert not (tmp_path / "out").exists()
 
 
@@ -281,7 +281,7 @@ def test_bad_rows_are_one_line_naming_the_row(tmp_path, capsys, rows, message):
         ("missing.jsonl", None, "missing.jsonl: file not found"),
         ("rb2.csv", "id,prompt\n", "rb2.csv: unsupported file type"),
         ("rb2.parquet", "not parquet", "rb2.parquet: not a readable parquet file"),
-        ("rb2.jsonl", "{broken\n", "rb2.jsonl line 1: not valid JSON"),
+        ("rb2.jsonl", "{broken\n", "rb2.jsonl:1: not valid JSON (Expecting property name enclosed in double quotes at column 2)"),
         ("rb2.jsonl", "", "rb2.jsonl: no rows"),
     ],
 )  # fmt: skip

@@ -114,7 +114,7 @@ def test_bad_dataset_row_is_one_line_before_any_model_loads(tmp_path, tiny_judge
     proc = run("--model_name_or_path", str(tiny_judge_dir), "--dataset_mixer_list", str(bad), "1.0",
                "--output_dir", str(tmp_path / "out"))  # fmt: skip
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "bad.jsonl row 1" in proc.stderr and "user turn" in proc.stderr
+    assert "bad.jsonl:2: " in proc.stderr and "user turn" in proc.stderr  # FILE:LINE, counted from 1
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
@@ -126,11 +126,10 @@ def test_bad_dataset_row_is_one_line_before_any_model_loads(tmp_path, tiny_judge
     ("openai/gpt-4o-mini", None, None),
 ])  # fmt: skip
 def test_judge_settings_are_checked_before_any_call(model, api_base, message, monkeypatch):
-    from open_instruct.grpo_fast import judge_problem
+    from open_instruct.judge_config import judge_problem
 
     monkeypatch.delenv("HOSTED_VLLM_API_BASE", raising=False)
-    flags = ["--model_name_or_path", "m", "--llm_judge_model", model] + (["--llm_judge_api_base", api_base] if api_base else [])
-    problem = judge_problem(parse_args(flags)[0])
+    problem = judge_problem(model, api_base)
     assert problem is None if message is None else message in problem
 
 

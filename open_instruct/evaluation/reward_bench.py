@@ -79,7 +79,7 @@ class Example:
 
 def load_examples(source: str, split: str = "test") -> list[Example]:
     """Every row of `source` (a hub id or a local file), validated; errors name the source and row."""
-    from open_instruct.dataset_utils import DatasetError, load_source
+    from open_instruct.dataset_utils import DatasetError, load_source, place
 
     try:
         rows = load_source(source, split)
@@ -89,10 +89,11 @@ def load_examples(source: str, split: str = "test") -> list[Example]:
         raise UserError(f"{source}: no rows")
     examples, seen = [], {}
     for index, row in enumerate(rows):
-        example = _validate(row, f"{source} row {index}")
+        where = place(rows, index, source)
+        example = _validate(row, where)
         if example.id in seen:
-            raise UserError(f"{source} row {index}: id {example.id!r} repeats row {seen[example.id]}")
-        seen[example.id] = index
+            raise UserError(f"{where}: id {example.id!r} repeats {seen[example.id]}")
+        seen[example.id] = where
         examples.append(example)
     return examples
 
