@@ -44,11 +44,11 @@ or a judge that cannot be reached at all.
 
 SCORE_EXAMPLE = (
     "example:\n  python -m open_instruct.flip score --input rows.jsonl --output scored.jsonl \\\n"
-    "      --judge-model hosted_vllm/Qwen/Qwen3-4B --judge-api-base http://127.0.0.1:8000/v1"
+    "      --llm_judge_model hosted_vllm/Qwen/Qwen3-4B --llm_judge_api_base http://127.0.0.1:8000/v1"
 )
 BON_EXAMPLE = (
     "example:\n  python -m open_instruct.flip bon --input candidates.jsonl --output best.jsonl \\\n"
-    "      --method flip pointwise --judge-model hosted_vllm/Qwen/Qwen3-4B --judge-api-base http://127.0.0.1:8000/v1"
+    "      --method flip pointwise --llm_judge_model hosted_vllm/Qwen/Qwen3-4B --llm_judge_api_base http://127.0.0.1:8000/v1"
 )
 
 # --------------------------------------------------------------------------------------------------

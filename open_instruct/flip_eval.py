@@ -8,7 +8,7 @@ Each --method judges every example with the same judge model:
   listwise   all responses in one prompt, in a seeded random order; the judge picks the best
 An example is correct when the chosen response scores strictly higher than every rejected one (flip,
 pointwise), wins every comparison (pairwise), or is the pick (listwise). An answer that does not parse
-counts against the chosen response (see --on-unparsed). An example with a failed judge call is reported as
+counts against the chosen response (see --llm_judge_on_unparsed). An example with a failed judge call is reported as
 failed, never as wrong, and left out of the accuracy.
 
 Ties: flip and pointwise get RewardBench 2's own Ties score (accuracy on the ref and tied rows of each
@@ -21,8 +21,8 @@ example, appended as each finishes), results.json (per method: accuracy per subs
 unweighted mean over subsets; n judged; failures), report.md with a table and accuracy.png, and
 run_config.json. Rerunning with the same --output-dir resumes: examples already judged are skipped, failed
 ones are judged again, and results are recomputed from every prediction in the directory. The dataset,
-judge model and the settings that change answers (--judge-max-tokens, --judge-temperature,
---judge-max-context-length, --on-unparsed, --seed) must match the directory's run_config.json.
+judge model and the settings that change answers (--llm_judge_max_tokens, --llm_judge_temperature,
+--llm_judge_max_context_length, --llm_judge_on_unparsed, --seed) must match the directory's run_config.json.
 
 Exit status: 0 when every example was judged, 1 when some examples failed (rerun to retry them), 2 for
 bad flags or input (one line naming the file, row or flag), or a judge that cannot be reached at all.
@@ -52,7 +52,7 @@ from open_instruct.judge_utils import (
 
 EXAMPLE = (
     "example:\n  python -m open_instruct.flip_eval --dataset allenai/reward-bench-2 --method flip pointwise pairwise "
-    "listwise \\\n      --judge-model hosted_vllm/Qwen/Qwen3-4B --judge-api-base http://127.0.0.1:8000/v1 "
+    "listwise \\\n      --llm_judge_model hosted_vllm/Qwen/Qwen3-4B --llm_judge_api_base http://127.0.0.1:8000/v1 "
     "--output-dir runs/rb2-qwen3-4b"
 )
 
@@ -122,7 +122,7 @@ class ExampleJudge:
 
     def _call(self, result, parsed: bool, key: str) -> dict:
         """A call's common fields. A judge that did not answer fails the call; an answer that does not parse
-        fails it under --on-unparsed fail, and otherwise counts against the chosen response."""
+        fails it under --llm_judge_on_unparsed fail, and otherwise counts against the chosen response."""
         if not result.ok:
             return {"judge_ok": False, "parsed": False, "failed": True, "error": result.error, "judge_output": None}
         return {"judge_ok": True, "parsed": parsed, "failed": not parsed and self.on_unparsed == "fail",

@@ -146,5 +146,5 @@ def build_verifier(name: str, client: JudgeClient | None = None, on_unparsed: On
     if key not in VERIFIER_REGISTRY:
         raise KeyError(f"unknown verifier {name!r}; known: {', '.join(sorted(VERIFIER_REGISTRY))}")
     if key.startswith("general-") and client is None:
-        raise ValueError(f"verifier {name!r} needs a judge model (--llm_judge_model / --judge-model)")
+        raise ValueError(f"verifier {name!r} needs a judge model (--llm_judge_model)")
     return VERIFIER_REGISTRY[key](client, on_unparsed=on_unparsed)

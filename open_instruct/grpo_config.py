@@ -160,12 +160,30 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (--help lists every flag)")
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Each flag's help with its default, once: not for a required flag (marked so instead), not when the
+    help already says what the default does, and not for an empty one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.required:
+            return text + " (required)"
+        default = action.default
+        if default in (None, "", [], argparse.SUPPRESS) or "default" in text.lower():
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, list) else default
+        return f"{text} (default: {shown})"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    infra = ", ".join(f"--{prefix}*" for prefix in INFRA_FLAG_PREFIXES)
     parser = _Parser(
         prog="python -m open_instruct.grpo_fast",
+        usage="%(prog)s --model_name_or_path MODEL [--flag VALUE ...]",
         description="GRPO with FLIP (or LLM-judge) rewards: Ray-orchestrated vLLM rollouts, judge rewards, "
         "DeepSpeed learners. Every flag is below; the launch scripts in scripts/train/ set the published recipe.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=f"Accepted and not used (they drive AI2's infrastructure; each is reported once): {infra}.",
+        formatter_class=_HelpFormatter,
     )
     for f in dataclasses.fields(GRPOConfig):
         kw: dict[str, Any] = {"help": f.metadata["help"], "dest": f.name}

@@ -88,8 +88,9 @@ def add_judge_flags(p: argparse.ArgumentParser, model_required: bool = True) -> 
     for f in JUDGE_FLAGS:
         default = f.default_value
         shown = "" if default is None else f" (default {default:g})" if isinstance(default, float) else f" (default {default})"
-        g.add_argument(f"--{f.name}", f.alias, dest=f.name, type=f.type, default=default, help=f.help + shown,
-                       required=model_required and f.name == "llm_judge_model")  # fmt: skip
+        required = model_required and f.name == "llm_judge_model"
+        g.add_argument(f"--{f.name}", f.alias, dest=f.name, type=f.type, default=default, required=required,
+                       help=f.help + (" (required)" if required else shown))  # fmt: skip
 
 
 def judge_config(settings: Any) -> JudgeConfig:

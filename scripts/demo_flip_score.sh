@@ -35,8 +35,8 @@ grep "judge ready" "$OUTPUT_DIR/judge_server.out"
 
 echo "[demo] 3/3 FLIP scoring $INPUT"
 "$PY" -m open_instruct.flip score --input "$INPUT" --output "$OUTPUT_DIR/scored.jsonl" \
-  --judge-model hosted_vllm/tiny-judge --judge-api-base "http://127.0.0.1:$PORT/v1" \
-  --judge-max-tokens 48 --judge-max-context-length 2048 --judge-temperature 1.0
+  --llm_judge_model hosted_vllm/tiny-judge --llm_judge_api_base "http://127.0.0.1:$PORT/v1" \
+  --llm_judge_max_tokens 48 --llm_judge_max_context_length 2048 --llm_judge_temperature 1.0
 
 "$PY" - "$OUTPUT_DIR/scored.jsonl" <<'PY'
 import json, sys
