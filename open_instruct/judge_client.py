@@ -86,10 +86,6 @@ class JudgeStats:
     errors: dict[str, int] = field(default_factory=dict)
 
 
-class JudgeUnreachableError(RuntimeError):
-    """The judge endpoint refused connections or does not serve the model."""
-
-
 def secret_values() -> list[str]:
     """Values of environment variables that look like credentials, to redact from messages."""
     names = re.compile(r"(API_KEY|TOKEN|SECRET|PASSWORD)", re.I)
