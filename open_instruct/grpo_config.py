@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from open_instruct.judge_config import BY_NAME
@@ -37,7 +38,7 @@ class GRPOConfig:
     max_prompt_token_length: int = opt(2048, "prompts longer than this (after the chat template) are dropped and counted")
     chat_template_name: str | None = opt(None, "named chat template (e.g. olmo_thinker, chatml, tulu); default: the tokenizer's own")
     # ---- model
-    model_name_or_path: str = opt("", "policy model: HF id or local directory", required=True)
+    model_name_or_path: str = opt("", "policy model: HF id or local directory (required, here or in --config)")
     # ---- rollout
     vllm_num_engines: int = opt(1, "number of vLLM engines (Ray actors)")
     vllm_tensor_parallel_size: int = opt(1, "GPUs per vLLM engine")
@@ -122,6 +123,8 @@ class GRPOConfig:
         "judge calls fail, instead of training on a thin batch; below it, failed samples are left out and counted")
     backend_timeout: float = opt(120.0, "minutes any wait on a Ray actor, a collective or the rollout queue may "
         "take before the run stops with an error (Open Instruct's unit)")
+    config: str | None = opt(None, "a YAML file of flags (configs/train/grpo/*.yaml are the presets): one `flag: "
+        "value` per line, flags given on the command line win; its `launch` section is for scripts/train/grpo_*.sh")
     dry_run: bool = opt(False, "check flags, datasets, the judge endpoint and the Ray cluster's resources, print "
         "the plan (actors, placement, batch sizes, memory per GPU) and exit without loading a model")
 
@@ -206,17 +209,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[GRPOConfig, list[str]]:
-    """(config, infra flags that were given and are not used). Unknown flags are an error."""
+    """(config, infra flags that were given and are not used). Unknown flags are an error. With --config, the
+    file's values are the defaults the command line overrides."""
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
+    if args.config:
+        parser.set_defaults(**read_config(args.config))
+        args, unknown = parser.parse_known_args(argv)
     ignored, bad = [], []
-    i = 0
-    while i < len(unknown):
-        token = unknown[i]
+    for token in unknown:
         if token.startswith("--"):
             name = token[2:].split("=", 1)[0].replace("-", "_")
             (ignored if name.startswith(INFRA_FLAG_PREFIXES) else bad).append(name)
-        i += 1
     if bad:
         parser.error(f"unknown flag(s): {', '.join('--' + b for b in bad)}")
     cfg = GRPOConfig(**vars(args))
@@ -226,8 +230,82 @@ def parse_args(argv: list[str] | None = None) -> tuple[GRPOConfig, list[str]]:
     return cfg, ignored
 
 
+# --------------------------------------------------------------------------------------------------
+# Config files
+
+
+def read_config(path: str) -> dict[str, Any]:
+    """The flags of a YAML config file, checked against GRPOConfig: an unknown key or a value of the wrong
+    type is a UserError naming the file and the key. The `launch` section is the launch scripts' and is
+    left out."""
+    import yaml
+
+    from open_instruct.cli_utils import UserError, first_line
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise UserError(f"--config {path}: cannot read it ({first_line(e)})") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"--config {path}: not valid YAML ({first_line(e)})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a config file is a mapping of flag: value")
+    fields = {f.name: f for f in dataclasses.fields(GRPOConfig)}
+    values = {}
+    for key, value in data.items():
+        if key == "launch":
+            continue
+        if key not in fields or key in ("config", "dry_run"):
+            raise UserError(f"{path}: unknown key {key!r} (keys are the trainer's flags without the --)")
+        problem = _type_problem(fields[key].type, value)
+        if problem:
+            raise UserError(f"{path}: {key}: {problem}, got {value!r}")
+        values[key] = value
+    return values
+
+
+def _type_problem(kind: Any, value: Any) -> str | None:
+    """Why `value` (from YAML) does not fit the field type `kind`, or None."""
+    origin, args = get_origin(kind), get_args(kind)
+    if origin is list:
+        if not isinstance(value, list):
+            return "expected a list"
+        inner = [_type_problem(args[0], v) for v in value]
+        return next((f"every item: {p}" for p in inner if p), None)
+    if origin is Literal:
+        return None if value in args else f"expected one of {', '.join(map(str, args))}"
+    if origin is not None:  # X | None
+        if value is None and type(None) in args:
+            return None
+        kind = next(a for a in args if a is not type(None))
+    if kind is bool:
+        return None if isinstance(value, bool) else "expected true or false"
+    if kind is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "expected a whole number"
+    if kind is float:
+        return None if isinstance(value, int | float) and not isinstance(value, bool) else "expected a number"
+    return None if isinstance(value, str) else "expected a string"
+
+
+def launch_settings(path: str, judge_type: str) -> dict[str, str]:
+    """What scripts/train/grpo_<judge_type>.sh reads from a preset's `launch` section, as shell variables."""
+    import yaml
+
+    launch = (yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}).get("launch") or {}
+    data = launch.get("data") or {}
+    tiny = launch.get("tiny_models") or {}
+    return {
+        "PRESET_DATA": str(data.get(judge_type, "")),
+        "PRESET_JUDGE_SERVE_MODEL": str(launch.get("judge_serve_model", "")),
+        "PRESET_JUDGE_VLLM_ARGS": str(launch.get("judge_vllm_args", "")),
+        "PRESET_TINY_POLICY": str(tiny.get("policy", "")),
+        "PRESET_TINY_JUDGE": str(tiny.get("judge", "")),
+    }
+
+
 def validate(cfg: GRPOConfig) -> list[str]:
     checks = [
+        (bool(cfg.model_name_or_path), "--model_name_or_path is required (on the command line or in --config)"),
         (len(cfg.dataset_mixer_list) >= 2, "--dataset_mixer_list needs pairs of source and amount"),
         (cfg.num_samples_per_prompt_rollout >= 2, "--num_samples_per_prompt_rollout must be at least 2 (GRPO compares samples)"),
         (cfg.num_unique_prompts_rollout >= 1, "--num_unique_prompts_rollout must be at least 1"),
@@ -257,5 +335,13 @@ def validate(cfg: GRPOConfig) -> list[str]:
     return [msg for ok, msg in checks if not ok]
 
 
-if __name__ == "__main__":  # print the defaults
-    build_parser().print_help(sys.stdout)
+if __name__ == "__main__":
+    # `--launch_settings FILE JUDGE_TYPE`: a preset's launch section as shell assignments (scripts/train/);
+    # otherwise the flags and their defaults.
+    if sys.argv[1:2] == ["--launch_settings"]:
+        import shlex
+
+        for name, value in launch_settings(sys.argv[2], sys.argv[3]).items():
+            print(f"{name}={shlex.quote(value)}")
+    else:
+        build_parser().print_help(sys.stdout)

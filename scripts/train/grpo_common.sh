@@ -8,9 +8,6 @@ export LITELLM_LOCAL_MODEL_COST_MAP=True
 if [[ -z "${PRESET:-}" ]]; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then PRESET=single_gpu; else PRESET=tiny; fi
 fi
-if [[ "$JUDGE_TYPE" == flip ]]; then HUB_DATA=yikeee/rlvr_general_chat_flip; LOCAL_DATA=data/general_chat_flip_sample.jsonl
-else HUB_DATA=yikeee/rlvr_general_chat; LOCAL_DATA=data/general_chat_sample.jsonl; fi
-SEED="${SEED:-1}"
 # A dry run (--dry_run among the trainer flags) starts no server and builds no judge: it only checks.
 DRY=0
 ARGS=("$@")
@@ -20,58 +17,29 @@ for i in "${!ARGS[@]}"; do
   fi
 done
 
-case "$PRESET" in
-  paper)  # the published recipe: 3 nodes x 8 GPUs (launch on a Ray cluster: RAY_ADDRESS=auto)
-    MODEL_NAME_OR_PATH="${MODEL_NAME_OR_PATH:-allenai/Olmo-3-7B-Think-DPO}"
-    DATASETS="${DATASETS:-$HUB_DATA 1.0}"
-    JUDGE_SERVE_MODEL="${JUDGE_SERVE_MODEL:-Qwen/Qwen3-4B}"
-    CHAT_TEMPLATE="${CHAT_TEMPLATE:-olmo_thinker}"
-    PRESET_ARGS=(--beta 0.0 --async_steps 1 --truncated_importance_sampling_ratio_cap 2.0
-      --num_samples_per_prompt_rollout 8 --num_unique_prompts_rollout 24 --num_mini_batches 1 --num_epochs 1
-      --learning_rate 1e-6 --per_device_train_batch_size 1 --kl_estimator 2 --max_prompt_token_length 2048
-      --response_length 16384 --pack_length 18432 --stop_strings "</answer>" --non_stop_penalty False
-      --temperature 1.0 --total_episodes 10000000 --deepspeed_stage 3 --num_learners_per_node 8
-      --vllm_num_engines 16 --vllm_tensor_parallel_size 1 --llm_judge_timeout 3600 --llm_judge_max_tokens 2048
-      --llm_judge_max_context_length 25000 --lr_scheduler_type constant --seed "$SEED" --local_eval_every 50
-      --save_freq 50 --checkpoint_state_freq 50 --gradient_checkpointing --vllm_enable_prefix_caching
-      --clip_higher 0.272 --mask_truncated_completions True --with_tracking)
-    ;;
-  single_gpu)  # one GPU shared by a vLLM engine and one learner; the judge on the same GPU unless JUDGE_BASE_URL
-    MODEL_NAME_OR_PATH="${MODEL_NAME_OR_PATH:-Qwen/Qwen3-1.7B}"
-    DATASETS="${DATASETS:-$HUB_DATA 1.0}"
-    JUDGE_SERVE_MODEL="${JUDGE_SERVE_MODEL:-Qwen/Qwen3-0.6B}"
-    JUDGE_EXTRA_ARGS=(--gpu-memory-utilization 0.2 --max-model-len 8192)
-    PRESET_ARGS=(--async_steps 1 --truncated_importance_sampling_ratio_cap 2.0 --num_samples_per_prompt_rollout 8
-      --num_unique_prompts_rollout 8 --learning_rate 1e-6 --response_length 2048 --pack_length 4096
-      --max_prompt_token_length 1024 --total_episodes 64000 --deepspeed_stage 2 --num_learners_per_node 1
-      --vllm_num_engines 1 --single_gpu_mode --vllm_gpu_memory_utilization 0.3 --gradient_checkpointing --vllm_enable_prefix_caching
-      --clip_higher 0.272 --mask_truncated_completions True --llm_judge_max_context_length 8192
-      --llm_judge_max_tokens 1024 --save_freq 100 --local_eval_every 50 --seed "$SEED")
-    ;;
-  tiny)  # the embedded default: tiny models built offline, real vLLM judge server, a few steps on CPU.
-    # The tiny judge has random weights, so its rewards are mostly equal within a group; keeping those
-    # groups (advantage 0) still runs the learner and the weight sync on every step.
-    [[ -n "${MODEL_NAME_OR_PATH:-}" ]] || { MODEL_NAME_OR_PATH=.cache/tiny-policy
-      "$PY" -m open_instruct.testing.tiny_models --output_dir "$MODEL_NAME_OR_PATH" --seed 1; }
-    DATASETS="${DATASETS:-$LOCAL_DATA 1.0}"
-    if [[ -z "${JUDGE_BASE_URL:-}" && -z "${JUDGE_SERVE_MODEL:-}" ]]; then
-      JUDGE_SERVE_MODEL=.cache/tiny-judge
-      [[ "$DRY" == 1 ]] || "$PY" -m open_instruct.testing.tiny_models --output_dir "$JUDGE_SERVE_MODEL" --seed 0
-    fi
-    JUDGE_EXTRA_ARGS=(--enforce-eager)
-    JUDGE_MAX_MODEL_LEN=2048
-    PRESET_ARGS=(--async_steps 1 --num_samples_per_prompt_rollout 4 --num_unique_prompts_rollout 8
-      --response_length 32 --pack_length 512 --max_prompt_token_length 256 --total_episodes 128
-      --learning_rate 1e-5 --deepspeed_stage 2 --num_learners_per_node 1 --vllm_num_engines 1
-      --truncated_importance_sampling_ratio_cap 2.0 --clip_higher 0.272 --llm_judge_max_tokens 48
-      --llm_judge_max_context_length 2048 --llm_judge_timeout 60 --local_eval_every 2 --local_eval_prompts 8
-      --filter_zero_std_samples False --save_freq 2 --keep_last_n_checkpoints 1 --with_tracking --seed "$SEED")
-    ;;
-  *) echo "error: PRESET must be paper, single_gpu or tiny, not '$PRESET'" >&2; exit 2 ;;
-esac
-# Extra vLLM flags for the judge server on top of the preset's (the cluster launcher adds its parallelism here).
-read -r -a MORE_JUDGE_ARGS <<< "${JUDGE_VLLM_ARGS:-}"
-JUDGE_EXTRA_ARGS+=("${MORE_JUDGE_ARGS[@]}")
+# The preset is a config file (the trainer reads its flags with --config); its `launch` section says what to
+# serve as the judge and which data each judge type trains on.
+PRESET_FILE="configs/train/grpo/$PRESET.yaml"
+[[ -f "$PRESET_FILE" ]] || { echo "error: PRESET must be one of: $(cd configs/train/grpo && ls *.yaml | sed 's/\.yaml//' | tr '\n' ' ')not '$PRESET'" >&2; exit 2; }
+eval "$("$PY" -m open_instruct.grpo_config --launch_settings "$PRESET_FILE" "$JUDGE_TYPE")"
+TRAIN_ARGS=(--config "$PRESET_FILE")
+if [[ -n "${MODEL_NAME_OR_PATH:-}" ]]; then
+  TRAIN_ARGS+=(--model_name_or_path "$MODEL_NAME_OR_PATH")
+elif [[ -n "$PRESET_TINY_POLICY" ]]; then
+  MODEL_NAME_OR_PATH="$PRESET_TINY_POLICY"
+  "$PY" -m open_instruct.testing.tiny_models --output_dir "$MODEL_NAME_OR_PATH" --seed 1
+fi
+DATASETS="${DATASETS:-$PRESET_DATA}"
+if [[ -z "${JUDGE_BASE_URL:-}" && -z "${JUDGE_SERVE_MODEL:-}" ]]; then
+  JUDGE_SERVE_MODEL="$PRESET_JUDGE_SERVE_MODEL"
+  if [[ -n "$PRESET_TINY_JUDGE" && "$JUDGE_SERVE_MODEL" == "$PRESET_TINY_JUDGE" && "$DRY" == 0 ]]; then
+    "$PY" -m open_instruct.testing.tiny_models --output_dir "$JUDGE_SERVE_MODEL" --seed 0
+  fi
+fi
+[[ -n "${SEED:-}" ]] && TRAIN_ARGS+=(--seed "$SEED")
+[[ -n "${CHAT_TEMPLATE:-}" ]] && TRAIN_ARGS+=(--chat_template_name "$CHAT_TEMPLATE")
+# vLLM flags for the judge server: the preset's, then JUDGE_VLLM_ARGS (the cluster launcher adds parallelism).
+read -r -a JUDGE_EXTRA_ARGS <<< "$PRESET_JUDGE_VLLM_ARGS ${JUDGE_VLLM_ARGS:-}"
 OUTPUT_DIR="${OUTPUT_DIR:-output/grpo_${JUDGE_TYPE}_${PRESET}}"
 EXP_NAME="${EXP_NAME:-grpo_${JUDGE_TYPE}_${PRESET}}"
 mkdir -p "$OUTPUT_DIR"
@@ -105,7 +73,7 @@ if [[ -z "${JUDGE_BASE_URL:-}" ]]; then
   PORT="${JUDGE_PORT:-$("$PY" -c 'from open_instruct.net_utils import free_port; print(free_port())')}"
   SERVED="${JUDGE_SERVED_NAME:-judge}"
   echo "[grpo] serving judge $JUDGE_SERVE_MODEL on port $PORT (log: $OUTPUT_DIR/judge_server.log)"
-  SERVED_MODEL_NAME="$SERVED" MAX_MODEL_LEN="${JUDGE_MAX_MODEL_LEN:-}" JUDGE_LOG="$OUTPUT_DIR/judge_server.log" \
+  SERVED_MODEL_NAME="$SERVED" JUDGE_LOG="$OUTPUT_DIR/judge_server.log" \
     bash scripts/serve_judge.sh "$JUDGE_SERVE_MODEL" "$PORT" -- "${JUDGE_EXTRA_ARGS[@]}" > "$OUTPUT_DIR/judge_server.out" 2>&1 &
   JUDGE_PID=$!
   until grep -q "judge ready" "$OUTPUT_DIR/judge_server.out" 2>/dev/null; do
@@ -128,13 +96,11 @@ fi
 read -r -a DATASET_ARGS <<< "$DATASETS"
 EVAL_ARGS=()
 [[ -n "${EVAL_DATASETS:-}" ]] && { read -r -a E <<< "$EVAL_DATASETS"; EVAL_ARGS=(--dataset_mixer_eval_list "${E[@]}"); }
-TEMPLATE_ARGS=()
-[[ -n "${CHAT_TEMPLATE:-}" ]] && TEMPLATE_ARGS=(--chat_template_name "$CHAT_TEMPLATE")
 
-echo "[grpo] preset=$PRESET model=$MODEL_NAME_OR_PATH judge=$JUDGE_MODEL@$JUDGE_BASE_URL data=$DATASETS -> $OUTPUT_DIR"
-"$PY" -m open_instruct.grpo_fast \
-  --model_name_or_path "$MODEL_NAME_OR_PATH" --dataset_mixer_list "${DATASET_ARGS[@]}" "${EVAL_ARGS[@]}" \
+echo "[grpo] preset=$PRESET ($PRESET_FILE) model=${MODEL_NAME_OR_PATH:-as in the preset} judge=$JUDGE_MODEL@$JUDGE_BASE_URL" \
+  "data=$DATASETS -> $OUTPUT_DIR"
+"$PY" -m open_instruct.grpo_fast "${TRAIN_ARGS[@]}" --dataset_mixer_list "${DATASET_ARGS[@]}" "${EVAL_ARGS[@]}" \
   --llm_judge_model "$JUDGE_MODEL" --llm_judge_api_base "$JUDGE_BASE_URL" \
-  --output_dir "$OUTPUT_DIR" --exp_name "$EXP_NAME" "${TEMPLATE_ARGS[@]}" "${PRESET_ARGS[@]}" "$@" &
+  --output_dir "$OUTPUT_DIR" --exp_name "$EXP_NAME" "$@" &
 TRAIN_PID=$!
 wait "$TRAIN_PID"  # in the background + wait, so a signal to this script runs the traps at once
