@@ -15,7 +15,7 @@
 
 # ---- variables (name, default, meaning; --help prints this block)
 JUDGE_TYPE="${JUDGE_TYPE:-flip}"          # flip or llmjudge: which scripts/train/grpo_<type>.sh runs
-PRESET="${PRESET:-paper}"                 # preset in scripts/train/grpo_common.sh: paper, single_gpu, tiny
+PRESET="${PRESET:-paper}"                 # a preset in configs/train/grpo/: paper, single_gpu, tiny
 TRAIN_NODES="${TRAIN_NODES:-3}"           # nodes whose GPUs go to Ray: learners and vLLM engines
 JUDGE_NODES="${JUDGE_NODES:-1}"           # 1: a node set aside for the judge; 0: it shares the head node
 GPUS_PER_NODE="${GPUS_PER_NODE:-8}"       # GPUs on every node (0: CPU only, the judge runs on CPU)
@@ -50,8 +50,8 @@ done
 [[ -z "$JUDGE_REPLICAS" || "$JUDGE_REPLICAS" =~ ^[1-9][0-9]*$ ]] \
   || cluster_env_fail "JUDGE_REPLICAS must be a whole number of at least 1, not '$JUDGE_REPLICAS'"
 [[ "$JUDGE_TYPE" =~ ^(flip|llmjudge)$ ]] || cluster_env_fail "JUDGE_TYPE must be flip or llmjudge, not '$JUDGE_TYPE'"
-[[ "$PRESET" =~ ^(paper|single_gpu|tiny)$ ]] \
-  || cluster_env_fail "PRESET must be paper, single_gpu or tiny, not '$PRESET'"
+[[ "$PRESET" =~ ^[A-Za-z0-9_.-]+$ && -f "$(dirname "${BASH_SOURCE[0]}")/../../configs/train/grpo/$PRESET.yaml" ]] \
+  || cluster_env_fail "PRESET must name a file in configs/train/grpo/ (paper, single_gpu, tiny), not '$PRESET'"
 (( TRAIN_NODES >= 1 )) || cluster_env_fail "TRAIN_NODES must be at least 1 (the nodes that train)"
 (( JUDGE_NODES <= 1 )) \
   || cluster_env_fail "JUDGE_NODES must be 0 (the judge on the head node) or 1 (a node for it), not $JUDGE_NODES"
