@@ -32,8 +32,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/judge_stage.py
 	$(PY) benchmarks/grpo_step.py
 
+## lint: the linter and the formatter's check (ruff format is the formatter: `.venv/bin/ruff format .`)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf $(VENV) .cache output

@@ -66,8 +66,10 @@ MAX_PROMPT_TOKENS = 256
 def write_prompts(path: Path, n: int) -> None:
     """n prompts in our RLVR schema; the `dataset` column names the verifier."""
     texts = [BASE_PROMPTS[i] if i < len(BASE_PROMPTS) else f"Write line {i}." for i in range(n)]
-    rows = [{"messages": [{"role": "user", "content": t}], "ground_truth": TARGET_WORD,
-             "dataset": "word-share"} for t in texts]  # fmt: skip
+    rows = [
+        {"messages": [{"role": "user", "content": t}], "ground_truth": TARGET_WORD, "dataset": "word-share"}
+        for t in texts
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
@@ -122,7 +124,11 @@ def run_logged(cmd: list[str], log: Path, what: str) -> float:
 # and in the published recipe (generation one step ahead of training, so the stages overlap), then with two
 # engines sharing the step's prompts.
 LAYOUTS = [
-    ("ours async0", "on-policy: --async_steps 0, 1 engine", ["--async_steps", "0", "--vllm_num_engines", "1"]),
+    (
+        "ours async0",
+        "on-policy: --async_steps 0, 1 engine",
+        ["--async_steps", "0", "--vllm_num_engines", "1"],
+    ),
     ("ours async1", "default: --async_steps 1, 1 engine", ["--async_steps", "1", "--vllm_num_engines", "1"]),
     ("ours 2eng", "--async_steps 1, 2 engines", ["--async_steps", "1", "--vllm_num_engines", "2"]),
 ]
@@ -138,9 +144,18 @@ def ray_head(cpus: int):
     port = free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     ray = Path(sys.executable).with_name("ray")
-    proc = subprocess.Popen([str(ray), "start", "--head", "--block", f"--port={port}", f"--num-cpus={cpus}", "--num-gpus=0",
-                             "--include-dashboard=false", "--disable-usage-stats"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True, env=env)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            *(
+                f"{ray} start --head --block --port={port} --num-cpus={cpus} --num-gpus=0 "
+                "--include-dashboard=false --disable-usage-stats"
+            ).split()
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env=env,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -157,7 +172,9 @@ def ray_head(cpus: int):
         proc.wait(timeout=60)
 
 
-def run_ours(args, model: Path, data: Path, work: Path, name: str, layout: list[str]) -> tuple[list[dict], float]:
+def run_ours(
+    args, model: Path, data: Path, work: Path, name: str, layout: list[str]
+) -> tuple[list[dict], float]:
     actors = 1 + int(layout[layout.index("--vllm_num_engines") + 1])  # a learner and the engines
     if actors > len(os.sched_getaffinity(0)):
         with ray_head(actors) as address:
@@ -165,17 +182,22 @@ def run_ours(args, model: Path, data: Path, work: Path, name: str, layout: list[
     return _run_ours(args, model, data, work, name, layout)
 
 
-def _run_ours(args, model: Path, data: Path, work: Path, name: str, layout: list[str]) -> tuple[list[dict], float]:
+def _run_ours(
+    args, model: Path, data: Path, work: Path, name: str, layout: list[str]
+) -> tuple[list[dict], float]:
     out = work / name.replace(" ", "_")
-    cmd = [sys.executable, "-m", "open_instruct.grpo_fast", "--model_name_or_path", str(model),
-           "--dataset_mixer_list", str(data), "1.0", "--output_dir", str(out),
-           "--num_unique_prompts_rollout", str(args.prompts),
-           "--num_samples_per_prompt_rollout", str(args.samples),
-           "--response_length", str(args.response_length), "--temperature", str(TEMPERATURE),
-           "--learning_rate", str(args.lr), "--total_episodes", str(args.steps * args.prompts * args.samples),
-           "--max_prompt_token_length", str(MAX_PROMPT_TOKENS), "--beta", "0",
-           "--filter_zero_std_samples", "False", "--seed", str(SEED),
-           "--verifier_modules", "open_instruct.testing.verifiers", *layout]  # fmt: skip
+    cmd = [
+        *(
+            f"{sys.executable} -m open_instruct.grpo_fast --model_name_or_path {model} "
+            f"--dataset_mixer_list {data} 1.0 --output_dir {out} --num_unique_prompts_rollout "
+            f"{args.prompts} --num_samples_per_prompt_rollout {args.samples} --response_length "
+            f"{args.response_length} --temperature {TEMPERATURE} --learning_rate {args.lr} "
+            f"--total_episodes {args.steps * args.prompts * args.samples} "
+            f"--max_prompt_token_length {MAX_PROMPT_TOKENS} --beta 0 --filter_zero_std_samples "
+            f"False --seed {SEED} --verifier_modules open_instruct.testing.verifiers"
+        ).split(),
+        *layout,
+    ]
     wall = run_logged(cmd, out.with_suffix(".log"), f"our trainer ({name})")
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     per_step = []
@@ -191,10 +213,13 @@ def _run_ours(args, model: Path, data: Path, work: Path, name: str, layout: list
 
 def run_trl(args, model: Path, data: Path, work: Path) -> tuple[list[dict], float]:
     result = work / "trl_steps.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_trl-worker", "--model", str(model),
-           "--data", str(data), "--result", str(result), "--steps", str(args.steps),
-           "--prompts", str(args.prompts), "--samples", str(args.samples),
-           "--response-length", str(args.response_length), "--lr", str(args.lr)]  # fmt: skip
+    cmd = [
+        *(
+            f"{sys.executable} {Path(__file__).resolve()} --_trl-worker --model {model} --data "
+            f"{data} --result {result} --steps {args.steps} --prompts {args.prompts} --samples "
+            f"{args.samples} --response-length {args.response_length} --lr {args.lr}"
+        ).split()
+    ]
     wall = run_logged(cmd, work / "trl.log", "TRL")
     return json.loads(result.read_text()), wall
 
@@ -210,16 +235,19 @@ def trl_worker(args) -> None:
     from open_instruct.testing import verifiers  # noqa: F401  (registers word-share)
 
     rows = [json.loads(line) for line in Path(args.data).read_text().splitlines()]
-    train_data = Dataset.from_list([{"prompt": r["messages"], "ground_truth": r["ground_truth"],
-                                     "dataset": r["dataset"]} for r in rows])  # fmt: skip
+    train_data = Dataset.from_list(
+        [{"prompt": r["messages"], "ground_truth": r["ground_truth"], "dataset": r["dataset"]} for r in rows]
+    )
     reward_model = RewardDispatcher(RewardConfig(), judge=None)
 
     async def word_share(prompts, completions, ground_truth, dataset, **_):
         # the same dispatch, final-answer extraction and verifier our trainer uses
-        results = await asyncio.gather(*(
-            reward_model.score(name, p, gt, c[-1]["content"], "stop")
-            for p, c, gt, name in zip(prompts, completions, ground_truth, dataset, strict=True)
-        ))  # fmt: skip
+        results = await asyncio.gather(
+            *(
+                reward_model.score(name, p, gt, c[-1]["content"], "stop")
+                for p, c, gt, name in zip(prompts, completions, ground_truth, dataset, strict=True)
+            )
+        )
         return [r.score for r in results]
 
     timer = {s: 0.0 for s in STAGES}
@@ -250,8 +278,15 @@ def trl_worker(args) -> None:
         def on_step_end(self, *_, **__):
             total = time.perf_counter() - self.t0
             gen, rew = timer["generation"], timer["reward"]
-            per_step.append({"step": total, "generation": gen, "reward": rew, "training": total - gen - rew,
-                             "weight_sync": 0.0})  # fmt: skip
+            per_step.append(
+                {
+                    "step": total,
+                    "generation": gen,
+                    "reward": rew,
+                    "training": total - gen - rew,
+                    "weight_sync": 0.0,
+                }
+            )
 
         def on_log(self, _args, _state, _control, logs=None, **__):
             if logs and "reward" in logs and per_step:
@@ -259,21 +294,46 @@ def trl_worker(args) -> None:
 
     batch = args.prompts * args.samples
     config = GRPOConfig(
-        output_dir=str(Path(args.result).parent / "trl_out"), report_to="none", save_strategy="no",
-        logging_steps=1, disable_tqdm=True, seed=SEED, max_steps=args.steps,
-        use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
-        learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+        output_dir=str(Path(args.result).parent / "trl_out"),
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        seed=SEED,
+        max_steps=args.steps,
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        learning_rate=args.lr,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
         max_grad_norm=1.0,
         # one step = `prompts` prompts x `samples` completions, one optimizer update
-        per_device_train_batch_size=batch, gradient_accumulation_steps=1, generation_batch_size=batch,
-        num_generations=args.samples, num_iterations=1,
-        max_completion_length=args.response_length, temperature=TEMPERATURE, top_p=1.0, top_k=0,
-        beta=0.0, epsilon=0.2, use_vllm=False,
-    )  # fmt: skip
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=1,
+        generation_batch_size=batch,
+        num_generations=args.samples,
+        num_iterations=1,
+        max_completion_length=args.response_length,
+        temperature=TEMPERATURE,
+        top_p=1.0,
+        top_k=0,
+        beta=0.0,
+        epsilon=0.2,
+        use_vllm=False,
+    )
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype="float32")
-    trainer = TimedGRPOTrainer(model=model, processing_class=tokenizer, reward_funcs=word_share, args=config,
-                               train_dataset=train_data, callbacks=[StepTimer()])  # fmt: skip
+    trainer = TimedGRPOTrainer(
+        model=model,
+        processing_class=tokenizer,
+        reward_funcs=word_share,
+        args=config,
+        train_dataset=train_data,
+        callbacks=[StepTimer()],
+    )
     trainer.train()
     Path(args.result).write_text(json.dumps(per_step))
 
@@ -303,9 +363,13 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=16, help="samples per prompt (the GRPO group)")
     p.add_argument("--response-length", type=int, default=24, help="most tokens per response")
     p.add_argument("--lr", type=float, default=2e-3, help="learning rate (constant)")
-    p.add_argument("--repeats", type=int, default=1,
-                   help="run every side this many times, in turn; medians pool all of them and each "
-                   "repeat's ratio is printed too (timings here vary 10-20%% from run to run)")  # fmt: skip
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run every side this many times, in turn; medians pool all of them and each "
+        "repeat's ratio is printed too (timings here vary 10-20%% from run to run)",
+    )
     p.add_argument("--work-dir", help="keep models, logs and outputs here (default: a temporary directory)")
     p.add_argument("--_trl-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
@@ -332,8 +396,11 @@ def main() -> None:
         setting = (
             f"{args.prompts} prompts x {args.samples} samples, {args.response_length} tokens, lr {args.lr}"
         )
-        print(f"grpo step benchmark: {setting}, {args.steps} steps per side ({args.warmup} warm-up); "
-              f"reward: share of words == {TARGET_WORD!r}", flush=True)  # fmt: skip
+        print(
+            f"grpo step benchmark: {setting}, {args.steps} steps per side ({args.warmup} warm-up); "
+            f"reward: share of words == {TARGET_WORD!r}",
+            flush=True,
+        )
         # runs[name][r]: the per-step records of repeat r. Repeats go round every side in turn, so a slow
         # spell of the machine lands on all of them rather than on one.
         warnings, runs = [], {name: [] for name in [*(name for name, _, _ in LAYOUTS), "TRL"]}
@@ -352,15 +419,25 @@ def main() -> None:
     med = {name: steady(reps, args.warmup) for name, reps in runs.items()}
     trl = med["TRL"]
 
-    span = f"steps {args.warmup + 1}-{args.steps}" + (f" of {args.repeats} repeats" if args.repeats > 1 else "")
+    span = f"steps {args.warmup + 1}-{args.steps}" + (
+        f" of {args.repeats} repeats" if args.repeats > 1 else ""
+    )
     print(f"\nmedian seconds per step over {span} ({trl['n']} steps per side):")
     header = ["", "step", "generation", "reward", "training", "weight sync", "sum", "max", "mean reward"]
     print("  " + "".join(f"{h:>12}" for h in header))
     for name, r in med.items():
         sync = f"{r['weight_sync']:.3f}" if name != "TRL" else "n/a"
         stages = [r[s] for s in STAGES]
-        cells = [f"{r['step']:.3f}", f"{r['generation']:.3f}", f"{r['reward']:.4f}", f"{r['training']:.3f}",
-                 sync, f"{sum(stages):.3f}", f"{max(stages):.3f}", f"{r['reward_mean']:.3f}"]  # fmt: skip
+        cells = [
+            f"{r['step']:.3f}",
+            f"{r['generation']:.3f}",
+            f"{r['reward']:.4f}",
+            f"{r['training']:.3f}",
+            sync,
+            f"{sum(stages):.3f}",
+            f"{max(stages):.3f}",
+            f"{r['reward_mean']:.3f}",
+        ]
         print("  " + f"{name:>12}" + "".join(f"{c:>12}" for c in cells))
     for name, reps in runs.items():
         for steps in reps:
@@ -382,12 +459,16 @@ def main() -> None:
         r = med[name]
         per_repeat = ""
         if args.repeats > 1:  # the spread: each repeat's ratio on its own
-            ratios = [steady([o], args.warmup)["step"] / steady([t], args.warmup)["step"]
-                      for o, t in zip(runs[name], runs["TRL"], strict=True)]  # fmt: skip
+            ratios = [
+                steady([o], args.warmup)["step"] / steady([t], args.warmup)["step"]
+                for o, t in zip(runs[name], runs["TRL"], strict=True)
+            ]
             per_repeat = f" (repeats: {' '.join(f'{x:.2f}' for x in ratios)})"
-        print(f"grpo step time, {what}: ours {r['step']:.3g}s, TRL {trl['step']:.3g}s, "
-              f"ratio {r['step'] / trl['step']:.2f}{per_repeat} (target <= 1.0); overlap: step / sum of stages "
-              f"{r['step'] / sum(r[s] for s in STAGES):.2f}")  # fmt: skip
+        print(
+            f"grpo step time, {what}: ours {r['step']:.3g}s, TRL {trl['step']:.3g}s, "
+            f"ratio {r['step'] / trl['step']:.2f}{per_repeat} (target <= 1.0); overlap: step / sum of stages "
+            f"{r['step'] / sum(r[s] for s in STAGES):.2f}"
+        )
     print(f"(whole benchmark: {time.perf_counter() - start:.0f}s)")
 
 

@@ -23,8 +23,12 @@ def main() -> None:
     p.add_argument("--rewards", type=int, default=192)
     p.add_argument("--server-concurrency", type=int, default=32)
     p.add_argument("--latency", type=float, default=0.25)
-    p.add_argument("--client-concurrency", type=int, default=JudgeConfig.max_concurrency,
-                   help="the client's in-flight cap (default: JudgeConfig's default, as users run it)")
+    p.add_argument(
+        "--client-concurrency",
+        type=int,
+        default=JudgeConfig.max_concurrency,
+        help="the client's in-flight cap (default: JudgeConfig's default, as users run it)",
+    )
     p.add_argument("--repeats", type=int, default=3, help="timed passes; the best and the median are shown")
     args = p.parse_args()
 
@@ -36,8 +40,11 @@ def main() -> None:
     ideal = math.ceil(args.rewards / args.server_concurrency) * args.latency
     # The judge runs in its own process, as a real server would, so it does not share our interpreter.
     with scripted_judge_process(handler, max_concurrency=args.server_concurrency) as api_base:
-        client = JudgeClient(JudgeConfig("hosted_vllm/scripted", api_base=api_base, retries=0,
-                                         max_concurrency=args.client_concurrency))  # fmt: skip
+        client = JudgeClient(
+            JudgeConfig(
+                "hosted_vllm/scripted", api_base=api_base, retries=0, max_concurrency=args.client_concurrency
+            )
+        )
         verifier = build_verifier("general-flip", client)
 
         async def one_pass() -> float:
@@ -53,9 +60,11 @@ def main() -> None:
 
         times = asyncio.run(run())
     best, median = min(times), sorted(times)[len(times) // 2]
-    print(f"judge stage: {args.rewards} FLIP rewards, server {args.server_concurrency} at once, "
-          f"client {args.client_concurrency} in flight, "
-          f"{args.latency}s latency; ideal {ideal:.2f}s")  # fmt: skip
+    print(
+        f"judge stage: {args.rewards} FLIP rewards, server {args.server_concurrency} at once, "
+        f"client {args.client_concurrency} in flight, "
+        f"{args.latency}s latency; ideal {ideal:.2f}s"
+    )
     print(f"  wall best {best:.3f}s  median {median:.3f}s  (passes: {', '.join(f'{t:.3f}' for t in times)})")
     print(f"  ratio wall/ideal: best {best / ideal:.3f}  median {median / ideal:.3f}  (target <= 1.15)")
 

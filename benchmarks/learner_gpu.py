@@ -71,13 +71,29 @@ GIB = 2**30
 
 def defaults(on_gpu: bool, quick: bool) -> dict:
     if on_gpu:
-        d = dict(hidden=1024, layers=24, intermediate=2816, samples=64, prompt_len=256, response_len=1024,
-                 warmup=2, steps=5)  # fmt: skip
+        d = dict(
+            hidden=1024,
+            layers=24,
+            intermediate=2816,
+            samples=64,
+            prompt_len=256,
+            response_len=1024,
+            warmup=2,
+            steps=5,
+        )
         if quick:
             d.update(samples=16, warmup=1, steps=2)
     else:
-        d = dict(hidden=128, layers=2, intermediate=256, samples=8, prompt_len=32, response_len=96, warmup=1,
-                 steps=3)  # fmt: skip
+        d = dict(
+            hidden=128,
+            layers=2,
+            intermediate=256,
+            samples=8,
+            prompt_len=32,
+            response_len=96,
+            warmup=1,
+            steps=3,
+        )
         if quick:
             d.update(samples=4, prompt_len=16, response_len=48, steps=2)
     return d
@@ -87,7 +103,9 @@ def defaults(on_gpu: bool, quick: bool) -> dict:
 # Worker side: one configuration in this process.
 
 
-def make_batch(gen, n: int, prompt_len: int, response_len: int, vocab: int, pack_length: int, packed_rows: bool):
+def make_batch(
+    gen, n: int, prompt_len: int, response_len: int, vocab: int, pack_length: int, packed_rows: bool
+):
     """One step's synthetic samples, packed for the single rank (packing.plan_step)."""
     import torch
 
@@ -97,8 +115,10 @@ def make_batch(gen, n: int, prompt_len: int, response_len: int, vocab: int, pack
     adv -= adv.mean()  # zero mean, as group-normalized advantages are
     ids = torch.randint(0, vocab, (n, prompt_len + response_len), generator=gen)
     lps = -(0.05 + 2.45 * torch.rand(n, response_len, generator=gen))
-    samples = [Sample(ids[i, :prompt_len].tolist(), ids[i, prompt_len:].tolist(), lps[i].tolist(), float(adv[i]))
-               for i in range(n)]  # fmt: skip
+    samples = [
+        Sample(ids[i, :prompt_len].tolist(), ids[i, prompt_len:].tolist(), lps[i].tolist(), float(adv[i]))
+        for i in range(n)
+    ]
     return plan_step(samples, 1, 1, pack_length, packed_rows)[0]
 
 
@@ -167,19 +187,36 @@ def _train_config(spec: dict, res: dict) -> tuple[list, list, float]:
     # setup()'s own count is taken after deepspeed.initialize, when ZeRO-3 has already partitioned the
     # parameters (numel() is then the local shard); ds_numel is the full size.
     params = sum(getattr(p, "ds_numel", p.numel()) for p in learner.model.module.parameters())
-    res.update(setup_s=time.perf_counter() - t0, params=params, params_reported_by_setup=info["params"],
-               device=torch.cuda.get_device_name(0) if on_gpu else info["device"],
-               attn=learner.model.module.config._attn_implementation,
-               optimizer=type(learner.model.optimizer.optimizer if hasattr(learner.model.optimizer, "optimizer")
-                              else learner.model.optimizer).__name__)  # fmt: skip
+    res.update(
+        setup_s=time.perf_counter() - t0,
+        params=params,
+        params_reported_by_setup=info["params"],
+        device=torch.cuda.get_device_name(0) if on_gpu else info["device"],
+        attn=learner.model.module.config._attn_implementation,
+        optimizer=type(
+            learner.model.optimizer.optimizer
+            if hasattr(learner.model.optimizer, "optimizer")
+            else learner.model.optimizer
+        ).__name__,
+    )
     if on_gpu:
         res["mem_after_setup_gib"] = torch.cuda.memory_allocated() / GIB
         torch.cuda.reset_peak_memory_stats()
 
     gen = torch.Generator().manual_seed(SEED)
     vocab = learner.model.module.config.vocab_size
-    batches = [make_batch(gen, spec["samples"], spec["prompt_len"], spec["response_len"], vocab, spec["pack_length"],
-                          info["packed_rows"]) for _ in range(n_steps)]  # fmt: skip
+    batches = [
+        make_batch(
+            gen,
+            spec["samples"],
+            spec["prompt_len"],
+            spec["response_len"],
+            vocab,
+            spec["pack_length"],
+            info["packed_rows"],
+        )
+        for _ in range(n_steps)
+    ]
     probe = spec["probe"]
     before = one_weight(learner, probe)
     times, stats = [], []
@@ -190,11 +227,20 @@ def _train_config(spec: dict, res: dict) -> tuple[list, list, float]:
         sync()
         times.append(time.perf_counter() - t)
         stats.append(s)
-        print(f"  [{spec['name']}] step {i + 1}/{n_steps}: {times[-1]:.3f}s "
-              f"loss {s['loss_sum'] / max(s['tokens'], 1):.4g} grad_norm {s['grad_norm']:.4g}", flush=True)  # fmt: skip
+        print(
+            f"  [{spec['name']}] step {i + 1}/{n_steps}: {times[-1]:.3f}s "
+            f"loss {s['loss_sum'] / max(s['tokens'], 1):.4g} grad_norm {s['grad_norm']:.4g}",
+            flush=True,
+        )
     timed = times[spec["warmup"] :]
-    res.update(step_s=times, median_s=statistics.median(timed), peak_mem_gib=None, updates=sum(s["updates"] for s in stats),
-               loss=[s["loss_sum"] / max(s["tokens"], 1) for s in stats], grad_norm=[s["grad_norm"] for s in stats])  # fmt: skip
+    res.update(
+        step_s=times,
+        median_s=statistics.median(timed),
+        peak_mem_gib=None,
+        updates=sum(s["updates"] for s in stats),
+        loss=[s["loss_sum"] / max(s["tokens"], 1) for s in stats],
+        grad_norm=[s["grad_norm"] for s in stats],
+    )
     if on_gpu:
         res["peak_mem_gib"] = torch.cuda.max_memory_allocated() / GIB
         res["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / GIB
@@ -237,7 +283,8 @@ def _zero3_checks(spec: dict, res: dict, box: list, samples) -> None:
     loaded = AutoModelForCausalLM.from_pretrained(out / "hf", dtype=next(iter(full.values())).dtype)
     loaded_params = dict(loaded.named_parameters())
     checks["save_model_equal"] = loaded_params.keys() == full.keys() and all(
-        torch.equal(loaded_params[n].detach(), t) for n, t in full.items())  # fmt: skip
+        torch.equal(loaded_params[n].detach(), t) for n, t in full.items()
+    )
     del loaded, loaded_params
     # 3. save_state() -> load_state() into a fresh learner; both then take the same step.
     probe = spec["probe"]
@@ -265,8 +312,13 @@ def _zero3_checks(spec: dict, res: dict, box: list, samples) -> None:
     gap = (resumed_w.float() - cont_w.float()).abs().mean().item()
     # Reset Adam moments would give an update of a different size altogether (about lr on every weight).
     checks["resumed_step_matches"] = update > 0 and gap < 0.25 * update
-    res["resume"] = dict(global_steps_saved=steps_saved, update_mean_abs=update, resumed_vs_continued_mean_abs=gap,
-                         grad_norm_continued=cont["grad_norm"], grad_norm_resumed=resumed["grad_norm"])  # fmt: skip
+    res["resume"] = dict(
+        global_steps_saved=steps_saved,
+        update_mean_abs=update,
+        resumed_vs_continued_mean_abs=gap,
+        grad_norm_continued=cont["grad_norm"],
+        grad_norm_resumed=resumed["grad_norm"],
+    )
     res["checks_s"] = time.perf_counter() - t0
     shutil.rmtree(out, ignore_errors=True)
 
@@ -274,9 +326,15 @@ def _zero3_checks(spec: dict, res: dict, box: list, samples) -> None:
 def learner_config_of(spec: dict):
     from open_instruct.learner import LearnerConfig
 
-    return LearnerConfig(spec["model"], learning_rate=spec["lr"], deepspeed_stage=spec["stage"],
-                         gradient_checkpointing=spec["gc"], pack_length=spec["pack_length"],
-                         total_steps=spec["warmup"] + spec["steps"] + 1, seed=SEED)  # fmt: skip
+    return LearnerConfig(
+        spec["model"],
+        learning_rate=spec["lr"],
+        deepspeed_stage=spec["stage"],
+        gradient_checkpointing=spec["gc"],
+        pack_length=spec["pack_length"],
+        total_steps=spec["warmup"] + spec["steps"] + 1,
+        seed=SEED,
+    )
 
 
 def build_fused_adam() -> int:
@@ -343,8 +401,14 @@ def build_model_dir(work: Path, a) -> Path:
         return out
     t = time.perf_counter()
     tok = build_tokenizer(seed=SEED)
-    model = build_model(tok, hidden_size=a.hidden, num_layers=a.layers, seed=SEED, intermediate_size=a.intermediate,
-                        vocab_size=a.vocab)  # fmt: skip
+    model = build_model(
+        tok,
+        hidden_size=a.hidden,
+        num_layers=a.layers,
+        seed=SEED,
+        intermediate_size=a.intermediate,
+        vocab_size=a.vocab,
+    )
     out.mkdir(parents=True, exist_ok=True)
     tok.save_pretrained(out)
     model.save_pretrained(out, safe_serialization=True)
@@ -381,10 +445,19 @@ def main() -> None:
         "--pack-length", type=int, default=4096, help="tokens per micro-batch (LearnerConfig's default)"
     )
     p.add_argument("--lr", type=float, default=1e-4, help="see the docstring: large enough to show in bf16")
-    p.add_argument("--adam", choices=["auto", "fused", "torch"], default="auto",
-                   help="GPU optimizer: FusedAdam (the learner's), torch AdamW, or FusedAdam unless it fails to build")  # fmt: skip
-    p.add_argument("--budget", type=float, default=0, help="seconds for the whole run; configurations that "
-                   "would start after it are skipped, a running one is stopped (0: no limit)")  # fmt: skip
+    p.add_argument(
+        "--adam",
+        choices=["auto", "fused", "torch"],
+        default="auto",
+        help="GPU optimizer: FusedAdam (the learner's), torch AdamW, or FusedAdam unless it fails to build",
+    )
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=0,
+        help="seconds for the whole run; configurations that "
+        "would start after it are skipped, a running one is stopped (0: no limit)",
+    )
     p.add_argument("--config-timeout", type=float, default=600, help="seconds one configuration may take")
     p.add_argument("--work-dir", help="model cache and scratch (default: TMPDIR/learner_gpu_bench)")
     p.add_argument("--out", help="results JSON (default: $OUT/learner_gpu.json, else output/benchmarks/)")
@@ -419,8 +492,14 @@ def main() -> None:
         p.error("prompt + response must fit the model's 4096 positions")
     if a.steps < 1:
         p.error("--steps must be at least 1")
-    out_path = Path(a.out or (Path(os.environ["OUT"]) / "learner_gpu.json" if os.environ.get("OUT")
-                              else REPO / "output" / "benchmarks" / "learner_gpu.json"))  # fmt: skip
+    out_path = Path(
+        a.out
+        or (
+            Path(os.environ["OUT"]) / "learner_gpu.json"
+            if os.environ.get("OUT")
+            else REPO / "output" / "benchmarks" / "learner_gpu.json"
+        )
+    )
     out_path.parent.mkdir(parents=True, exist_ok=True)
     work = Path(a.work_dir or Path(tempfile.gettempdir()) / "learner_gpu_bench")
     work.mkdir(parents=True, exist_ok=True)
@@ -433,28 +512,56 @@ def main() -> None:
 
     if on_gpu:  # nvidia-smi, not torch: a CUDA context here would hold GPU memory through the whole run
         try:
-            smi = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                                 capture_output=True, text=True).stdout.strip().splitlines()  # fmt: skip
+            smi = (
+                subprocess.run(
+                    ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                    capture_output=True,
+                    text=True,
+                )
+                .stdout.strip()
+                .splitlines()
+            )
         except OSError:
             smi = []
         device = f"cuda: {smi[0] if smi else '?'}; bf16, nccl"
     else:
         device = f"CPU ({len(os.sched_getaffinity(0))} cores), float32, gloo (no CUDA)"
-    print(f"learner benchmark on {device}; torch {torch.__version__} (CUDA {torch.version.cuda}), "
-          f"deepspeed {deepspeed.__version__}, transformers {transformers.__version__}", flush=True)  # fmt: skip
+    print(
+        f"learner benchmark on {device}; torch {torch.__version__} (CUDA {torch.version.cuda}), "
+        f"deepspeed {deepspeed.__version__}, transformers {transformers.__version__}",
+        flush=True,
+    )
     model_dir = build_model_dir(work, a)
     config = json.loads((model_dir / "config.json").read_text())
     seq = a.prompt_len + a.response_len
-    print(f"model: hidden {a.hidden}, {a.layers} layers, intermediate {a.intermediate}, vocab {config['vocab_size']}; "
-          f"{a.samples} samples x ({a.prompt_len} + {a.response_len}) tokens per step, pack_length {a.pack_length}; "
-          f"{a.warmup} warm-up + {a.steps} timed steps; lr {a.lr}", flush=True)  # fmt: skip
-    results: dict = {"device": device, "torch": torch.__version__, "cuda": torch.version.cuda,
-                     "deepspeed": deepspeed.__version__, "transformers": transformers.__version__,
-                     "model": {"hidden": a.hidden, "layers": a.layers, "intermediate": a.intermediate,
-                               "vocab": config["vocab_size"], "path": str(model_dir)},
-                     "samples": a.samples, "prompt_len": a.prompt_len, "response_len": a.response_len,
-                     "pack_length": a.pack_length, "warmup": a.warmup, "steps": a.steps, "lr": a.lr,
-                     "configs": {}}  # fmt: skip
+    print(
+        f"model: hidden {a.hidden}, {a.layers} layers, intermediate {a.intermediate}, vocab {config['vocab_size']}; "
+        f"{a.samples} samples x ({a.prompt_len} + {a.response_len}) tokens per step, pack_length {a.pack_length}; "
+        f"{a.warmup} warm-up + {a.steps} timed steps; lr {a.lr}",
+        flush=True,
+    )
+    results: dict = {
+        "device": device,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "deepspeed": deepspeed.__version__,
+        "transformers": transformers.__version__,
+        "model": {
+            "hidden": a.hidden,
+            "layers": a.layers,
+            "intermediate": a.intermediate,
+            "vocab": config["vocab_size"],
+            "path": str(model_dir),
+        },
+        "samples": a.samples,
+        "prompt_len": a.prompt_len,
+        "response_len": a.response_len,
+        "pack_length": a.pack_length,
+        "warmup": a.warmup,
+        "steps": a.steps,
+        "lr": a.lr,
+        "configs": {},
+    }
 
     def save() -> None:
         out_path.write_text(json.dumps(results, indent=1))
@@ -492,10 +599,23 @@ def main() -> None:
             res = dict(name=name, stage=stage, gc=grad_ckpt, ok=False, error="skipped: out of --budget")
         else:
             scratch = work / f"scratch-{name}"
-            spec = dict(name=name, stage=stage, gc=grad_ckpt, model=str(model_dir), lr=a.lr, samples=a.samples,
-                        prompt_len=a.prompt_len, response_len=a.response_len, warmup=a.warmup, steps=a.steps,
-                        pack_length=a.pack_length, torch_adam=torch_adam, probe=probe,
-                        checks=name == CHECKS_IN, scratch=str(scratch))  # fmt: skip
+            spec = dict(
+                name=name,
+                stage=stage,
+                gc=grad_ckpt,
+                model=str(model_dir),
+                lr=a.lr,
+                samples=a.samples,
+                prompt_len=a.prompt_len,
+                response_len=a.response_len,
+                warmup=a.warmup,
+                steps=a.steps,
+                pack_length=a.pack_length,
+                torch_adam=torch_adam,
+                probe=probe,
+                checks=name == CHECKS_IN,
+                scratch=str(scratch),
+            )
             result_file = work / f"result-{name}.json"
             result_file.unlink(missing_ok=True)
             print(
@@ -528,27 +648,46 @@ def main() -> None:
     params = next((r["params"] for r in results["configs"].values() if "params" in r), 0)
     attn = next((r["attn"] for r in results["configs"].values() if "attn" in r), "?")
     optimizer = next((r["optimizer"] for r in results["configs"].values() if "optimizer" in r), "?")
-    print(f"\nlearner on {device}; model {f'{params / 1e6:.1f}M' if params else '?'} params, attention {attn}; "
-          f"{a.samples} x ({a.prompt_len}+{a.response_len}) tokens/step; median of {a.steps} steps after {a.warmup}; "
-          f"optimizer {optimizer}")  # fmt: skip
-    columns = [("config", 8), ("s/step", 9), ("resp tok/s", 11), ("TFLOP/s", 9), ("peak GiB", 9),
-               ("setup GiB", 10), ("loss ok", 8), ("w changed", 10)]  # fmt: skip
+    print(
+        f"\nlearner on {device}; model {f'{params / 1e6:.1f}M' if params else '?'} params, attention {attn}; "
+        f"{a.samples} x ({a.prompt_len}+{a.response_len}) tokens/step; median of {a.steps} steps after {a.warmup}; "
+        f"optimizer {optimizer}"
+    )
+    columns = [
+        ("config", 8),
+        ("s/step", 9),
+        ("resp tok/s", 11),
+        ("TFLOP/s", 9),
+        ("peak GiB", 9),
+        ("setup GiB", 10),
+        ("loss ok", 8),
+        ("w changed", 10),
+    ]
     print("  " + "".join(f"{h:>{w}}" for h, w in columns) + "  checks")
     yes_no = {True: "yes", False: "NO"}
     for name in names:
         r = results["configs"][name]
         c = r.get("checks", {})
-        cells = [name, fmt(r.get("median_s"), ".3f"), fmt(r.get("resp_tok_s"), ",.0f"), fmt(r.get("tflops"), ".3g"),
-                 fmt(r.get("peak_mem_gib"), ".2f"), fmt(r.get("mem_after_setup_gib"), ".2f"),
-                 yes_no.get(c.get("loss_finite"), "-"), yes_no.get(c.get("weights_changed"), "-")]  # fmt: skip
+        cells = [
+            name,
+            fmt(r.get("median_s"), ".3f"),
+            fmt(r.get("resp_tok_s"), ",.0f"),
+            fmt(r.get("tflops"), ".3g"),
+            fmt(r.get("peak_mem_gib"), ".2f"),
+            fmt(r.get("mem_after_setup_gib"), ".2f"),
+            yes_no.get(c.get("loss_finite"), "-"),
+            yes_no.get(c.get("weights_changed"), "-"),
+        ]
         more = [k for k in c if k not in ("loss_finite", "weights_changed")]
         note = f"FAILED: {r['error'][:80]}" if not r["ok"] else f"{len(more)} more, all ok" if more else ""
         print("  " + "".join(f"{x:>{w}}" for x, (_, w) in zip(cells, columns, strict=True)) + f"  {note}")
     if CHECKS_IN in names and "resume" in results["configs"][CHECKS_IN]:
         rs = results["configs"][CHECKS_IN]["resume"]
-        print(f"  {CHECKS_IN} resume: next-step weights, resumed vs continued {rs['resumed_vs_continued_mean_abs']:.3g} "
-              f"mean |diff| against the step's update {rs['update_mean_abs']:.3g}; grad norm "
-              f"{rs['grad_norm_continued']:.4g} vs {rs['grad_norm_resumed']:.4g}")  # fmt: skip
+        print(
+            f"  {CHECKS_IN} resume: next-step weights, resumed vs continued {rs['resumed_vs_continued_mean_abs']:.3g} "
+            f"mean |diff| against the step's update {rs['update_mean_abs']:.3g}; grad norm "
+            f"{rs['grad_norm_continued']:.4g} vs {rs['grad_norm_resumed']:.4g}"
+        )
 
     def ratio(num: str, den: str, key: str) -> float | None:
         x, y = results["configs"].get(num, {}), results["configs"].get(den, {})
@@ -569,8 +708,10 @@ def main() -> None:
         f"gradient checkpointing on/off: peak memory ZeRO-2 {r['gc_memory_on_off_zero2']}, ZeRO-3 "
         f"{r['gc_memory_on_off_zero3']}; time ZeRO-2 {r['gc_time_on_off_zero2']}, ZeRO-3 {r['gc_time_on_off_zero3']}"
     )
-    print(f"ZeRO-3/ZeRO-2: time {r['zero3_zero2_time_gc_off']} (checkpointing off), {r['zero3_zero2_time_gc_on']} "
-          f"(on); peak memory {r['zero3_zero2_memory_gc_off']} (off)")  # fmt: skip
+    print(
+        f"ZeRO-3/ZeRO-2: time {r['zero3_zero2_time_gc_off']} (checkpointing off), {r['zero3_zero2_time_gc_on']} "
+        f"(on); peak memory {r['zero3_zero2_memory_gc_off']} (off)"
+    )
     results["failed"] = failed
     results["wall_s"] = time.perf_counter() - start
     save()

@@ -30,7 +30,9 @@ from open_instruct.packing import LOGIT_CHUNK_ELEMENTS, Sample, pack, plan_step
 GiB = 1024**3
 
 
-def draw_step(rng: random.Random, prompts: int, samples: int, max_prompt: int, max_response: int, truncated: float):
+def draw_step(
+    rng: random.Random, prompts: int, samples: int, max_prompt: int, max_response: int, truncated: float
+):
     out = []
     for _ in range(prompts):
         q = rng.randint(32, max_prompt)
@@ -50,10 +52,14 @@ def per_rank(samples: list[Sample], world: int, pack_length: int) -> tuple[list[
     return counts, largest
 
 
-def global_plan(samples: list[Sample], world: int, pack_length: int, packed_rows: bool) -> tuple[list[int], int]:
+def global_plan(
+    samples: list[Sample], world: int, pack_length: int, packed_rows: bool
+) -> tuple[list[int], int]:
     plan = plan_step(samples, world, 1, pack_length, packed_rows)
     counts = [len(rank.micro_batches[0]) for rank in plan]
-    size = (lambda m: sum(s.length for s in m)) if packed_rows else (lambda m: len(m) * max(s.length for s in m))
+    size = (
+        (lambda m: sum(s.length for s in m)) if packed_rows else (lambda m: len(m) * max(s.length for s in m))
+    )
     largest = max(size(micro) for rank in plan for micro in rank.micro_batches[0] if micro)
     return counts, largest
 
@@ -62,33 +68,49 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--vocab", type=int, default=100278, help="Olmo 3's vocabulary")
-    p.add_argument("--truncated", type=float, default=0.2, help="share of responses that hit the length limit")
+    p.add_argument(
+        "--truncated", type=float, default=0.2, help="share of responses that hit the length limit"
+    )
     a = p.parse_args()
     world, pack_length, max_prompt, max_response = 8, 18432, 2048, 16384
     rows = []
     for seed in range(a.seeds):
         samples = draw_step(random.Random(seed), 24, 8, max_prompt, max_response, a.truncated)
-        ways = {"per-rank": per_rank(samples, world, pack_length),
-                "padded": global_plan(samples, world, pack_length, False),
-                "packed": global_plan(samples, world, pack_length, True)}  # fmt: skip
+        ways = {
+            "per-rank": per_rank(samples, world, pack_length),
+            "padded": global_plan(samples, world, pack_length, False),
+            "packed": global_plan(samples, world, pack_length, True),
+        }
         rows.append(ways)
-        print(f"seed {seed}: " + "; ".join(f"{name} {min(c)}-{max(c)} micro-batches per learner, largest {big} tokens"
-                                         for name, (c, big) in ways.items()))  # fmt: skip
+        print(
+            f"seed {seed}: "
+            + "; ".join(
+                f"{name} {min(c)}-{max(c)} micro-batches per learner, largest {big} tokens"
+                for name, (c, big) in ways.items()
+            )
+        )
 
     def fp32(tokens: int, chunked: bool) -> float:  # float32 logits and their log-softmax
         return 2 * (min(LOGIT_CHUNK_ELEMENTS, tokens * a.vocab) if chunked else tokens * a.vocab) * 4
 
-    print(f"\n{a.seeds} steps of 24 x 8 samples on {world} learners, pack_length {pack_length}, vocab {a.vocab}:")
+    print(
+        f"\n{a.seeds} steps of 24 x 8 samples on {world} learners, pack_length {pack_length}, vocab {a.vocab}:"
+    )
     for name in ("per-rank", "padded", "packed"):
         unequal = sum(max(r[name][0]) != min(r[name][0]) for r in rows)
         count = statistics.median(statistics.mean(r[name][0]) for r in rows)
         big = max(r[name][1] for r in rows)
-        print(f"  {name:8s}  learners with different numbers of micro-batches in {unequal}/{a.seeds} steps; "
-              f"{count:.1f} micro-batches per learner (median); largest micro-batch {big / pack_length:.2f}x "
-              f"pack_length; largest float32 logits {fp32(big, name != 'per-rank') / GiB:.2f} GiB")  # fmt: skip
+        print(
+            f"  {name:8s}  learners with different numbers of micro-batches in {unequal}/{a.seeds} steps; "
+            f"{count:.1f} micro-batches per learner (median); largest micro-batch {big / pack_length:.2f}x "
+            f"pack_length; largest float32 logits {fp32(big, name != 'per-rank') / GiB:.2f} GiB"
+        )
     old, new = max(r["per-rank"][1] for r in rows), max(r["padded"][1] for r in rows)
-    print(f"  ratios per-rank / padded: largest micro-batch {old / new:.2f}x, float32 logits "
-          f"{fp32(old, False) / fp32(new, True):.0f}x")
+    print(
+        f"  ratios per-rank / padded: largest micro-batch {old / new:.2f}x, float32 logits "
+        f"{fp32(old, False) / fp32(new, True):.0f}x"
+    )
+
 
 if __name__ == "__main__":
     main()

@@ -18,7 +18,11 @@ def first_line(error: BaseException | str, limit: int = 300) -> str:
     """An error's message as one line for a one-line error: its first line, whitespace folded, cut at `limit`
     characters (tracebacks and long server answers stay out); the exception's type when it has no message."""
     lines = str(error).strip().splitlines()
-    text = " ".join(lines[0].split()) if lines else (type(error).__name__ if isinstance(error, BaseException) else "")
+    text = (
+        " ".join(lines[0].split())
+        if lines
+        else (type(error).__name__ if isinstance(error, BaseException) else "")
+    )
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -74,8 +74,16 @@ def layout(cfg: GRPOConfig, on_gpu: bool) -> Layout:
     engines, tp = cfg.vllm_num_engines, cfg.vllm_tensor_parallel_size
     if on_gpu and cfg.single_gpu_mode:
         bundle = {"GPU": 1.0, "CPU": float(per_node[0] + engines)}
-        return Layout(True, True, per_node, [bundle], SHARED_LEARNER_GPU, engines, tp, [],
-                      (1 - SHARED_LEARNER_GPU) / engines)  # fmt: skip
+        return Layout(
+            on_gpu=True,
+            shared=True,
+            learners_per_node=per_node,
+            learner_bundles=[bundle],
+            learner_gpus=SHARED_LEARNER_GPU,
+            num_engines=engines,
+            tensor_parallel_size=tp,
+            engine_gpus=(1 - SHARED_LEARNER_GPU) / engines,
+        )
     gpu = 1.0 if on_gpu else 0.0
     learner_bundles = [{"GPU": gpu * n, "CPU": float(n)} if on_gpu else {"CPU": float(n)} for n in per_node]
     engine_bundles = [{"GPU": gpu * tp, "CPU": 1.0} if on_gpu else {"CPU": 1.0} for _ in range(engines)]
@@ -91,8 +99,10 @@ def fit(plan: Layout, nodes: list[Node]) -> str | None:
     distinct nodes (STRICT_SPREAD), largest first, each to the node that fits it most tightly; engine
     bundles then go wherever room is left."""
     need, have = plan.needs(), {"GPU": sum(n.gpus for n in nodes), "CPU": sum(n.cpus for n in nodes)}
-    what = (f"{plan.world_size} learner(s) and {plan.num_engines} engine(s) x TP {plan.tensor_parallel_size}"
-            + (" sharing one GPU (--single_gpu_mode)" if plan.shared else ""))  # fmt: skip
+    what = (
+        f"{plan.world_size} learner(s) and {plan.num_engines} engine(s) x TP {plan.tensor_parallel_size}"
+        + (" sharing one GPU (--single_gpu_mode)" if plan.shared else "")
+    )
     for kind in ("GPU", "CPU"):
         if need[kind] > have[kind] + 1e-9:
             hint = ""
@@ -114,18 +124,24 @@ def fit(plan: Layout, nodes: list[Node]) -> str | None:
         if not options:
             per_node = ", ".join(f"{n.ip}: {n.gpus:g} GPU/{n.cpus:g} CPU" for n in nodes)
             kind = "GPUs" if plan.on_gpu else "CPUs"
-            return (f"--num_learners_per_node {' '.join(map(str, plan.learners_per_node))} needs "
-                    f"{len(plan.learner_bundles)} node(s), each with its learners' {kind} free, and the Ray cluster "
-                    f"has {per_node}")  # fmt: skip
+            return (
+                f"--num_learners_per_node {' '.join(map(str, plan.learners_per_node))} needs "
+                f"{len(plan.learner_bundles)} node(s), each with its learners' {kind} free, and the Ray cluster "
+                f"has {per_node}"
+            )
         best = min(options, key=lambda i: (free[i]["GPU"], free[i]["CPU"]))
         take(best, bundle)
         used.add(best)
     for i, bundle in enumerate(plan.engine_bundles):
         options = [n.node_id for n in nodes if fits(n.node_id, bundle)]
         if not options:
-            left = ", ".join(f"{n.ip}: {free[n.node_id]['GPU']:g} GPU/{free[n.node_id]['CPU']:g} CPU" for n in nodes)
-            return (f"vLLM engine {i} of {plan.num_engines} needs {bundle.get('GPU', 0):g} GPU(s) on one node "
-                    f"(TP {plan.tensor_parallel_size}) beside the learners, and what is left is {left}")  # fmt: skip
+            left = ", ".join(
+                f"{n.ip}: {free[n.node_id]['GPU']:g} GPU/{free[n.node_id]['CPU']:g} CPU" for n in nodes
+            )
+            return (
+                f"vLLM engine {i} of {plan.num_engines} needs {bundle.get('GPU', 0):g} GPU(s) on one node "
+                f"(TP {plan.tensor_parallel_size}) beside the learners, and what is left is {left}"
+            )
         take(min(options, key=lambda i: (free[i]["GPU"], free[i]["CPU"])), bundle)
     return None
 
@@ -144,12 +160,19 @@ def init_ray(cfg: GRPOConfig) -> str:
     if not address:
         # This machine as it is: a CPU per core (every engine and learner takes one) and the GPUs Ray finds,
         # so a run that asks for more is refused by fit() instead of being squeezed onto it.
-        ray.init(address="local", num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False, log_to_driver=False)
+        ray.init(
+            address="local",
+            num_cpus=len(os.sched_getaffinity(0)),
+            include_dashboard=False,
+            log_to_driver=False,
+        )
         return "a local Ray cluster on this machine"
     try:
         ray.init(address=address, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        raise UserError(f"--ray_address / RAY_ADDRESS {address}: cannot join the Ray cluster ({first_line(e)})") from None
+        raise UserError(
+            f"--ray_address / RAY_ADDRESS {address}: cannot join the Ray cluster ({first_line(e)})"
+        ) from None
     return f"the Ray cluster at {address}"
 
 
@@ -157,7 +180,12 @@ def alive_nodes() -> list[Node]:
     import ray
 
     return [
-        Node(n["NodeID"], n["NodeManagerAddress"], n["Resources"].get("CPU", 0.0), n["Resources"].get("GPU", 0.0))
+        Node(
+            n["NodeID"],
+            n["NodeManagerAddress"],
+            n["Resources"].get("CPU", 0.0),
+            n["Resources"].get("GPU", 0.0),
+        )
         for n in ray.nodes()
         if n.get("Alive")
     ]
@@ -180,27 +208,34 @@ class Placement:
 
         self.plan = plan
         self.learner_pg = placement_group(plan.learner_bundles, strategy="STRICT_SPREAD")
-        self.engine_pg = placement_group(plan.engine_bundles, strategy="PACK") if plan.engine_bundles else None
+        self.engine_pg = (
+            placement_group(plan.engine_bundles, strategy="PACK") if plan.engine_bundles else None
+        )
         groups = [pg for pg in (self.learner_pg, self.engine_pg) if pg is not None]
         try:
             ray.get([pg.ready() for pg in groups], timeout=timeout)
         except ray.exceptions.GetTimeoutError:
             self.remove()
-            raise TimeoutError(f"the Ray cluster did not grant the run's resources ({plan.needs()}) within "
-                               f"{timeout:.0f}s: other jobs may hold them") from None  # fmt: skip
+            raise TimeoutError(
+                f"the Ray cluster did not grant the run's resources ({plan.needs()}) within "
+                f"{timeout:.0f}s: other jobs may hold them"
+            ) from None
 
     def learner_options(self, rank: int) -> dict:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        strategy = PlacementGroupSchedulingStrategy(self.learner_pg, placement_group_bundle_index=self.plan.learner_bundle(rank))
+        strategy = PlacementGroupSchedulingStrategy(
+            self.learner_pg, placement_group_bundle_index=self.plan.learner_bundle(rank)
+        )
         return {"num_cpus": 1, "num_gpus": self.plan.learner_gpus, "scheduling_strategy": strategy}
 
     def engine_options(self, index: int) -> dict:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         pg, bundle = (self.learner_pg, 0) if self.plan.shared else (self.engine_pg, index)
-        strategy = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=bundle,
-                                                    placement_group_capture_child_tasks=True)  # fmt: skip
+        strategy = PlacementGroupSchedulingStrategy(
+            pg, placement_group_bundle_index=bundle, placement_group_capture_child_tasks=True
+        )
         return {"num_cpus": 1, "num_gpus": self.plan.engine_gpus, "scheduling_strategy": strategy}
 
     def node_ips(self) -> tuple[list[str], list[str]]:
@@ -222,7 +257,11 @@ class Placement:
         for node in dict.fromkeys(ranks + engines):
             mine = [r for r, ip in enumerate(ranks) if ip == node]
             eng = [i for i, ip in enumerate(engines) if ip == node]
-            parts = [f"learner rank(s) {_span(mine)}" + (" (rendezvous: rank 0)" if 0 in mine else "")] if mine else []
+            parts = (
+                [f"learner rank(s) {_span(mine)}" + (" (rendezvous: rank 0)" if 0 in mine else "")]
+                if mine
+                else []
+            )
             parts += [f"engine(s) {_span(eng)}"] if eng else []
             lines.append(f"{node}: {', '.join(parts)}")
         return lines
@@ -263,8 +302,14 @@ def create_learners(placement: Placement, lcfg, busy_cores: int, timeout: float 
     actor = ray.remote(PolicyLearner)
     learners = []
     for r in range(plan.world_size):
-        env = None if plan.on_gpu else cpu_runtime_env(busy_cores, plan.learners_per_node[plan.learner_bundle(r)])
-        learners.append(actor.options(**placement.learner_options(r), runtime_env=env).remote(lcfg, r, plan.world_size))
+        env = (
+            None
+            if plan.on_gpu
+            else cpu_runtime_env(busy_cores, plan.learners_per_node[plan.learner_bundle(r)])
+        )
+        learners.append(
+            actor.options(**placement.learner_options(r), runtime_env=env).remote(lcfg, r, plan.world_size)
+        )
     address = ray.get(learners[0].rendezvous_address.remote(), timeout=timeout)
     reports = ray.get([lr.setup.remote(*address) for lr in learners], timeout=timeout)
     return learners, reports

@@ -107,7 +107,9 @@ class Rows(list):
 
     def __init__(self, rows: Iterable[Any], places: Sequence[str] | None = None, source: str = ""):
         super().__init__(rows)
-        self.places = list(places) if places is not None else [f"{source} row {i + 1}" for i in range(len(self))]
+        self.places = (
+            list(places) if places is not None else [f"{source} row {i + 1}" for i in range(len(self))]
+        )
 
 
 def place(rows: Sequence[Any], index: int, source: str) -> str:
@@ -342,7 +344,9 @@ _OLMO_THINKER = (
     "{% set functions = m.get('functions', none) %}"
     "{% if m['role'] == 'system' %}"
     "{{ '<|im_start|>system\n' + m['content'] }}"
-    "{{ (' <functions>' + functions + '</functions>') if functions is not none else '" + _NO_FUNCTIONS + "' }}"
+    "{{ (' <functions>' + functions + '</functions>') if functions is not none else '"
+    + _NO_FUNCTIONS
+    + "' }}"
     "{{ '<|im_end|>\n' }}"
     "{% elif m['role'] == 'user' %}"
     "{{ '<|im_start|>user\n' + m['content'] }}"

@@ -65,8 +65,13 @@ def learner_memory(cfg: GRPOConfig, shape: ModelShape, world: int) -> dict[str, 
     logits = 2 * (2 * T * shape.vocab) + 3 * 4 * min(LOGIT_CHUNK_ELEMENTS, T * shape.vocab)
     activations = shape.layers * T * shape.hidden * 2 * (1 if cfg.gradient_checkpointing else 16)
     reference = 2 * P if cfg.beta > 0 else 0  # the frozen reference policy, unsharded
-    return {"weights": weights, "grads+optimizer": grads_optimizer, "logits": logits,
-            "activations": activations, "reference": reference}  # fmt: skip
+    return {
+        "weights": weights,
+        "grads+optimizer": grads_optimizer,
+        "logits": logits,
+        "activations": activations,
+        "reference": reference,
+    }
 
 
 def gpu_memory() -> float | None:
@@ -129,17 +134,25 @@ def run(cfg: GRPOConfig, trainer, problems: list[str]) -> int:
         shape = model_shape(cfg.model_name_or_path)
     except (OSError, ValueError, KeyError) as e:
         if not any(p.startswith(f"--model_name_or_path {cfg.model_name_or_path}") for p in problems):
-            problems.append(f"--model_name_or_path {cfg.model_name_or_path}: cannot read its config ({first_line(e)})")
+            problems.append(
+                f"--model_name_or_path {cfg.model_name_or_path}: cannot read its config ({first_line(e)})"
+            )
     nodes, where, plan, shortfall, placed = cluster_plan(cfg)
     gpus = sum(n.gpus for n in nodes)
     on_gpu, world = plan.on_gpu, plan.world_size
     if shortfall:
         problems.append(f"{shortfall} ({where})")
     if not on_gpu and cfg.vllm_tensor_parallel_size > 1:
-        problems.append(f"{where} has no GPU: --vllm_tensor_parallel_size {cfg.vllm_tensor_parallel_size} needs GPUs")
+        problems.append(
+            f"{where} has no GPU: --vllm_tensor_parallel_size {cfg.vllm_tensor_parallel_size} needs GPUs"
+        )
 
     if trainer.judge is None:
-        judge = "none (no judge-based verifier)" if cfg.llm_judge_model is None else "not usable (see the problems below)"
+        judge = (
+            "none (no judge-based verifier)"
+            if cfg.llm_judge_model is None
+            else "not usable (see the problems below)"
+        )
     elif launcher_judge:
         judge = f"{trainer.judge.endpoint}: not started (dry run); the launch script would serve {launcher_judge} there"
     else:
@@ -148,13 +161,19 @@ def run(cfg: GRPOConfig, trainer, problems: list[str]) -> int:
     seq = cfg.max_prompt_token_length + cfg.response_length
     # the whole step is packed at once and dealt out evenly (packing.plan_step); worst case: every sample is
     # as long as the longest allowed
-    micro = math.ceil(math.ceil(cfg.batch_size / cfg.num_mini_batches / max(cfg.pack_length // seq, 1)) / world)
+    micro = math.ceil(
+        math.ceil(cfg.batch_size / cfg.num_mini_batches / max(cfg.pack_length // seq, 1)) / world
+    )
     lines = [
         f"dry run: {cfg.exp_name} -> {cfg.output_dir}",
         f"  cluster    {where}: {len(nodes)} node(s), {sum(n.cpus for n in nodes):g} CPUs, {gpus:g} GPUs"
         + (" (set RAY_ADDRESS or --ray_address to check a cluster)" if where.startswith("a local") else ""),
         f"  model      {cfg.model_name_or_path}: "
-        + (f"{_count(shape.params)} parameters, {shape.layers} layers, vocab {shape.vocab}" if shape else "config not read"),
+        + (
+            f"{_count(shape.params)} parameters, {shape.layers} layers, vocab {shape.vocab}"
+            if shape
+            else "config not read"
+        ),
         f"  data       {len(trainer.prompts)} training prompts, {len(trainer.eval_prompts)} eval prompts"
         + ("" if trainer.tokenizer is not None else " (not tokenized: no tokenizer)"),
         f"  learners   {world} DeepSpeed learner(s), ZeRO-{cfg.deepspeed_stage}, "
@@ -162,9 +181,15 @@ def run(cfg: GRPOConfig, trainer, problems: list[str]) -> int:
         + (f"{plan.learner_gpus:g} GPU each, NCCL" if on_gpu else "on CPU with gloo"),
         f"  engines    {cfg.vllm_num_engines} vLLM engine(s) x TP {cfg.vllm_tensor_parallel_size}"
         + (f", {plan.engine_gpus:g} GPU each" if on_gpu else " on CPU")
-        + (" on the learner's GPU (--single_gpu_mode)" if plan.shared else
-           ", on the GPUs the learners leave (PACK)" if on_gpu else " (PACK)"),
-        "  placement  " + ("as Ray granted it (then released):" if placed else "not reserved (see the problems below)"),
+        + (
+            " on the learner's GPU (--single_gpu_mode)"
+            if plan.shared
+            else ", on the GPUs the learners leave (PACK)"
+            if on_gpu
+            else " (PACK)"
+        ),
+        "  placement  "
+        + ("as Ray granted it (then released):" if placed else "not reserved (see the problems below)"),
         *(f"    {line}" for line in placed),
         f"  judge      {judge}",
         f"  per step   {cfg.num_unique_prompts_rollout} prompts x {cfg.num_samples_per_prompt_rollout} samples = "
@@ -173,32 +198,41 @@ def run(cfg: GRPOConfig, trainer, problems: list[str]) -> int:
         f"(longest sample {seq})",
         f"  schedule   {cfg.num_training_steps} steps ({cfg.total_episodes} episodes), async_steps {cfg.async_steps}, "
         f"state every {cfg.checkpoint_state_freq or 'never'}, model every {cfg.save_freq or 'end'}",
-    ]  # fmt: skip
+    ]
     mem, device = (learner_memory(cfg, shape, world) if shape else None), gpu_memory()
     if shape:
         lines += [
             "  memory per learner GPU (rough): "
             + ", ".join(f"{k} {v / GiB:.1f} GiB" for k, v in mem.items() if v)
-            + f"; total {sum(mem.values()) / GiB:.1f} GiB" + (f" of {device / GiB:.0f}" if device else ""),
+            + f"; total {sum(mem.values()) / GiB:.1f} GiB"
+            + (f" of {device / GiB:.0f}" if device else ""),
             f"  memory per engine GPU: weights {2 * shape.params / cfg.vllm_tensor_parallel_size / GiB:.1f} GiB; KV cache "
             f"{shape.kv_bytes_per_token / 1024:.0f} KiB/token, {shape.kv_bytes_per_token * seq / GiB:.2f} GiB per full "
             f"sequence, in the rest of --vllm_gpu_memory_utilization {cfg.vllm_gpu_memory_utilization:g}",
-        ]  # fmt: skip
+        ]
     if plan.shared:
         engines_share = cfg.vllm_num_engines * cfg.vllm_gpu_memory_utilization
-        lines.append(f"  shared GPU the engines take {engines_share:g} of its memory (--vllm_gpu_memory_utilization "
-                     f"{cfg.vllm_gpu_memory_utilization:g} each), a judge served there its own --gpu-memory-utilization "
-                     f"share (0.2 in PRESET=single_gpu), the learner the rest")  # fmt: skip
+        lines.append(
+            f"  shared GPU the engines take {engines_share:g} of its memory (--vllm_gpu_memory_utilization "
+            f"{cfg.vllm_gpu_memory_utilization:g} each), a judge served there its own --gpu-memory-utilization "
+            f"share (0.2 in PRESET=single_gpu), the learner the rest"
+        )
         if engines_share >= 1:
-            problems.append(f"--single_gpu_mode: the engines' --vllm_gpu_memory_utilization adds up to {engines_share:g} "
-                            "of the GPU, leaving nothing for the learner")  # fmt: skip
+            problems.append(
+                f"--single_gpu_mode: the engines' --vllm_gpu_memory_utilization adds up to {engines_share:g} "
+                "of the GPU, leaving nothing for the learner"
+            )
         if mem and device and sum(mem.values()) > (1 - engines_share) * device:
-            lines.append(f"  warning: the learner estimate exceeds the {(1 - engines_share) * device / GiB:.0f} GiB the "
-                         "engines leave on the shared GPU")  # fmt: skip
+            lines.append(
+                f"  warning: the learner estimate exceeds the {(1 - engines_share) * device / GiB:.0f} GiB the "
+                "engines leave on the shared GPU"
+            )
     print("\n".join(lines))
     if mem and device and sum(mem.values()) > device:
-        print(f"  warning: the learner estimate exceeds one GPU's {device / GiB:.0f} GiB: consider --deepspeed_stage 3, "
-              "--gradient_checkpointing or a smaller --pack_length")  # fmt: skip
+        print(
+            f"  warning: the learner estimate exceeds one GPU's {device / GiB:.0f} GiB: consider --deepspeed_stage 3, "
+            "--gradient_checkpointing or a smaller --pack_length"
+        )
     for p in problems:
         print(f"problem: {p}")
     print("dry run: " + ("ok, nothing was trained" if not problems else f"{len(problems)} problem(s)"))

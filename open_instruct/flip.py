@@ -97,7 +97,9 @@ def cmd_score(args: argparse.Namespace) -> int:
         return await verifier.async_call(row.messages, row.response, None)
 
     start = time.perf_counter()
-    results = asyncio.run(judge_all(rows, one, client, lambda r: r.error, "FLIP scoring", progress=not args.no_progress))
+    results = asyncio.run(
+        judge_all(rows, one, client, lambda r: r.error, "FLIP scoring", progress=not args.no_progress)
+    )
     seconds = time.perf_counter() - start
 
     out = Path(args.output)
@@ -153,7 +155,9 @@ def cmd_bon(args: argparse.Namespace) -> int:
     methods = list(dict.fromkeys(args.method or ["flip"]))
     rows = read_bon_rows(Path(args.input), methods)
     client = make_client(args)
-    verifiers = {m: build_verifier(VERIFIER_NAMES[m], client, on_unparsed=args.llm_judge_on_unparsed) for m in methods}
+    verifiers = {
+        m: build_verifier(VERIFIER_NAMES[m], client, on_unparsed=args.llm_judge_on_unparsed) for m in methods
+    }
 
     async def one(row: BonRow) -> dict:
         chosen = await asyncio.gather(*(select(verifiers[m], row.messages, row.responses) for m in methods))
@@ -163,7 +167,9 @@ def cmd_bon(args: argparse.Namespace) -> int:
         return next((r.error for s in selections.values() for r in s.results if not r.judge_ok), None)
 
     start = time.perf_counter()
-    selections = asyncio.run(judge_all(rows, one, client, first_error, "best-of-N", progress=not args.no_progress))
+    selections = asyncio.run(
+        judge_all(rows, one, client, first_error, "best-of-N", progress=not args.no_progress)
+    )
     seconds = time.perf_counter() - start
 
     out = Path(args.output)
@@ -177,11 +183,17 @@ def cmd_bon(args: argparse.Namespace) -> int:
     print(f"selected the best of {candidates} candidates in {len(rows)} rows -> {out} ({seconds:.1f}s)")
     for m in methods:
         results = [r for chosen in selections for r in chosen[m].results]
-        best = [chosen[m].scores[chosen[m].best_index] for chosen in selections if chosen[m].best_index is not None]
+        best = [
+            chosen[m].scores[chosen[m].best_index]
+            for chosen in selections
+            if chosen[m].best_index is not None
+        ]
         mean = sum(best) / len(best) if best else float("nan")
-        print(f"  {m}: mean best score {mean:.4f}, rows without a best {len(rows) - len(best)}, "
-              f"judge failures {sum(not r.judge_ok for r in results)}, "
-              f"unparsed answers {sum(r.judge_ok and not r.parsed for r in results)}")  # fmt: skip
+        print(
+            f"  {m}: mean best score {mean:.4f}, rows without a best {len(rows) - len(best)}, "
+            f"judge failures {sum(not r.judge_ok for r in results)}, "
+            f"unparsed answers {sum(r.judge_ok and not r.parsed for r in results)}"
+        )
     if len(methods) > 1:
         same = sum(len({chosen[m].best_index for m in methods}) == 1 for chosen in selections)
         print(f"  {' and '.join(methods)} pick the same candidate in {same} of {len(rows)} rows")
@@ -204,30 +216,61 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"{SCORE_EXAMPLE}\n{BON_EXAMPLE}",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    score = sub.add_parser("score", help="score responses with FLIP", description=SCORE_DOC,
-                           formatter_class=argparse.RawDescriptionHelpFormatter, epilog=SCORE_EXAMPLE)
-    score.add_argument("--input", required=True, help="JSONL rows: {instruction, response} or {messages, response}")
+    score = sub.add_parser(
+        "score",
+        help="score responses with FLIP",
+        description=SCORE_DOC,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=SCORE_EXAMPLE,
+    )
+    score.add_argument(
+        "--input", required=True, help="JSONL rows: {instruction, response} or {messages, response}"
+    )
     score.add_argument("--output", required=True, help="JSONL output: each input row plus its reward fields")
     score.set_defaults(func=cmd_score)
 
-    bon = sub.add_parser("bon", help="pick the best of N responses per prompt (FLIP or pointwise judge)",
-                         description=BON_DOC, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=BON_EXAMPLE)
-    bon.add_argument("--input", required=True, help="JSONL rows: {prompt | instruction | messages, responses: [...]}")
-    bon.add_argument("--output", required=True, help="JSONL output: each input row plus the selection per method")
-    bon.add_argument("--method", nargs="+", action="extend", choices=["flip", "pointwise"],
-                     help="how candidates are scored; several at once allowed (default: flip)")
+    bon = sub.add_parser(
+        "bon",
+        help="pick the best of N responses per prompt (FLIP or pointwise judge)",
+        description=BON_DOC,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=BON_EXAMPLE,
+    )
+    bon.add_argument(
+        "--input", required=True, help="JSONL rows: {prompt | instruction | messages, responses: [...]}"
+    )
+    bon.add_argument(
+        "--output", required=True, help="JSONL output: each input row plus the selection per method"
+    )
+    bon.add_argument(
+        "--method",
+        nargs="+",
+        action="extend",
+        choices=["flip", "pointwise"],
+        help="how candidates are scored; several at once allowed (default: flip)",
+    )
     bon.set_defaults(func=cmd_bon)
 
-    score.add_argument("--llm_judge_on_unparsed", "--on-unparsed", choices=["raw", "fail"], default="raw",
-                       help="judge answered but no instruction parsed: 'raw' scores F1 against the raw answer "
-                       "(published recipe, flagged parsed=false); 'fail' gives reward null")
-    bon.add_argument("--llm_judge_on_unparsed", "--on-unparsed", choices=["raw", "fail"], default="raw",
-                     help="judge answered but nothing parsed: 'raw' (published recipe) scores FLIP's F1 against the "
-                     "raw answer and a missing rating as 0, flagged in errors; 'fail' leaves the candidate unscored")
+    score.add_argument(
+        "--llm_judge_on_unparsed",
+        "--on-unparsed",
+        choices=["raw", "fail"],
+        default="raw",
+        help="judge answered but no instruction parsed: 'raw' scores F1 against the raw answer "
+        "(published recipe, flagged parsed=false); 'fail' gives reward null",
+    )
+    bon.add_argument(
+        "--llm_judge_on_unparsed",
+        "--on-unparsed",
+        choices=["raw", "fail"],
+        default="raw",
+        help="judge answered but nothing parsed: 'raw' (published recipe) scores FLIP's F1 against the "
+        "raw answer and a missing rating as 0, flagged in errors; 'fail' leaves the candidate unscored",
+    )
     for p in (score, bon):
         add_judge_flags(p)
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser  # fmt: skip
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -80,7 +80,13 @@ class ExampleJudge:
         else:
             calls, correct = await self._listwise(ex)
         status = "failed" if any(c["failed"] for c in calls) else "correct" if correct else "wrong"
-        record = {"method": method, "id": ex.id, "subset": ex.subset, "num_chosen": len(ex.chosen), "status": status}
+        record = {
+            "method": method,
+            "id": ex.id,
+            "subset": ex.subset,
+            "num_chosen": len(ex.chosen),
+            "status": status,
+        }
         if method in self.verifiers:
             record["scores"] = [c["score"] for c in calls]
         return {**record, "calls": calls}
@@ -88,9 +94,19 @@ class ExampleJudge:
     async def _scores(self, method: str, ex: Example) -> tuple[list[dict], bool]:
         messages = [{"role": "user", "content": ex.prompt}]
         results = await score_candidates(self.verifiers[method], messages, ex.responses)
-        calls = [{"response": i, "score": r.score, "extracted": r.extracted, "judge_ok": r.judge_ok,
-                  "parsed": r.parsed, "failed": r.score is None, "error": r.error, "judge_output": r.judge_output}
-                 for i, r in enumerate(results)]  # fmt: skip
+        calls = [
+            {
+                "response": i,
+                "score": r.score,
+                "extracted": r.extracted,
+                "judge_ok": r.judge_ok,
+                "parsed": r.parsed,
+                "failed": r.score is None,
+                "error": r.error,
+                "judge_output": r.judge_output,
+            }
+            for i, r in enumerate(results)
+        ]
         scores = [r.score for r in results]
         return calls, None not in scores and reward_bench.scores_correct(scores, len(ex.chosen))
 
@@ -101,11 +117,21 @@ class ExampleJudge:
             a, b = (responses[i], responses[j]) if chosen_as == "A" else (responses[j], responses[i])
             result = await self.client.judge(pairwise_messages, ex.prompt, a, b)
             verdict = extract_preference(result.text) if result.ok else None
-            return {"chosen": i, "rejected": j, "chosen_as": chosen_as, "verdict": verdict,
-                    "chosen_won": verdict == chosen_as, **self._call(result, verdict is not None, "BETTER_RESPONSE")}  # fmt: skip
+            return {
+                "chosen": i,
+                "rejected": j,
+                "chosen_as": chosen_as,
+                "verdict": verdict,
+                "chosen_won": verdict == chosen_as,
+                **self._call(result, verdict is not None, "BETTER_RESPONSE"),
+            }
 
-        pairs = [(i, j, side) for i in range(len(ex.chosen)) for j in range(len(ex.chosen), len(responses))
-                 for side in ("A", "B")]  # fmt: skip
+        pairs = [
+            (i, j, side)
+            for i in range(len(ex.chosen))
+            for j in range(len(ex.chosen), len(responses))
+            for side in ("A", "B")
+        ]
         calls = list(await asyncio.gather(*(compare(*p) for p in pairs)))
         return calls, all(c["chosen_won"] for c in calls)
 
@@ -116,17 +142,32 @@ class ExampleJudge:
         result = await self.client.judge(lambda p, *rs: listwise_messages(p, list(rs)), ex.prompt, *shown)
         pick = extract_best_index(result.text) if result.ok else None
         picked = order[pick] if pick is not None and pick < n else None
-        call = {"order": order, "pick": pick, "picked": picked,
-                **self._call(result, picked is not None, f"BEST_RESPONSE_INDEX from 0 to {n - 1}")}  # fmt: skip
+        call = {
+            "order": order,
+            "pick": pick,
+            "picked": picked,
+            **self._call(result, picked is not None, f"BEST_RESPONSE_INDEX from 0 to {n - 1}"),
+        }
         return [call], picked is not None and picked < len(ex.chosen)
 
     def _call(self, result, parsed: bool, key: str) -> dict:
         """A call's common fields. A judge that did not answer fails the call; an answer that does not parse
         fails it under --llm_judge_on_unparsed fail, and otherwise counts against the chosen response."""
         if not result.ok:
-            return {"judge_ok": False, "parsed": False, "failed": True, "error": result.error, "judge_output": None}
-        return {"judge_ok": True, "parsed": parsed, "failed": not parsed and self.on_unparsed == "fail",
-                "error": None if parsed else f"judge answer has no {key}", "judge_output": result.text}  # fmt: skip
+            return {
+                "judge_ok": False,
+                "parsed": False,
+                "failed": True,
+                "error": result.error,
+                "judge_output": None,
+            }
+        return {
+            "judge_ok": True,
+            "parsed": parsed,
+            "failed": not parsed and self.on_unparsed == "fail",
+            "error": None if parsed else f"judge answer has no {key}",
+            "judge_output": result.text,
+        }
 
 
 def first_error(record: dict) -> str | None:
@@ -152,9 +193,16 @@ class RunConfig:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "RunConfig":
-        return cls(reward_bench.resolve_source(args.dataset), args.split, args.llm_judge_model, args.llm_judge_max_tokens,
-                   args.llm_judge_temperature, args.llm_judge_max_context_length, args.llm_judge_on_unparsed,
-                   args.seed)  # fmt: skip
+        return cls(
+            dataset=reward_bench.resolve_source(args.dataset),
+            split=args.split,
+            judge_model=args.llm_judge_model,
+            judge_max_tokens=args.llm_judge_max_tokens,
+            judge_temperature=args.llm_judge_temperature,
+            judge_max_context_length=args.llm_judge_max_context_length,
+            on_unparsed=args.llm_judge_on_unparsed,
+            seed=args.seed,
+        )
 
     def check_or_save(self, path: Path) -> None:
         """Save it in a new directory; in one that holds a run, refuse settings that differ from it."""
@@ -164,11 +212,17 @@ class RunConfig:
         try:
             saved = json.loads(path.read_text())
         except json.JSONDecodeError as e:
-            raise UserError(f"{path}: not valid JSON ({e.msg}); remove it or use another --output-dir") from None
-        differ = [f"{k} {saved.get(k)!r} (this run: {v!r})" for k, v in asdict(self).items() if saved.get(k) != v]
+            raise UserError(
+                f"{path}: not valid JSON ({e.msg}); remove it or use another --output-dir"
+            ) from None
+        differ = [
+            f"{k} {saved.get(k)!r} (this run: {v!r})" for k, v in asdict(self).items() if saved.get(k) != v
+        ]
         if differ:
-            raise UserError(f"{path}: this output dir holds a run with {'; '.join(differ)}; "
-                            "use another --output-dir, or the same settings to resume it")  # fmt: skip
+            raise UserError(
+                f"{path}: this output dir holds a run with {'; '.join(differ)}; "
+                "use another --output-dir, or the same settings to resume it"
+            )
 
 
 class Predictions:
@@ -190,7 +244,9 @@ class Predictions:
                 if lineno == len(lines) and not text.endswith("\n"):  # half-written by a killed run: drop it
                     path.write_text(text[: len(text) - len(line)], encoding="utf-8")
                     break
-                raise UserError(f"{path}:{lineno}: not a prediction record; remove the line or the file") from None
+                raise UserError(
+                    f"{path}:{lineno}: not a prediction record; remove the line or the file"
+                ) from None
         else:
             if text and not text.endswith("\n"):
                 with path.open("a", encoding="utf-8") as f:
@@ -237,8 +293,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if jobs:
         client = make_client(args)
         judge = ExampleJudge(client, args.llm_judge_on_unparsed, args.seed)
-        asyncio.run(judge_all(jobs, judge, client, first_error, "judging", unit="example",
-                              progress=not args.no_progress, on_done=store.append))  # fmt: skip
+        asyncio.run(
+            judge_all(
+                jobs,
+                judge,
+                client,
+                first_error,
+                "judging",
+                unit="example",
+                progress=not args.no_progress,
+                on_done=store.append,
+            )
+        )
     seconds = time.perf_counter() - start
 
     results = [reward_bench.summarize(m, store.records(m)) for m in store.methods()]
@@ -257,39 +323,73 @@ def print_summary(results: list[dict], client, seconds: float, out_dir: Path, re
 
     for r in results:
         apart = f", Ties apart {pct(r['ties_apart']['accuracy'])}" if "ties_apart" in r else ""
-        print(f"  {r['method']:<9} overall {pct(r['accuracy']['overall'])}{apart}  (n {r['n']}, "
-              f"failures {r['failures']}, unparsed answers {r['unparsed']})")  # fmt: skip
+        print(
+            f"  {r['method']:<9} overall {pct(r['accuracy']['overall'])}{apart}  (n {r['n']}, "
+            f"failures {r['failures']}, unparsed answers {r['unparsed']})"
+        )
     if client is not None:
         s = client.stats
-        print(f"  {seconds:.1f}s, judge calls {s.calls}, failed {s.failures}, retries {s.retries}, "
-              f"truncated prompts {s.truncated}, tokens {s.prompt_tokens}+{s.completion_tokens}, cost ${s.cost:.4f}")
+        print(
+            f"  {seconds:.1f}s, judge calls {s.calls}, failed {s.failures}, retries {s.retries}, "
+            f"truncated prompts {s.truncated}, tokens {s.prompt_tokens}+{s.completion_tokens}, cost ${s.cost:.4f}"
+        )
     print(f"  {out_dir / 'results.json'}, {out_dir / 'predictions.jsonl'}, {report}")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m open_instruct.flip_eval", description=__doc__, epilog=EXAMPLE,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--dataset", default=reward_bench.HUB_ID,
-                   help=f"HF hub id or a local .json/.jsonl/.parquet file with RewardBench 2's columns: id, prompt, "
-                   f"chosen (list), rejected (list), subset, and optionally num_correct, num_incorrect, "
-                   f"total_completions (default {reward_bench.HUB_ID})")
+    p = argparse.ArgumentParser(
+        prog="python -m open_instruct.flip_eval",
+        description=__doc__,
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--dataset",
+        default=reward_bench.HUB_ID,
+        help=f"HF hub id or a local .json/.jsonl/.parquet file with RewardBench 2's columns: id, prompt, "
+        f"chosen (list), rejected (list), subset, and optionally num_correct, num_incorrect, "
+        f"total_completions (default {reward_bench.HUB_ID})",
+    )
     p.add_argument("--split", default="test", help="split of a hub dataset (default test)")
-    p.add_argument("--method", nargs="+", action="extend", choices=METHODS,
-                   help="reward methods to compare; several at once allowed (default: all four)")
-    p.add_argument("--output-dir", required=True,
-                   help="where predictions, results and the report go; rerun with it to resume")
-    p.add_argument("--subsets", nargs="+", default=None,
-                   help="only these subsets, e.g. Focus 'Precise IF' (case-insensitive; default: all)")
-    p.add_argument("--limit", type=positive_int, default=None,
-                   help="only the first N prompts of each subset (a Ties prompt's ref and tied rows count as one)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the order in which listwise shows responses (default 0)")
+    p.add_argument(
+        "--method",
+        nargs="+",
+        action="extend",
+        choices=METHODS,
+        help="reward methods to compare; several at once allowed (default: all four)",
+    )
+    p.add_argument(
+        "--output-dir",
+        required=True,
+        help="where predictions, results and the report go; rerun with it to resume",
+    )
+    p.add_argument(
+        "--subsets",
+        nargs="+",
+        default=None,
+        help="only these subsets, e.g. Focus 'Precise IF' (case-insensitive; default: all)",
+    )
+    p.add_argument(
+        "--limit",
+        type=positive_int,
+        default=None,
+        help="only the first N prompts of each subset (a Ties prompt's ref and tied rows count as one)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seeds the order in which listwise shows responses (default 0)"
+    )
     add_judge_flags(p)
-    p.add_argument("--llm_judge_on_unparsed", "--on-unparsed", choices=["raw", "fail"], default="raw",
-                   help="judge answered but nothing parsed: 'raw' (published recipe) counts it against the chosen "
-                   "response (FLIP scores F1 against the raw answer, a missing rating is 0, a missing verdict or "
-                   "pick loses); 'fail' fails the example")
+    p.add_argument(
+        "--llm_judge_on_unparsed",
+        "--on-unparsed",
+        choices=["raw", "fail"],
+        default="raw",
+        help="judge answered but nothing parsed: 'raw' (published recipe) counts it against the chosen "
+        "response (FLIP scores F1 against the raw answer, a missing rating is 0, a missing verdict or "
+        "pick loses); 'fail' fails the example",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p  # fmt: skip
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:

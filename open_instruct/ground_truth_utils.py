@@ -52,7 +52,9 @@ class Verifier(ABC):
     name: str
 
     @abstractmethod
-    async def async_call(self, messages: list[Message] | None, response: str, ground_truth: str | None) -> VerifierResult:
+    async def async_call(
+        self, messages: list[Message] | None, response: str, ground_truth: str | None
+    ) -> VerifierResult:
         """Score `response`, written in reply to `messages` (the prompt turns), against `ground_truth`."""
 
 
@@ -87,24 +89,37 @@ class LMJudgeVerifier(Verifier):
         inferred = judge_utils.extract_inferred_instruction(result.text)
         parsed = inferred is not None
         if not parsed and self.on_unparsed == "fail":
-            return VerifierResult(None, parsed=False, error="judge answer has no inferred instruction",
-                                  cost=result.cost, judge_output=result.text)  # fmt: skip
+            return VerifierResult(
+                None,
+                parsed=False,
+                error="judge answer has no inferred instruction",
+                cost=result.cost,
+                judge_output=result.text,
+            )
         f1 = f1_score(inferred if parsed else result.text or "", instruction)
         return VerifierResult(
-            f1["f1"], parsed=parsed, cost=result.cost, extracted=inferred, judge_output=result.text,
+            f1["f1"],
+            parsed=parsed,
+            cost=result.cost,
+            extracted=inferred,
+            judge_output=result.text,
             details={"precision": f1["precision"], "recall": f1["recall"]},
             error=None if parsed else "judge answer has no inferred instruction; scored its raw text",
-        )  # fmt: skip
+        )
 
     async def _quality(self, messages, response, ground_truth) -> VerifierResult:
         if not messages:
             raise ValueError(f"{self.name} needs the prompt messages")
         context, last = split_conversation(messages)
         # A single-turn prompt is shown as is; a multi-turn one as the whole conversation.
-        prompt = judge_utils.format_context([*context, {"role": "user", "content": last}]) if context else last
+        prompt = (
+            judge_utils.format_context([*context, {"role": "user", "content": last}]) if context else last
+        )
         reference = ground_truth if self.judge_type == "quality_ref" else None
         if reference is None:
-            result = await self.client.judge(lambda p, r: judge_utils.pointwise_messages(p, r), prompt, response)
+            result = await self.client.judge(
+                lambda p, r: judge_utils.pointwise_messages(p, r), prompt, response
+            )
         else:
             result = await self.client.judge(
                 lambda p, r, ref: judge_utils.pointwise_messages(p, r, ref), prompt, response, reference
@@ -116,7 +131,9 @@ class LMJudgeVerifier(Verifier):
             error = "judge answer has no score" if score is None else f"judge score {score:g} is outside 0-10"
             # No raw-text fallback exists for a rating; `raw` gives the lowest reward, `fail` none.
             fallback = 0.0 if self.on_unparsed == "raw" else None
-            return VerifierResult(fallback, parsed=False, error=error, cost=result.cost, judge_output=result.text)
+            return VerifierResult(
+                fallback, parsed=False, error=error, cost=result.cost, judge_output=result.text
+            )
         return VerifierResult(score / 10.0, cost=result.cost, extracted=score, judge_output=result.text)
 
 

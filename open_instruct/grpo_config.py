@@ -30,32 +30,50 @@ def judge_opt(name: str, more_help: str = "") -> Any:
 @dataclass
 class GRPOConfig:
     # ---- data
-    dataset_mixer_list: list[str] = opt(["data/general_chat_flip_sample.jsonl", "1.0"],
-        "training mix: pairs of source (HF id or local .json/.jsonl/.parquet) and amount (fraction like 1.0, or a row count)")
-    dataset_mixer_list_splits: list[str] = opt(["train"], "split for each source (one for all, or one per source)")
+    dataset_mixer_list: list[str] = opt(
+        ["data/general_chat_flip_sample.jsonl", "1.0"],
+        "training mix: pairs of source (HF id or local .json/.jsonl/.parquet) and amount (fraction like 1.0, or a row count)",
+    )
+    dataset_mixer_list_splits: list[str] = opt(
+        ["train"], "split for each source (one for all, or one per source)"
+    )
     dataset_mixer_eval_list: list[str] = opt([], "evaluation mix, same syntax; empty: no separate eval set")
     dataset_mixer_eval_list_splits: list[str] = opt(["train"], "split for each eval source")
-    max_prompt_token_length: int = opt(2048, "prompts longer than this (after the chat template) are dropped and counted")
-    chat_template_name: str | None = opt(None, "named chat template (e.g. olmo_thinker, chatml, tulu); default: the tokenizer's own")
+    max_prompt_token_length: int = opt(
+        2048, "prompts longer than this (after the chat template) are dropped and counted"
+    )
+    chat_template_name: str | None = opt(
+        None, "named chat template (e.g. olmo_thinker, chatml, tulu); default: the tokenizer's own"
+    )
     # ---- model
-    model_name_or_path: str = opt("", "policy model: HF id or local directory (required, here or in --config)")
+    model_name_or_path: str = opt(
+        "", "policy model: HF id or local directory (required, here or in --config)"
+    )
     # ---- rollout
     vllm_num_engines: int = opt(1, "number of vLLM engines (Ray actors)")
     vllm_tensor_parallel_size: int = opt(1, "GPUs per vLLM engine")
     vllm_enable_prefix_caching: bool = opt(False, "let vLLM reuse KV cache across the samples of a prompt")
-    vllm_gpu_memory_utilization: float = opt(0.9, "share of GPU memory a vLLM engine may take (on CPU: ignored, the KV cache is 1 GiB)")
+    vllm_gpu_memory_utilization: float = opt(
+        0.9, "share of GPU memory a vLLM engine may take (on CPU: ignored, the KV cache is 1 GiB)"
+    )
     num_samples_per_prompt_rollout: int = opt(8, "samples per prompt (the GRPO group size)")
     num_unique_prompts_rollout: int = opt(24, "prompts per training step")
     temperature: float = opt(1.0, "sampling temperature of the rollouts")
     response_length: int = opt(512, "most tokens per response")
     stop_strings: list[str] = opt([], "strings that end a response (e.g. </answer>)")
-    rollout_chunks_per_engine: int = opt(0, "generate calls per engine per step; rewards of a chunk start as soon "
+    rollout_chunks_per_engine: int = opt(
+        0,
+        "generate calls per engine per step; rewards of a chunk start as soon "
         "as it is back, so more chunks overlap judging with generation, at some generation cost. "
-        "0: 2 when a verifier calls the judge, else 1")
+        "0: 2 when a verifier calls the judge, else 1",
+    )
     # ---- reward
-    verifier_modules: list[str] = opt([], "Python modules imported before the data is read; each may register "
+    verifier_modules: list[str] = opt(
+        [],
+        "Python modules imported before the data is read; each may register "
         "verifiers (ground_truth_utils.register_verifier) that rows then name in `dataset`, e.g. "
-        "open_instruct.testing.verifiers for the word-share smoke-test verifier")
+        "open_instruct.testing.verifiers for the word-share smoke-test verifier",
+    )
     llm_judge_model: str | None = judge_opt("llm_judge_model", "; needed by general-* verifiers")
     llm_judge_api_base: str | None = judge_opt("llm_judge_api_base")
     llm_judge_timeout: float = judge_opt("llm_judge_timeout")
@@ -64,69 +82,121 @@ class GRPOConfig:
     llm_judge_max_concurrency: int = judge_opt("llm_judge_max_concurrency")
     llm_judge_retries: int = judge_opt("llm_judge_retries")
     llm_judge_temperature: float = judge_opt("llm_judge_temperature")
-    llm_judge_on_unparsed: Literal["raw", "fail"] = opt("raw", "judge answered but nothing parsed: raw = score its raw text (published recipe), fail = no reward")
-    non_stop_penalty: bool = opt(False, "give responses that hit response_length the penalty value instead of their reward")
-    non_stop_penalty_value: float = opt(0.0, "the reward of a response that did not stop, with --non_stop_penalty")
+    llm_judge_on_unparsed: Literal["raw", "fail"] = opt(
+        "raw",
+        "judge answered but nothing parsed: raw = score its raw text (published recipe), fail = no reward",
+    )
+    non_stop_penalty: bool = opt(
+        False, "give responses that hit response_length the penalty value instead of their reward"
+    )
+    non_stop_penalty_value: float = opt(
+        0.0, "the reward of a response that did not stop, with --non_stop_penalty"
+    )
     # ---- advantages
-    advantage_normalization_type: Literal["standard", "centered"] = opt("standard",
-        "standard: (r - mean) / std per prompt group; centered: r - mean")
-    filter_zero_std_samples: bool = opt(True, "skip prompt groups whose rewards are all equal (they carry no signal)")
+    advantage_normalization_type: Literal["standard", "centered"] = opt(
+        "standard", "standard: (r - mean) / std per prompt group; centered: r - mean"
+    )
+    filter_zero_std_samples: bool = opt(
+        True, "skip prompt groups whose rewards are all equal (they carry no signal)"
+    )
     # ---- learner
-    num_learners_per_node: list[int] = opt([1], "DeepSpeed learners on each node, one GPU each (e.g. 8 8: 16 "
-        "learners on two nodes of their own; vLLM engines go on the GPUs left); on a cluster without GPUs, gloo learners")
-    single_gpu_mode: bool = opt(False, "one GPU shared by the learner (half of it, in Ray's accounting) and the vLLM "
+    num_learners_per_node: list[int] = opt(
+        [1],
+        "DeepSpeed learners on each node, one GPU each (e.g. 8 8: 16 "
+        "learners on two nodes of their own; vLLM engines go on the GPUs left); on a cluster without GPUs, gloo learners",
+    )
+    single_gpu_mode: bool = opt(
+        False,
+        "one GPU shared by the learner (half of it, in Ray's accounting) and the vLLM "
         "engines (the other half); a judge served on that GPU takes its own memory share. Needs one learner and "
-        "--vllm_tensor_parallel_size 1")
+        "--vllm_tensor_parallel_size 1",
+    )
     deepspeed_stage: int = opt(2, "ZeRO stage, 2 or 3")
     learning_rate: float = opt(1e-6, "AdamW learning rate")
-    lr_scheduler_type: Literal["constant", "linear", "cosine", "constant_with_warmup"] = opt("constant", "learning-rate schedule")
+    lr_scheduler_type: Literal["constant", "linear", "cosine", "constant_with_warmup"] = opt(
+        "constant", "learning-rate schedule"
+    )
     warmup_ratio: float = opt(0.0, "share of updates spent warming up the learning rate")
     max_grad_norm: float = opt(1.0, "gradient clipping norm")
     clip_lower: float = opt(0.2, "PPO clip below: ratio >= 1 - clip_lower")
     clip_higher: float = opt(0.2, "PPO clip above: ratio <= 1 + clip_higher (0.272 in the published recipe)")
-    truncated_importance_sampling_ratio_cap: float = opt(2.0, "cap on exp(logp_learner - logp_vllm) weighting each "
+    truncated_importance_sampling_ratio_cap: float = opt(
+        2.0,
+        "cap on exp(logp_learner - logp_vllm) weighting each "
         "token, which corrects for samples drawn from older weights (--async_steps) and for vLLM's numerics; 0: off "
-        "(only with --async_steps 0)")
+        "(only with --async_steps 0)",
+    )
     beta: float = opt(0.0, "KL penalty weight to the initial policy; 0 loads no reference model")
     kl_estimator: str = opt("k3", "KL estimator k1, k2 or k3 (or Open Instruct's index 0, 1, 2)")
     mask_truncated_completions: bool = opt(False, "leave responses that hit response_length out of the loss")
     num_mini_batches: int = opt(1, "optimizer updates per step")
     num_epochs: int = opt(1, "passes over each step's samples")
-    per_device_train_batch_size: int = opt(1, "kept for compatibility: micro-batches are packed by --pack_length")
-    pack_length: int = opt(4096, "most tokens per micro-batch, padding included (with flash-attention samples are "
+    per_device_train_batch_size: int = opt(
+        1, "kept for compatibility: micro-batches are packed by --pack_length"
+    )
+    pack_length: int = opt(
+        4096,
+        "most tokens per micro-batch, padding included (with flash-attention samples are "
         "packed into one row without padding); at least --max_prompt_token_length + --response_length; "
         "on a GPU fewer, larger micro-batches train faster for more memory (H200, 0.3B model: 16384 took 0.97 s a "
-        "step and 22 GiB, 4096 took 3.2 s and 10 GiB; benchmarks/learner_gpu.py)")
+        "step and 22 GiB, 4096 took 3.2 s and 10 GiB; benchmarks/learner_gpu.py)",
+    )
     gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass to save memory")
     # ---- controller
     async_steps: int = opt(1, "generation may run this many steps ahead of training (0: fully on-policy)")
-    inflight_updates: bool = opt(False, "push new weights into the engines between decode steps of a rollout in "
+    inflight_updates: bool = opt(
+        False,
+        "push new weights into the engines between decode steps of a rollout in "
         "flight instead of after it (its later tokens then come from the newer policy; truncated importance "
-        "sampling corrects for it); only matters with --async_steps > 0")
-    total_episodes: int = opt(1000, "total samples to train on; steps = total_episodes / (prompts x samples per prompt)")
+        "sampling corrects for it); only matters with --async_steps > 0",
+    )
+    total_episodes: int = opt(
+        1000, "total samples to train on; steps = total_episodes / (prompts x samples per prompt)"
+    )
     seed: int = opt(1, "seed for data order, sampling and initialisation")
     output_dir: str = opt("output/grpo", "where metrics.jsonl, checkpoints and the final model go")
     save_freq: int = opt(0, "save an HF checkpoint every N steps (0: only at the end)")
     keep_last_n_checkpoints: int = opt(3, "step checkpoints kept (-1: all)")
-    local_eval_every: int = opt(0, "every N steps, sample eval responses and write them with their rewards (0: never)")
+    local_eval_every: int = opt(
+        0, "every N steps, sample eval responses and write them with their rewards (0: never)"
+    )
     local_eval_prompts: int = opt(16, "eval prompts per evaluation")
-    eval_on_step_0: bool = opt(False, "also evaluate the initial policy before the first step (with --local_eval_every)")
+    eval_on_step_0: bool = opt(
+        False, "also evaluate the initial policy before the first step (with --local_eval_every)"
+    )
     with_tracking: bool = opt(False, "log to wandb as well (offline when WANDB_API_KEY is unset)")
     wandb_project_name: str = opt("flip-grpo", "wandb project")
     exp_name: str = opt("grpo_flip", "run name")
-    ray_address: str | None = opt(None, "Ray cluster to join (auto: the one this node belongs to); default: start a local one")
-    checkpoint_state_freq: int = opt(0, "save the full training state (model, optimizer, scheduler, step, data "
+    ray_address: str | None = opt(
+        None, "Ray cluster to join (auto: the one this node belongs to); default: start a local one"
+    )
+    checkpoint_state_freq: int = opt(
+        0,
+        "save the full training state (model, optimizer, scheduler, step, data "
         "position, RNG) every N steps under output_dir/state, atomically; rerunning the same command resumes "
-        "from the newest complete state (0: never)")
+        "from the newest complete state (0: never)",
+    )
     # ---- resilience
-    max_judge_failure_rate: float = opt(0.5, "stop (saving the state) when more than this share of a step's "
-        "judge calls fail, instead of training on a thin batch; below it, failed samples are left out and counted")
-    backend_timeout: float = opt(120.0, "minutes any wait on a Ray actor, a collective or the rollout queue may "
-        "take before the run stops with an error (Open Instruct's unit)")
-    config: str | None = opt(None, "a YAML file of flags (configs/train/grpo/*.yaml are the presets): one `flag: "
-        "value` per line, flags given on the command line win; its `launch` section is for scripts/train/grpo_*.sh")
-    dry_run: bool = opt(False, "check flags, datasets, the judge endpoint and the Ray cluster's resources, print "
-        "the plan (actors, placement, batch sizes, memory per GPU) and exit without loading a model")
+    max_judge_failure_rate: float = opt(
+        0.5,
+        "stop (saving the state) when more than this share of a step's "
+        "judge calls fail, instead of training on a thin batch; below it, failed samples are left out and counted",
+    )
+    backend_timeout: float = opt(
+        120.0,
+        "minutes any wait on a Ray actor, a collective or the rollout queue may "
+        "take before the run stops with an error (Open Instruct's unit)",
+    )
+    config: str | None = opt(
+        None,
+        "a YAML file of flags (configs/train/grpo/*.yaml are the presets): one `flag: "
+        "value` per line, flags given on the command line win; its `launch` section is for scripts/train/grpo_*.sh",
+    )
+    dry_run: bool = opt(
+        False,
+        "check flags, datasets, the judge endpoint and the Ray cluster's resources, print "
+        "the plan (actors, placement, batch sizes, memory per GPU) and exit without loading a model",
+    )
 
     @property
     def batch_size(self) -> int:
@@ -138,11 +208,31 @@ class GRPOConfig:
 
 
 # Flags from the published scripts that drive AI2's infrastructure. Accepted, reported once, not used.
-INFRA_FLAG_PREFIXES = ("oe_eval", "beaker", "try_launch_beaker", "try_auto_save", "gs_bucket", "hf_entity",
-                       "hf_repo", "push_to_hub", "code_api_url", "eval_priority", "wandb_entity", "cluster",
-                       "budget", "image", "no_auto_dataset_cache", "save_traces", "vllm_sync_backend",
-                       "dataset_local_cache_dir", "dataset_transform_fn", "dataset_cache_mode", "add_bos",
-                       "apply_verifiable_reward", "llm_judge_hosted_vllm")  # fmt: skip
+INFRA_FLAG_PREFIXES = (
+    "oe_eval",
+    "beaker",
+    "try_launch_beaker",
+    "try_auto_save",
+    "gs_bucket",
+    "hf_entity",
+    "hf_repo",
+    "push_to_hub",
+    "code_api_url",
+    "eval_priority",
+    "wandb_entity",
+    "cluster",
+    "budget",
+    "image",
+    "no_auto_dataset_cache",
+    "save_traces",
+    "vllm_sync_backend",
+    "dataset_local_cache_dir",
+    "dataset_transform_fn",
+    "dataset_cache_mode",
+    "add_bos",
+    "apply_verifiable_reward",
+    "llm_judge_hosted_vllm",
+)
 
 
 def _bool(text: str) -> bool:
@@ -305,33 +395,54 @@ def launch_settings(path: str, judge_type: str) -> dict[str, str]:
 
 def validate(cfg: GRPOConfig) -> list[str]:
     checks = [
-        (bool(cfg.model_name_or_path), "--model_name_or_path is required (on the command line or in --config)"),
+        (
+            bool(cfg.model_name_or_path),
+            "--model_name_or_path is required (on the command line or in --config)",
+        ),
         (len(cfg.dataset_mixer_list) >= 2, "--dataset_mixer_list needs pairs of source and amount"),
-        (cfg.num_samples_per_prompt_rollout >= 2, "--num_samples_per_prompt_rollout must be at least 2 (GRPO compares samples)"),
+        (
+            cfg.num_samples_per_prompt_rollout >= 2,
+            "--num_samples_per_prompt_rollout must be at least 2 (GRPO compares samples)",
+        ),
         (cfg.num_unique_prompts_rollout >= 1, "--num_unique_prompts_rollout must be at least 1"),
         (cfg.response_length >= 1, "--response_length must be positive"),
         (cfg.deepspeed_stage in (2, 3), "--deepspeed_stage must be 2 or 3"),
         (cfg.async_steps >= 0, "--async_steps must be 0 or more"),
         (cfg.rollout_chunks_per_engine >= 0, "--rollout_chunks_per_engine must be 0 or more"),
         (cfg.vllm_num_engines >= 1, "--vllm_num_engines must be at least 1"),
-        (all(n >= 1 for n in cfg.num_learners_per_node), "--num_learners_per_node entries must be at least 1"),
-        (cfg.num_mini_batches >= 1 and cfg.num_epochs >= 1, "--num_mini_batches and --num_epochs must be at least 1"),
-        (cfg.pack_length >= cfg.max_prompt_token_length + cfg.response_length,
-         f"--pack_length ({cfg.pack_length}) must be at least --max_prompt_token_length + --response_length "
-         f"({cfg.max_prompt_token_length + cfg.response_length}): a micro-batch must hold the longest sample"),
-        (not cfg.single_gpu_mode or (sum(cfg.num_learners_per_node) == 1 and cfg.vllm_tensor_parallel_size == 1),
-         "--single_gpu_mode needs one learner (--num_learners_per_node 1) and --vllm_tensor_parallel_size 1"),
+        (
+            all(n >= 1 for n in cfg.num_learners_per_node),
+            "--num_learners_per_node entries must be at least 1",
+        ),
+        (
+            cfg.num_mini_batches >= 1 and cfg.num_epochs >= 1,
+            "--num_mini_batches and --num_epochs must be at least 1",
+        ),
+        (
+            cfg.pack_length >= cfg.max_prompt_token_length + cfg.response_length,
+            f"--pack_length ({cfg.pack_length}) must be at least --max_prompt_token_length + --response_length "
+            f"({cfg.max_prompt_token_length + cfg.response_length}): a micro-batch must hold the longest sample",
+        ),
+        (
+            not cfg.single_gpu_mode
+            or (sum(cfg.num_learners_per_node) == 1 and cfg.vllm_tensor_parallel_size == 1),
+            "--single_gpu_mode needs one learner (--num_learners_per_node 1) and --vllm_tensor_parallel_size 1",
+        ),
         (cfg.clip_lower >= 0 and cfg.clip_higher >= 0, "--clip_lower and --clip_higher must be >= 0"),
         (0.0 <= cfg.max_judge_failure_rate <= 1.0, "--max_judge_failure_rate must be between 0 and 1"),
         (cfg.backend_timeout > 0, "--backend_timeout must be positive (minutes)"),
-        (cfg.truncated_importance_sampling_ratio_cap > 0 or cfg.async_steps == 0,
-         f"--async_steps {cfg.async_steps} trains on samples from weights up to {cfg.async_steps} update(s) old, which "
-         "needs the importance correction: keep --truncated_importance_sampling_ratio_cap above 0 (the default and "
-         "the published recipe's is 2.0) or train on-policy with --async_steps 0"),
+        (
+            cfg.truncated_importance_sampling_ratio_cap > 0 or cfg.async_steps == 0,
+            f"--async_steps {cfg.async_steps} trains on samples from weights up to {cfg.async_steps} update(s) old, which "
+            "needs the importance correction: keep --truncated_importance_sampling_ratio_cap above 0 (the default and "
+            "the published recipe's is 2.0) or train on-policy with --async_steps 0",
+        ),
         (cfg.checkpoint_state_freq >= 0, "--checkpoint_state_freq must be 0 or more"),
-        (cfg.total_episodes >= cfg.batch_size,
-         f"--total_episodes ({cfg.total_episodes}) is less than one step ({cfg.batch_size} samples)"),
-    ]  # fmt: skip
+        (
+            cfg.total_episodes >= cfg.batch_size,
+            f"--total_episodes ({cfg.total_episodes}) is less than one step ({cfg.batch_size} samples)",
+        ),
+    ]
     return [msg for ok, msg in checks if not ok]
 
 

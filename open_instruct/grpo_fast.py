@@ -87,8 +87,10 @@ def actor_errors(what: str, cfg: GRPOConfig):
     try:
         yield
     except TimeoutError as e:  # ray.get's GetTimeoutError, asyncio.wait_for, the rollout queue
-        raise RunFailure(f"{what}: no answer within --backend_timeout {cfg.backend_timeout:g} min "
-                         f"({first_line(e) if str(e) else 'timed out'}); {hint}") from None  # fmt: skip
+        raise RunFailure(
+            f"{what}: no answer within --backend_timeout {cfg.backend_timeout:g} min "
+            f"({first_line(e) if str(e) else 'timed out'}); {hint}"
+        ) from None
     except (RayActorError, RayTaskError) as e:
         dead = e if isinstance(e, RayActorError) else getattr(e, "cause", None)
         if not isinstance(dead, RayActorError):
@@ -103,16 +105,29 @@ def learner_config(cfg: GRPOConfig, total_steps: int):
     from open_instruct.rl_utils import LossConfig, parse_kl_estimator
 
     return LearnerConfig(
-        model_name_or_path=cfg.model_name_or_path, learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler_type, warmup_ratio=cfg.warmup_ratio, total_steps=total_steps,
-        max_grad_norm=cfg.max_grad_norm, deepspeed_stage=cfg.deepspeed_stage,
-        gradient_checkpointing=cfg.gradient_checkpointing, pack_length=cfg.pack_length,
-        per_device_train_batch_size=cfg.per_device_train_batch_size, num_mini_batches=cfg.num_mini_batches,
-        num_epochs=cfg.num_epochs, temperature=cfg.temperature, seed=cfg.seed, backend_timeout=cfg.backend_timeout * 60,
-        loss=LossConfig(clip_lower=cfg.clip_lower, clip_higher=cfg.clip_higher,
-                        tis_cap=cfg.truncated_importance_sampling_ratio_cap, beta=cfg.beta,
-                        kl_estimator=parse_kl_estimator(cfg.kl_estimator)),
-    )  # fmt: skip
+        model_name_or_path=cfg.model_name_or_path,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_ratio=cfg.warmup_ratio,
+        total_steps=total_steps,
+        max_grad_norm=cfg.max_grad_norm,
+        deepspeed_stage=cfg.deepspeed_stage,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        pack_length=cfg.pack_length,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        num_mini_batches=cfg.num_mini_batches,
+        num_epochs=cfg.num_epochs,
+        temperature=cfg.temperature,
+        seed=cfg.seed,
+        backend_timeout=cfg.backend_timeout * 60,
+        loss=LossConfig(
+            clip_lower=cfg.clip_lower,
+            clip_higher=cfg.clip_higher,
+            tis_cap=cfg.truncated_importance_sampling_ratio_cap,
+            beta=cfg.beta,
+            kl_estimator=parse_kl_estimator(cfg.kl_estimator),
+        ),
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -147,21 +162,33 @@ class Trainer:
         for module in cfg.verifier_modules:
             attempt(import_verifiers, module)
         self.tokenizer = attempt(self._read_tokenizer)
-        train = attempt(load_rows, cfg, cfg.dataset_mixer_list, cfg.dataset_mixer_list_splits, "--dataset_mixer_list")
+        train = attempt(
+            load_rows, cfg, cfg.dataset_mixer_list, cfg.dataset_mixer_list_splits, "--dataset_mixer_list"
+        )
         evals = []
         if cfg.dataset_mixer_eval_list:
-            evals = attempt(load_rows, cfg, cfg.dataset_mixer_eval_list, cfg.dataset_mixer_eval_list_splits,
-                            "--dataset_mixer_eval_list")  # fmt: skip
+            evals = attempt(
+                load_rows,
+                cfg,
+                cfg.dataset_mixer_eval_list,
+                cfg.dataset_mixer_eval_list_splits,
+                "--dataset_mixer_eval_list",
+            )
         self.prompts, self.eval_prompts, dropped = [], [], 0
         if self.tokenizer is not None and train is not None:
-            self.prompts, dropped = dataset_utils.tokenize_prompts(train, self.tokenizer, self.chat_template,
-                                                                   cfg.max_prompt_token_length)  # fmt: skip
+            self.prompts, dropped = dataset_utils.tokenize_prompts(
+                train, self.tokenizer, self.chat_template, cfg.max_prompt_token_length
+            )
             if not self.prompts:
-                attempt(self._fail, f"no training prompts left after dropping {dropped} longer than "
-                                    f"--max_prompt_token_length {cfg.max_prompt_token_length}")  # fmt: skip
+                attempt(
+                    self._fail,
+                    f"no training prompts left after dropping {dropped} longer than "
+                    f"--max_prompt_token_length {cfg.max_prompt_token_length}",
+                )
             if evals:
-                self.eval_prompts, _ = dataset_utils.tokenize_prompts(evals, self.tokenizer, self.chat_template,
-                                                                      cfg.max_prompt_token_length)  # fmt: skip
+                self.eval_prompts, _ = dataset_utils.tokenize_prompts(
+                    evals, self.tokenizer, self.chat_template, cfg.max_prompt_token_length
+                )
         names = {row["dataset"] for row in (train or []) + (evals or [])}
         needs_judge = any(n.lower().startswith("general-") for n in names)
         if cfg.rollout_chunks_per_engine == 0:  # overlap only pays when rewards wait on a judge
@@ -173,17 +200,22 @@ class Trainer:
         problem = None
         if needs_judge:
             missing = f"verifier(s) {sorted(names)} need a judge: set --llm_judge_model"
-            problem = judge_problem(cfg.llm_judge_model, cfg.llm_judge_api_base) if cfg.llm_judge_model else missing
+            problem = (
+                judge_problem(cfg.llm_judge_model, cfg.llm_judge_api_base) if cfg.llm_judge_model else missing
+            )
             if problem:
                 attempt(self._fail, problem)
         if needs_judge and not problem:
             self.judge = JudgeClient(judge_config(cfg))
         self.rewards = RewardDispatcher(
-            RewardConfig(cfg.non_stop_penalty, cfg.non_stop_penalty_value, cfg.llm_judge_on_unparsed), self.judge
+            RewardConfig(cfg.non_stop_penalty, cfg.non_stop_penalty_value, cfg.llm_judge_on_unparsed),
+            self.judge,
         )
         if self.prompts:
-            print(f"data: {len(self.prompts)} training prompts ({dropped} dropped as too long), "
-                  f"{len(self.eval_prompts)} eval prompts; verifiers: {', '.join(sorted(names))}")  # fmt: skip
+            print(
+                f"data: {len(self.prompts)} training prompts ({dropped} dropped as too long), "
+                f"{len(self.eval_prompts)} eval prompts; verifiers: {', '.join(sorted(names))}"
+            )
 
     def _read_tokenizer(self):
         from transformers import AutoTokenizer
@@ -194,8 +226,9 @@ class Trainer:
         try:
             tokenizer = AutoTokenizer.from_pretrained(cfg.model_name_or_path)
         except (OSError, ValueError, KeyError) as e:
-            raise UserError(f"--model_name_or_path {cfg.model_name_or_path}: cannot read its tokenizer "
-                            f"({first_line(e)})") from None  # fmt: skip
+            raise UserError(
+                f"--model_name_or_path {cfg.model_name_or_path}: cannot read its tokenizer ({first_line(e)})"
+            ) from None
         try:
             self.chat_template = dataset_utils.get_chat_template(tokenizer, cfg.chat_template_name)
         except dataset_utils.DatasetError as e:
@@ -224,22 +257,31 @@ class Trainer:
             # The engines load while the learners start, except on a shared GPU: vLLM sizes its KV cache from
             # the memory free when it starts, so there it must be up before a learner takes its share.
             self.engines = vllm_utils.create_vllm_engines(
-                num_engines=cfg.vllm_num_engines, tensor_parallel_size=cfg.vllm_tensor_parallel_size,
-                model_path=cfg.model_name_or_path, seed=cfg.seed,
+                num_engines=cfg.vllm_num_engines,
+                tensor_parallel_size=cfg.vllm_tensor_parallel_size,
+                model_path=cfg.model_name_or_path,
+                seed=cfg.seed,
                 max_model_len=cfg.max_prompt_token_length + cfg.response_length,
                 enable_prefix_caching=cfg.vllm_enable_prefix_caching,
-                gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, inflight_updates=cfg.inflight_updates,
+                gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                inflight_updates=cfg.inflight_updates,
                 actor_options=[self.placement.engine_options(i) for i in range(cfg.vllm_num_engines)],
-                wait=plan.shared, timeout=self.timeout,
-            )  # fmt: skip
-            busy = cfg.vllm_num_engines if cfg.async_steps > 0 else 0  # engines generating while learners train
-            self.learners, reports = cluster.create_learners(self.placement, learner_config(cfg, self.steps), busy,
-                                                             self.timeout)  # fmt: skip
+                wait=plan.shared,
+                timeout=self.timeout,
+            )
+            busy = (
+                cfg.vllm_num_engines if cfg.async_steps > 0 else 0
+            )  # engines generating while learners train
+            self.learners, reports = cluster.create_learners(
+                self.placement, learner_config(cfg, self.steps), busy, self.timeout
+            )
             self.packed_rows = reports[0]["packed_rows"]  # how the learners want micro-batches laid out
             ray.get([e.ready.remote() for e in self.engines], timeout=self.timeout)
             weight_sync.init_weight_sync(self.learners, self.engines, timeout=self.timeout)
-        print(f"actors: {len(self.engines)} vLLM engine(s), {len(self.learners)} learner(s) on {len(nodes)} node(s), "
-              f"ready in {time.perf_counter() - t0:.0f}s; learner rendezvous {reports[0]['rendezvous']}")  # fmt: skip
+        print(
+            f"actors: {len(self.engines)} vLLM engine(s), {len(self.learners)} learner(s) on {len(nodes)} node(s), "
+            f"ready in {time.perf_counter() - t0:.0f}s; learner rendezvous {reports[0]['rendezvous']}"
+        )
         for line in self.placement.describe():
             print(f"  {line}")
 
@@ -263,7 +305,9 @@ class Trainer:
         if problem:
             raise UserError(f"{path}: {problem}")
         with actor_errors(f"loading the saved state {path}", self.cfg):
-            ray.get([lr.load_state.remote(str(path / "learner")) for lr in self.learners], timeout=self.timeout)
+            ray.get(
+                [lr.load_state.remote(str(path / "learner")) for lr in self.learners], timeout=self.timeout
+            )
             weight_sync.sync_weights(self.learners, self.engines, version=state.step, timeout=self.timeout)
         print(f"resuming from step {state.step} ({path}); {self.steps - state.step} step(s) to go")
         return state.step + 1, state.sampler, state.wandb_run_id
@@ -274,10 +318,14 @@ class Trainer:
 
         tmp = train_state.begin(self.out, step)
         with actor_errors(f"saving the state of step {step}", self.cfg):
-            ray.get([lr.save_state.remote(str(tmp / "learner")) for lr in self.learners], timeout=self.timeout)
+            ray.get(
+                [lr.save_state.remote(str(tmp / "learner")) for lr in self.learners], timeout=self.timeout
+            )
         config = asdict(self.cfg)
         identity = {k: config[k] for k in train_state.IDENTITY_FLAGS}
-        return train_state.commit(self.out, tmp, train_state.TrainerState(step, sampler_state, identity, wandb_run_id))
+        return train_state.commit(
+            self.out, tmp, train_state.TrainerState(step, sampler_state, identity, wandb_run_id)
+        )
 
     def check_judge_health(self, ro: Rollout) -> str | None:
         """A one-line reason to stop when too many of this step's judge calls failed, else None."""
@@ -286,9 +334,11 @@ class Trainer:
         if not failed or len(failed) <= self.cfg.max_judge_failure_rate * len(flat):
             return None
         endpoint = self.judge.endpoint if self.judge is not None else "the judge"
-        return (f"judge {endpoint}: {len(failed)} of {len(flat)} judge calls failed at step {ro.step} "
-                f"(more than --max_judge_failure_rate {self.cfg.max_judge_failure_rate:g}); "
-                f"first error: {failed[0].error}")  # fmt: skip
+        return (
+            f"judge {endpoint}: {len(failed)} of {len(flat)} judge calls failed at step {ro.step} "
+            f"(more than --max_judge_failure_rate {self.cfg.max_judge_failure_rate:g}); "
+            f"first error: {failed[0].error}"
+        )
 
     # ----------------------------------------------------------------------------------------------
     def learn(self, ro: Rollout) -> tuple:
@@ -302,23 +352,32 @@ class Trainer:
 
         cfg = self.cfg
         scores = [r.score for group in ro.results for r in group]
-        adv = group_advantages(scores, cfg.num_samples_per_prompt_rollout,
-                               "mean_std" if cfg.advantage_normalization_type == "standard" else "mean",
-                               keep_zero_std=not cfg.filter_zero_std_samples)  # fmt: skip
+        adv = group_advantages(
+            scores,
+            cfg.num_samples_per_prompt_rollout,
+            "mean_std" if cfg.advantage_normalization_type == "standard" else "mean",
+            keep_zero_std=not cfg.filter_zero_std_samples,
+        )
         samples = []
         flat = [(p, c) for p, group in zip(ro.prompts, ro.completions, strict=True) for c in group]
         for k, (p, c) in enumerate(flat):
             if cfg.mask_truncated_completions and c["finish_reason"] != "stop":
                 adv.keep[k] = False
             if adv.keep[k] and c["token_ids"]:
-                samples.append(Sample(p.prompt_token_ids, c["token_ids"], c["logprobs"], float(adv.values[k])))
+                samples.append(
+                    Sample(p.prompt_token_ids, c["token_ids"], c["logprobs"], float(adv.values[k]))
+                )
         if not samples:
             return adv, [], 0.0, 0.0
         with actor_errors(f"training step {ro.step}", cfg):
             t0 = time.perf_counter()
-            batches = plan_step(samples, len(self.learners), cfg.num_mini_batches, cfg.pack_length, self.packed_rows)
-            train_stats = ray.get([lr.train.remote(b) for lr, b in zip(self.learners, batches, strict=True)],
-                                  timeout=self.timeout)  # fmt: skip
+            batches = plan_step(
+                samples, len(self.learners), cfg.num_mini_batches, cfg.pack_length, self.packed_rows
+            )
+            train_stats = ray.get(
+                [lr.train.remote(b) for lr, b in zip(self.learners, batches, strict=True)],
+                timeout=self.timeout,
+            )
             train_s = time.perf_counter() - t0
             t0 = time.perf_counter()
             weight_sync.sync_weights(self.learners, self.engines, version=ro.step, timeout=self.timeout)
@@ -346,13 +405,17 @@ class Trainer:
             try:
                 for step in range(start_step, self.steps + 1):
                     with cond:  # rollouts for `step` may use weights at most `async_steps` updates old
-                        cond.wait_for(lambda s=step: synced["version"] >= s - 1 - cfg.async_steps or stop.is_set())
+                        cond.wait_for(
+                            lambda s=step: synced["version"] >= s - 1 - cfg.async_steps or stop.is_set()
+                        )
                     if stop.is_set():
                         return
                     prompts = sampler.take(cfg.num_unique_prompts_rollout)
                     position = sampler.state()
                     comps, results, gen_s, rew_s = self.runner.run(
-                        rollout_and_score(self.engines, prompts, self.rewards, cfg, n, f"{cfg.seed}/train/{step}")
+                        rollout_and_score(
+                            self.engines, prompts, self.rewards, cfg, n, f"{cfg.seed}/train/{step}"
+                        )
                     )
                     batches.put(Rollout(step, prompts, comps, results, gen_s, rew_s, position))
             except BaseException as e:  # noqa: BLE001  (handed to the training loop, which re-raises)
@@ -362,8 +425,14 @@ class Trainer:
             self.evaluate(0)  # the initial policy, before the producer starts drawing rollouts
         producer = threading.Thread(target=produce, name="rollout-producer", daemon=True)
         producer.start()
-        bar = tqdm(range(start_step, self.steps + 1), desc="GRPO", unit="step", dynamic_ncols=True,
-                   initial=start_step - 1, total=self.steps)  # fmt: skip
+        bar = tqdm(
+            range(start_step, self.steps + 1),
+            desc="GRPO",
+            unit="step",
+            dynamic_ncols=True,
+            initial=start_step - 1,
+            total=self.steps,
+        )
         last_position = sampler_state
         try:
             for step in bar:
@@ -381,14 +450,18 @@ class Trainer:
                         self.save_state(step - 1, last_position, log.wandb_run_id)
                         saved_step = step - 1
                     where = f"newest saved state: step {saved_step}" if saved_step else "nothing trained yet"
-                    raise RunFailure(f"{outage}. Stopped without training on the rest ({where}); "
-                                     "rerun the same command to resume once the judge is back")  # fmt: skip
+                    raise RunFailure(
+                        f"{outage}. Stopped without training on the rest ({where}); "
+                        "rerun the same command to resume once the judge is back"
+                    )
                 adv, train_stats, train_s, sync_s = self.learn(ro)
                 with cond:
                     synced["version"] = step
                     cond.notify_all()
                 last_position = ro.sampler_state
-                metrics = step_metrics(ro, adv, train_stats, sync_s, train_s, time.perf_counter() - step_start)
+                metrics = step_metrics(
+                    ro, adv, train_stats, sync_s, train_s, time.perf_counter() - step_start
+                )
                 metrics["episodes"] = step * cfg.batch_size
                 metrics["epoch"] = ro.sampler_state["epoch"]
                 log.log(metrics, ro)
@@ -419,33 +492,50 @@ class Trainer:
         import ray
 
         with actor_errors(f"saving the model to {path}", self.cfg):
-            ray.get([lr.save_model.remote(str(path), self.chat_template) for lr in self.learners], timeout=self.timeout)
+            ray.get(
+                [lr.save_model.remote(str(path), self.chat_template) for lr in self.learners],
+                timeout=self.timeout,
+            )
         if path != self.out:
             self._prune_checkpoints()
 
     def _prune_checkpoints(self) -> None:
         keep = self.cfg.keep_last_n_checkpoints
         ckpts = sorted((self.out / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
-        for old in ckpts[: -keep] if keep > 0 else []:
+        for old in ckpts[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
 
     def evaluate(self, step: int) -> None:
         prompts = self.eval_prompts or self.prompts
         prompts = prompts[: self.cfg.local_eval_prompts]
         comps, results, _, _ = self.runner.run(
-            rollout_and_score(self.engines, prompts, self.rewards, self.cfg, 1, f"{self.cfg.seed}/eval/{step}")
+            rollout_and_score(
+                self.engines, prompts, self.rewards, self.cfg, 1, f"{self.cfg.seed}/eval/{step}"
+            )
         )
         path = self.out / "eval" / f"step_{step}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w") as f:
             for p, c, r in zip(prompts, comps, results, strict=True):
-                f.write(json.dumps({"messages": p.messages, "response": c[0]["text"], "reward": r[0].score,
-                                    "judge_ok": r[0].judge_ok, "error": r[0].error}) + "\n")  # fmt: skip
+                f.write(
+                    json.dumps(
+                        {
+                            "messages": p.messages,
+                            "response": c[0]["text"],
+                            "reward": r[0].score,
+                            "judge_ok": r[0].judge_ok,
+                            "error": r[0].error,
+                        }
+                    )
+                    + "\n"
+                )
 
     def summary(self, history: list[dict]) -> dict:
         rewards = [m["reward_mean"] for m in history if not math.isnan(m["reward_mean"])]
-        total = {k: sum(m[k] for m in history) for k in ("time/generation", "time/reward", "time/training",
-                                                         "time/weight_sync", "time/step")}  # fmt: skip
+        total = {
+            k: sum(m[k] for m in history)
+            for k in ("time/generation", "time/reward", "time/training", "time/weight_sync", "time/step")
+        }
         return {
             "steps": len(history),
             "reward_first": rewards[0] if rewards else float("nan"),
@@ -486,7 +576,9 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         cfg, ignored = parse_args(argv)  # a flag mistake is a UserError: one line, exit 2
         if ignored:
-            print(f"note: not used on this stack (AI2 infrastructure flags): {', '.join('--' + f for f in ignored)}")
+            print(
+                f"note: not used on this stack (AI2 infrastructure flags): {', '.join('--' + f for f in ignored)}"
+            )
         trainer = Trainer(cfg)
         if cfg.dry_run:  # every problem, one line each; no server, no weights, no actor
             from open_instruct import dry_run
@@ -506,6 +598,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if ray.is_initialized():
             ray.shutdown()
+
 
 if __name__ == "__main__":
     sys.exit(main())

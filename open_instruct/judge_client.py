@@ -106,11 +106,20 @@ def _is_retryable(exc: BaseException) -> bool:
     if isinstance(status, int):
         return status == 429 or status >= 500 or status == 408
     name = type(exc).__name__
-    return name in {"Timeout", "APIConnectionError", "APITimeoutError", "InternalServerError",
-                    "ServiceUnavailableError", "BadGatewayError", "RateLimitError"}  # fmt: skip
+    return name in {
+        "Timeout",
+        "APIConnectionError",
+        "APITimeoutError",
+        "InternalServerError",
+        "ServiceUnavailableError",
+        "BadGatewayError",
+        "RateLimitError",
+    }
 
 
-_REFUSED = re.compile(r"cannot connect to host|connection refused|connect call failed|name or service not known", re.I)
+_REFUSED = re.compile(
+    r"cannot connect to host|connection refused|connect call failed|name or service not known", re.I
+)
 
 
 def _is_unreachable(exc: BaseException) -> bool:
@@ -141,7 +150,7 @@ def cut_middle(text: str, keep_chars: int) -> str:
     head = keep_chars * 2 // 3
     tail = keep_chars - head
     omitted = len(text) - head - tail
-    return f"{text[:head]}\n[... {omitted} characters omitted ...]\n{text[len(text) - tail:]}"
+    return f"{text[:head]}\n[... {omitted} characters omitted ...]\n{text[len(text) - tail :]}"
 
 
 class JudgeClient:
@@ -154,8 +163,16 @@ class JudgeClient:
             # look-up on every call (about 40% of its per-call CPU).
             quiet = logging.getLogger("LiteLLM")
             level, quiet.level = quiet.level, logging.ERROR  # it warns that a free model has no cache prices
-            litellm.register_model({config.model: {"input_cost_per_token": 0.0, "output_cost_per_token": 0.0,
-                                                   "litellm_provider": "hosted_vllm", "mode": "chat"}})  # fmt: skip
+            litellm.register_model(
+                {
+                    config.model: {
+                        "input_cost_per_token": 0.0,
+                        "output_cost_per_token": 0.0,
+                        "litellm_provider": "hosted_vllm",
+                        "mode": "chat",
+                    }
+                }
+            )
             quiet.setLevel(level)
         self._litellm = litellm
         self.config = config
@@ -178,7 +195,9 @@ class JudgeClient:
         except Exception:  # unknown tokenizer: a conservative 3 characters per token  # noqa: BLE001
             return sum(len(m["content"]) for m in messages) // 3 + 8 * len(messages)
 
-    def fit_context(self, build: Callable[..., list[Message]], texts: list[str]) -> tuple[list[Message], bool]:
+    def fit_context(
+        self, build: Callable[..., list[Message]], texts: list[str]
+    ) -> tuple[list[Message], bool]:
         """Build messages from `texts`; while they exceed the context window, cut the texts in the middle."""
         budget = self.config.max_context_length - self.config.max_tokens
         messages = build(*texts)
@@ -276,6 +295,10 @@ class JudgeClient:
         self.stats.unreachable += int(unreachable)
         self.stats.errors[kind] = self.stats.errors.get(kind, 0) + 1
         return JudgeResult(
-            None, False, f"judge call failed after {attempts} attempt(s): {message}", attempts,
-            seconds=seconds, unreachable=unreachable,
-        )  # fmt: skip
+            None,
+            False,
+            f"judge call failed after {attempts} attempt(s): {message}",
+            attempts,
+            seconds=seconds,
+            unreachable=unreachable,
+        )

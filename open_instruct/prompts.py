@@ -19,7 +19,9 @@ def load_prompt(name: str) -> str:
     """Return the text of prompts/<name>.prompt (trailing newline stripped)."""
     path = PROMPTS_DIR / f"{name}.prompt"
     if not path.is_file():
-        raise FileNotFoundError(f"prompt template {path} not found (set FLIP_PROMPTS_DIR to the prompts/ folder)")
+        raise FileNotFoundError(
+            f"prompt template {path} not found (set FLIP_PROMPTS_DIR to the prompts/ folder)"
+        )
     return path.read_text(encoding="utf-8").rstrip("\n")
 
 

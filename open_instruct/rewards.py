@@ -41,7 +41,9 @@ class RewardDispatcher:
             self._verifiers[name] = build_verifier(name, self.judge, on_unparsed=self.cfg.on_unparsed)
         return self._verifiers[name]
 
-    async def score(self, name: str, messages: list[dict], ground_truth, text: str, finish_reason: str) -> VerifierResult:
+    async def score(
+        self, name: str, messages: list[dict], ground_truth, text: str, finish_reason: str
+    ) -> VerifierResult:
         if self.cfg.non_stop_penalty and finish_reason != "stop":
             return VerifierResult(self.cfg.non_stop_penalty_value, error="did not stop: non-stop penalty")
         gt = ground_truth[0] if isinstance(ground_truth, list) and ground_truth else ground_truth

@@ -152,7 +152,9 @@ def grpo_loss(
         stats["kl_sum"] = float((kl.detach() * mask).sum())
     elif vllm_logprobs is not None:
         # Without a reference policy, report how far the learner is from the sampler that made the data.
-        stats["kl_sum"] = float((kl_per_token(logprobs.detach(), vllm_logprobs, cfg.kl_estimator) * mask).sum())
+        stats["kl_sum"] = float(
+            (kl_per_token(logprobs.detach(), vllm_logprobs, cfg.kl_estimator) * mask).sum()
+        )
     stats["ratio_sum"] = float((ratio.detach() * mask).sum())
     loss = (per_token * mask).sum() / max(num_tokens, 1.0)
     return loss, stats

@@ -30,7 +30,6 @@ class Rollout:
     sampler_state: dict  # the data position once this step's prompts were taken
 
 
-
 async def rollout_and_score(engines, prompts: list, rewards, cfg: GRPOConfig, n: int, seed_key: str):
     """Generate n samples per prompt across the engines and score each chunk as soon as it is back.
     Returns (completions, results, generation seconds, exposed reward seconds)."""
@@ -44,8 +43,14 @@ async def rollout_and_score(engines, prompts: list, rewards, cfg: GRPOConfig, n:
         # Each generate call is seeded from the run seed, step and chunk: a rerun (or a resume) draws the
         # same samples from the same weights, and no two calls of a run share a random stream.
         seed = random.Random(f"{seed_key}/{k}").randrange(2**31)
-        ref = engine.generate.remote([prompts[i].prompt_token_ids for i in idx], n, cfg.temperature,
-                                     cfg.response_length, cfg.stop_strings or None, seed)  # fmt: skip
+        ref = engine.generate.remote(
+            [prompts[i].prompt_token_ids for i in idx],
+            n,
+            cfg.temperature,
+            cfg.response_length,
+            cfg.stop_strings or None,
+            seed,
+        )
         return idx, await asyncio.wait_for(ref, timeout=cfg.backend_timeout * 60)
 
     completions: list = [None] * len(prompts)
@@ -54,7 +59,9 @@ async def rollout_and_score(engines, prompts: list, rewards, cfg: GRPOConfig, n:
 
     async def score(i: int, j: int):
         p, c = prompts[i], completions[i][j]
-        results[i][j] = await rewards.score(p.dataset, p.messages, p.ground_truth, c["text"], c["finish_reason"])
+        results[i][j] = await rewards.score(
+            p.dataset, p.messages, p.ground_truth, c["text"], c["finish_reason"]
+        )
 
     for next_done in asyncio.as_completed([generate(k, idx) for k, idx in enumerate(chunks)]):
         idx, outs = await next_done

@@ -15,8 +15,9 @@ from open_instruct import train_state
 from open_instruct.grpo_config import GRPOConfig
 
 
-def step_metrics(ro, adv, train_stats: list[dict], sync_seconds: float, train_seconds: float,
-                 step_seconds: float) -> dict:  # fmt: skip
+def step_metrics(
+    ro, adv, train_stats: list[dict], sync_seconds: float, train_seconds: float, step_seconds: float
+) -> dict:
     flat = [r for group in ro.results for r in group]
     samples = [c for group in ro.completions for c in group]
     scores = [r.score for r in flat if r.score is not None]
@@ -41,7 +42,9 @@ def step_metrics(ro, adv, train_stats: list[dict], sync_seconds: float, train_se
         "samples_trained": int(adv.keep.sum()),
         "zero_std_groups": adv.zero_std_groups,
         "dropped_groups": adv.dropped_groups,
-        "grad_norm": train_stats[0]["grad_norm"] / max(train_stats[0]["updates"], 1) if train_stats else float("nan"),
+        "grad_norm": train_stats[0]["grad_norm"] / max(train_stats[0]["updates"], 1)
+        if train_stats
+        else float("nan"),
         "lr": train_stats[0]["lr"] if train_stats else float("nan"),
         "judge_cost": sum(r.cost for r in flat),
         # Steps between the weights being trained and those that generated the samples (vLLM's weight
@@ -63,7 +66,9 @@ class MetricsLog:
     the mixture) and, with --with_tracking, wandb. A resumed run keeps the rows up to its saved step and
     continues the same wandb run."""
 
-    def __init__(self, cfg: GRPOConfig, out: Path, resume_step: int | None = None, wandb_run_id: str | None = None):
+    def __init__(
+        self, cfg: GRPOConfig, out: Path, resume_step: int | None = None, wandb_run_id: str | None = None
+    ):
         self.path, self.order_path = out / "metrics.jsonl", out / "data_order.jsonl"
         self.history: list[dict] = []
         if resume_step is None:
@@ -77,8 +82,15 @@ class MetricsLog:
             import wandb
 
             mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
-            self.wandb = wandb.init(project=cfg.wandb_project_name, name=cfg.exp_name, config=_public_config(cfg),
-                                    dir=str(out), mode=mode, id=wandb_run_id, resume="allow")  # fmt: skip
+            self.wandb = wandb.init(
+                project=cfg.wandb_project_name,
+                name=cfg.exp_name,
+                config=_public_config(cfg),
+                dir=str(out),
+                mode=mode,
+                id=wandb_run_id,
+                resume="allow",
+            )
 
     @property
     def wandb_run_id(self) -> str | None:
@@ -88,8 +100,16 @@ class MetricsLog:
         with self.path.open("a") as f:
             f.write(json.dumps(metrics) + "\n")
         with self.order_path.open("a") as f:
-            f.write(json.dumps({"step": ro.step, "epoch": ro.sampler_state["epoch"],
-                                "indices": [p.index for p in ro.prompts]}) + "\n")  # fmt: skip
+            f.write(
+                json.dumps(
+                    {
+                        "step": ro.step,
+                        "epoch": ro.sampler_state["epoch"],
+                        "indices": [p.index for p in ro.prompts],
+                    }
+                )
+                + "\n"
+            )
         self.history.append(metrics)
         if self.wandb is not None:
             self.wandb.log(metrics, step=metrics["step"])

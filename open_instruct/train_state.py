@@ -22,8 +22,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 # Flags that fix which prompts each step sees and how they are grouped: a resumed run must use the same.
-IDENTITY_FLAGS = ("seed", "dataset_mixer_list", "dataset_mixer_list_splits", "num_unique_prompts_rollout",
-                  "num_samples_per_prompt_rollout", "model_name_or_path", "max_prompt_token_length")  # fmt: skip
+IDENTITY_FLAGS = (
+    "seed",
+    "dataset_mixer_list",
+    "dataset_mixer_list_splits",
+    "num_unique_prompts_rollout",
+    "num_samples_per_prompt_rollout",
+    "model_name_or_path",
+    "max_prompt_token_length",
+)
 
 
 class PromptSampler:
@@ -45,8 +52,12 @@ class PromptSampler:
 
     def state(self) -> dict:
         version, internal, gauss = self.rng.getstate()
-        return {"epoch": self.epoch, "pos": self.pos, "order": list(self.order),
-                "rng": [version, list(internal), gauss]}  # fmt: skip
+        return {
+            "epoch": self.epoch,
+            "pos": self.pos,
+            "order": list(self.order),
+            "rng": [version, list(internal), gauss],
+        }
 
     def load(self, state: dict) -> None:
         version, internal, gauss = state["rng"]
@@ -98,8 +109,10 @@ def commit(output_dir: str | Path, tmp: Path, state: TrainerState, keep: int = 2
     os.replace(tmp, final)
     _write_atomic(root / "latest", final.name)
     _fsync_dir(root)
-    saved = sorted((p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp")),
-                   key=lambda p: int(p.name.split("_")[1]))  # fmt: skip
+    saved = sorted(
+        (p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp")),
+        key=lambda p: int(p.name.split("_")[1]),
+    )
     for old in saved[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -109,8 +122,10 @@ def check_identity(saved: dict, current: dict) -> str | None:
     """None when a resumed run sees the same data and groups; else a one-line reason naming the flag."""
     for flag in IDENTITY_FLAGS:
         if saved.get(flag) != current.get(flag):
-            return (f"--{flag} was {saved.get(flag)!r} when the saved state was written and is "
-                    f"{current.get(flag)!r} now: rerun with the same value, or use a new --output_dir")  # fmt: skip
+            return (
+                f"--{flag} was {saved.get(flag)!r} when the saved state was written and is "
+                f"{current.get(flag)!r} now: rerun with the same value, or use a new --output_dir"
+            )
     return None
 
 

@@ -212,7 +212,10 @@ class LLMRayActor:
             outputs = self._step_until_done()
         versions = (first_version, self.weight_version)
         tokenizer = None if params.detokenize else self.llm.get_tokenizer()
-        return [[_sample_dict(c, tokenizer) | {"weight_versions": versions} for c in out.outputs] for out in outputs]
+        return [
+            [_sample_dict(c, tokenizer) | {"weight_versions": versions} for c in out.outputs]
+            for out in outputs
+        ]
 
     def _step_until_done(self) -> list:
         """`LLM.generate`'s engine loop, one gated step at a time, so weight updates land between steps."""

@@ -113,7 +113,9 @@ class GlooWeightTransferEngine(
         if self.group is None:
             raise RuntimeError("gloo weight transfer not initialised: call init_weight_transfer_engine first")
         dtypes = [getattr(torch, d) for d in update_info.dtype_names]
-        sizes = [math.prod(shape) * dtype.itemsize for shape, dtype in zip(update_info.shapes, dtypes, strict=True)]
+        sizes = [
+            math.prod(shape) * dtype.itemsize for shape, dtype in zip(update_info.shapes, dtypes, strict=True)
+        ]
         packed = torch.empty(sum(sizes), dtype=torch.uint8)
         self.group.broadcast(packed, 0).wait()
         weights = [
@@ -310,7 +312,9 @@ def init_weight_sync(learners: list, engines: list, timeout: float | None = None
     ray.get([lr.__ray_call__.remote(_learner_open_sender, engines) for lr in learners], timeout=timeout)
 
 
-def sync_weights(learners: list, engines: list, version: int | None = None, timeout: float | None = None) -> None:
+def sync_weights(
+    learners: list, engines: list, version: int | None = None, timeout: float | None = None
+) -> None:
     """Push the learners' current weights into every engine; blocks until all engines have loaded them.
     `engines` is accepted for symmetry; the sender opened by `init_weight_sync` already knows them."""
     del engines

@@ -30,29 +30,59 @@ class SimulatedCluster:
         self.address = f"127.0.0.1:{self.port}"
         # Without a token: Ray 2.60 turns token authentication on by itself when it finds ~/.ray/auth_token
         # (any earlier local cluster may have written one), and clients here would then need that token.
-        self.env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_AUTH_MODE": "disabled"}
+        self.env = {
+            **{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+            "RAY_AUTH_MODE": "disabled",
+        }
         self.ips = [ip for ip, _, _ in workers]
         self.procs: list = []
-        self._start(["--head", f"--port={self.port}", "--num-gpus=0", f"--num-cpus={head_cpus}",
-                     "--include-dashboard=false", *self._node_args(0)])  # fmt: skip
+        self._start(
+            [
+                *(
+                    f"--head --port={self.port} --num-gpus=0 --num-cpus={head_cpus} --include-dashboard=false"
+                ).split(),
+                *self._node_args(0),
+            ]
+        )
         self._wait(1)
         # One at a time: a node names its sockets after the ones it finds in the session directory, so two
         # nodes starting together could both take the same name.
         for k, (ip, gpus, cpus) in enumerate(workers, start=1):
-            self._start([f"--address={self.address}", f"--node-ip-address={ip}", f"--num-gpus={gpus}",
-                         f"--num-cpus={cpus}", *self._node_args(k)])  # fmt: skip
+            self._start(
+                [
+                    f"--address={self.address}",
+                    f"--node-ip-address={ip}",
+                    f"--num-gpus={gpus}",
+                    f"--num-cpus={cpus}",
+                    *self._node_args(k),
+                ]
+            )
             self._wait(1 + k)
 
     def _node_args(self, k: int) -> list[str]:
         """Ports of a node's own: nodes on one machine would collide on Ray's defaults."""
         from open_instruct.net_utils import free_port
 
-        ports = {f"--{name}": free_port() for name in ("node-manager-port", "object-manager-port", "metrics-export-port",
-                 "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port")}  # fmt: skip
+        ports = {
+            f"--{name}": free_port()
+            for name in (
+                "node-manager-port",
+                "object-manager-port",
+                "metrics-export-port",
+                "dashboard-agent-listen-port",
+                "dashboard-agent-grpc-port",
+                "runtime-env-agent-port",
+            )
+        }
         low = 20_000 + 500 * k  # worker processes: a range of their own per node
-        return ["--block", "--disable-usage-stats", f"--object-store-memory={200 * 2**20}",
-                f"--min-worker-port={low}", f"--max-worker-port={low + 499}",
-                *(f"{flag}={port}" for flag, port in ports.items())]  # fmt: skip
+        return [
+            "--block",
+            "--disable-usage-stats",
+            f"--object-store-memory={200 * 2**20}",
+            f"--min-worker-port={low}",
+            f"--max-worker-port={low + 499}",
+            *(f"{flag}={port}" for flag, port in ports.items()),
+        ]
 
     def _start(self, args: list[str]) -> None:
         import subprocess
@@ -60,8 +90,15 @@ class SimulatedCluster:
         from pathlib import Path
 
         ray = Path(sys.executable).with_name("ray")
-        self.procs.append(subprocess.Popen([str(ray), "start", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                           start_new_session=True, env=self.env))  # fmt: skip
+        self.procs.append(
+            subprocess.Popen(
+                [str(ray), "start", *args],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                env=self.env,
+            )
+        )
 
     def _wait(self, nodes: int, timeout: float = 120) -> None:
         """Until `nodes` nodes are alive (asked from a separate process: this one may be a Ray driver)."""
@@ -69,11 +106,15 @@ class SimulatedCluster:
         import sys
         import time
 
-        probe = ("import ray,sys; ray.init(address=sys.argv[1], log_to_driver=False); "
-                 "print(sum(n['Alive'] for n in ray.nodes()))")  # fmt: skip
+        probe = (
+            "import ray,sys; ray.init(address=sys.argv[1], log_to_driver=False); "
+            "print(sum(n['Alive'] for n in ray.nodes()))"
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            out = subprocess.run([sys.executable, "-c", probe, self.address], capture_output=True, text=True, env=self.env)
+            out = subprocess.run(
+                [sys.executable, "-c", probe, self.address], capture_output=True, text=True, env=self.env
+            )
             if out.returncode == 0 and out.stdout.strip().splitlines()[-1:] == [str(nodes)]:
                 return
             time.sleep(1)

@@ -18,10 +18,22 @@ REPO = Path(__file__).resolve().parent.parent
 def test_learner_gpu_benchmark_runs_its_checks_on_cpu(tmp_path):
     out = tmp_path / "learner.json"
     proc = subprocess.run(
-        [sys.executable, "benchmarks/learner_gpu.py", "--quick", "--configs", "z2,z3",
-         "--work-dir", str(tmp_path / "work"), "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "benchmarks/learner_gpu.py",
+            "--quick",
+            "--configs",
+            "z2,z3",
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["failed"] == [] and set(result["configs"]) == {"z2", "z3"}
@@ -29,4 +41,6 @@ def test_learner_gpu_benchmark_runs_its_checks_on_cpu(tmp_path):
         assert config["ok"], name
         assert config["checks"] and all(config["checks"].values()), (name, config["checks"])
     # ZeRO-3 runs the checks that only matter there
-    assert {"gathered_full_shapes", "save_model_equal", "load_state_weights_equal"} <= set(result["configs"]["z3"]["checks"])
+    assert {"gathered_full_shapes", "save_model_equal", "load_state_weights_equal"} <= set(
+        result["configs"]["z3"]["checks"]
+    )

@@ -18,8 +18,12 @@ from open_instruct.cluster import Node, fit, layout
 from open_instruct.grpo_config import parse_args
 
 REPO = Path(__file__).resolve().parent.parent
-PAPER_FLAGS = ["--model_name_or_path", "m", "--num_learners_per_node", "8", "--vllm_num_engines", "16",
-               "--deepspeed_stage", "3", "--num_unique_prompts_rollout", "24", "--total_episodes", "192"]  # fmt: skip
+PAPER_FLAGS = [
+    *(
+        "--model_name_or_path m --num_learners_per_node 8 --vllm_num_engines 16 "
+        "--deepspeed_stage 3 --num_unique_prompts_rollout 24 --total_episodes 192"
+    ).split()
+]
 
 
 def config(*flags: str):
@@ -28,7 +32,9 @@ def config(*flags: str):
 
 def nodes(*gpus: float, cpus: float = 16) -> list[Node]:
     """A head node without GPUs, then one node per entry."""
-    return [Node("head", "10.0.0.1", 8, 0)] + [Node(f"n{i}", f"10.0.0.{i + 2}", cpus, g) for i, g in enumerate(gpus)]
+    return [Node("head", "10.0.0.1", 8, 0)] + [
+        Node(f"n{i}", f"10.0.0.{i + 2}", cpus, g) for i, g in enumerate(gpus)
+    ]
 
 
 def test_paper_layout_fits_three_nodes_of_eight_and_a_judge_node():
@@ -40,19 +46,27 @@ def test_paper_layout_fits_three_nodes_of_eight_and_a_judge_node():
 
 def test_more_gpus_than_the_cluster_has_is_one_line():
     plan = layout(parse_args([*PAPER_FLAGS, "--vllm_num_engines", "20"])[0], on_gpu=True)
-    assert fit(plan, nodes(8, 8, 8)) == ("the run needs 28 GPUs for 8 learner(s) and 20 engine(s) x TP 1, and the "
-                                         "Ray cluster has 24")  # fmt: skip
+    assert fit(plan, nodes(8, 8, 8)) == (
+        "the run needs 28 GPUs for 8 learner(s) and 20 engine(s) x TP 1, and the Ray cluster has 24"
+    )
 
 
 def test_learner_groups_need_a_node_each():
     """Enough GPUs in total, but only one node has room for a group of 4 learners."""
-    problem = fit(layout(config("--num_learners_per_node", "4", "4", "--vllm_num_engines", "1"), True), nodes(8, 2, 2))
-    assert problem.startswith("--num_learners_per_node 4 4 needs 2 node(s), each with its learners' GPUs free")
+    problem = fit(
+        layout(config("--num_learners_per_node", "4", "4", "--vllm_num_engines", "1"), True), nodes(8, 2, 2)
+    )
+    assert problem.startswith(
+        "--num_learners_per_node 4 4 needs 2 node(s), each with its learners' GPUs free"
+    )
     assert "10.0.0.2: 8 GPU/16 CPU" in problem
 
 
 def test_engines_need_their_tensor_parallel_gpus_on_one_node():
-    plan = layout(config("--num_learners_per_node", "4", "--vllm_num_engines", "2", "--vllm_tensor_parallel_size", "4"), True)
+    plan = layout(
+        config("--num_learners_per_node", "4", "--vllm_num_engines", "2", "--vllm_tensor_parallel_size", "4"),
+        True,
+    )
     assert fit(plan, nodes(6, 6)).startswith("vLLM engine 1 of 2 needs 4 GPU(s) on one node (TP 4)")
     assert fit(plan, nodes(8, 8)) is None
 
@@ -60,8 +74,10 @@ def test_engines_need_their_tensor_parallel_gpus_on_one_node():
 def test_one_gpu_needs_single_gpu_mode_and_then_fits():
     """Failed before --single_gpu_mode: the engine and the learner each asked for a whole GPU."""
     problem = fit(layout(config(), True), nodes(1))
-    assert problem == ("the run needs 2 GPUs for 1 learner(s) and 1 engine(s) x TP 1, and the Ray cluster has 1; "
-                       "on one GPU add --single_gpu_mode (the engine and the learner share it)")  # fmt: skip
+    assert problem == (
+        "the run needs 2 GPUs for 1 learner(s) and 1 engine(s) x TP 1, and the Ray cluster has 1; "
+        "on one GPU add --single_gpu_mode (the engine and the learner share it)"
+    )
     shared = layout(config("--single_gpu_mode"), True)
     assert shared.learner_bundles == [{"GPU": 1, "CPU": 2}] and shared.engine_bundles == []
     assert shared.learner_gpus == 0.5 and shared.engine_gpus == 0.5
@@ -81,7 +97,9 @@ def test_cpu_cluster_layout_asks_for_cpus_only():
     assert plan.learner_bundles == [{"CPU": 2}, {"CPU": 2}] and plan.learner_gpus == 0
     assert plan.engine_bundles == [{"CPU": 1}]
     one_node = [Node("local", "127.0.0.1", 8, 0)]
-    assert fit(plan, one_node).startswith("--num_learners_per_node 2 2 needs 2 node(s), each with its learners' CPUs")
+    assert fit(plan, one_node).startswith(
+        "--num_learners_per_node 2 2 needs 2 node(s), each with its learners' CPUs"
+    )
     assert fit(layout(config("--num_learners_per_node", "4"), on_gpu=False), one_node) is None
 
 
@@ -142,8 +160,15 @@ def learner_config(model: str, stage: int):
     from open_instruct.rl_utils import LossConfig
 
     # the loss as the trainer's defaults set it (truncated importance sampling capped at 2.0)
-    return LearnerConfig(model, learning_rate=1e-2, deepspeed_stage=stage, pack_length=96, total_steps=1,
-                         backend_timeout=120, loss=LossConfig(tis_cap=2.0))  # fmt: skip
+    return LearnerConfig(
+        model,
+        learning_rate=1e-2,
+        deepspeed_stage=stage,
+        pack_length=96,
+        total_steps=1,
+        backend_timeout=120,
+        loss=LossConfig(tis_cap=2.0),
+    )
 
 
 def step_samples():
@@ -155,8 +180,14 @@ def step_samples():
     out = []
     for i in range(5):
         q, r = 5 + 3 * i, 8 + 4 * i
-        out.append(Sample(torch.randint(3, 600, (q,), generator=g).tolist(), torch.randint(3, 600, (r,), generator=g).tolist(),
-                          [-6.0] * r, float(i) - 2.0))  # fmt: skip
+        out.append(
+            Sample(
+                torch.randint(3, 600, (q,), generator=g).tolist(),
+                torch.randint(3, 600, (r,), generator=g).tolist(),
+                [-6.0] * r,
+                float(i) - 2.0,
+            )
+        )
     return out
 
 
@@ -177,15 +208,34 @@ def test_four_learners_on_two_nodes_train_like_one(stage, gpu_cluster, driver, t
     from open_instruct.packing import plan_step
 
     ref_path = tmp_path / "reference.pt"
-    proc = subprocess.run([sys.executable, "-c", REFERENCE, str(tiny_judge_dir), str(stage), str(Path(__file__).parent), str(ref_path)],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            REFERENCE,
+            str(tiny_judge_dir),
+            str(stage),
+            str(Path(__file__).parent),
+            str(ref_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     reference = torch.load(ref_path)
 
-    cfg = parse_args(["--model_name_or_path", str(tiny_judge_dir), "--num_learners_per_node", "2", "2",
-                      "--deepspeed_stage", str(stage), "--learning_rate", "1e-2", "--pack_length", "96",
-                      "--max_prompt_token_length", "64", "--response_length", "32", "--backend_timeout", "2",
-                      "--num_unique_prompts_rollout", "1", "--total_episodes", "8"])[0]  # fmt: skip
+    cfg = parse_args(
+        [
+            *(
+                f"--model_name_or_path {tiny_judge_dir} --num_learners_per_node 2 2 --deepspeed_stage "
+                f"{stage} --learning_rate 1e-2 --pack_length 96 --max_prompt_token_length 64 "
+                "--response_length 32 --backend_timeout 2 --num_unique_prompts_rollout 1 "
+                "--total_episodes 8"
+            ).split()
+        ]
+    )[0]
     plan, _, problem = cluster.plan_for_cluster(cfg)
     assert problem is None
     placement = cluster.Placement(plan, timeout=60)
@@ -198,10 +248,14 @@ def test_four_learners_on_two_nodes_train_like_one(stage, gpu_cluster, driver, t
         assert host == ranks_at[0] != driver, (reports[0]["rendezvous"], ranks_at, driver)
         if stage == 3:
             full = sum(t.numel() * t.element_size() for t in reference.values())
-            assert all(r["loaded_param_bytes"] < 0.3 * full for r in reports), [r["loaded_param_bytes"] for r in reports]
+            assert all(r["loaded_param_bytes"] < 0.3 * full for r in reports), [
+                r["loaded_param_bytes"] for r in reports
+            ]
 
         batches = plan_step(step_samples(), 4, 1, 96)
-        assert any(all(not micro for micro in b.micro_batches[0]) for b in batches), "a rank with only padding"
+        assert any(all(not micro for micro in b.micro_batches[0]) for b in batches), (
+            "a rank with only padding"
+        )
         stats = ray.get([lr.train.remote(b) for lr, b in zip(learners, batches, strict=True)], timeout=300)
         assert {s["micro_batches"] for s in stats} == {len(batches[0].micro_batches[0])}
         from ray import cloudpickle
@@ -222,14 +276,33 @@ def test_four_learners_on_two_nodes_train_like_one(stage, gpu_cluster, driver, t
     from transformers import AutoModelForCausalLM
 
     initial = AutoModelForCausalLM.from_pretrained(tiny_judge_dir).state_dict()
-    assert max((reference[k] - initial[k]).abs().max().item() for k in reference) > 1e-3  # the step moved the weights
+    assert (
+        max((reference[k] - initial[k]).abs().max().item() for k in reference) > 1e-3
+    )  # the step moved the weights
 
 
 def word_data(path: Path, n: int = 6) -> Path:
-    prompts = ["Say something.", "Tell me a story.", "Write a line.", "What do you like?", "Describe a city.",
-               "Give me three words."][:n]  # fmt: skip
-    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": p}], "ground_truth": "dogs",
-                                        "dataset": "word-share"}) + "\n" for p in prompts))  # fmt: skip
+    prompts = [
+        "Say something.",
+        "Tell me a story.",
+        "Write a line.",
+        "What do you like?",
+        "Describe a city.",
+        "Give me three words.",
+    ][:n]
+    path.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": [{"role": "user", "content": p}],
+                    "ground_truth": "dogs",
+                    "dataset": "word-share",
+                }
+            )
+            + "\n"
+            for p in prompts
+        )
+    )
     return path
 
 
@@ -241,13 +314,47 @@ def test_trainer_runs_four_learners_on_two_nodes(gpu_cluster, tmp_path):
     before the step was packed globally). Two rollout calls per engine and --async_steps 1, so a step can mix
     weight versions; the metrics say which."""
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "open_instruct.grpo_fast", "--model_name_or_path", str(build_policy(tmp_path)),
-           "--dataset_mixer_list", str(word_data(tmp_path / "word.jsonl")), "1.0", "--output_dir", str(out),
-           "--ray_address", gpu_cluster.address, "--num_learners_per_node", "2", "2", "--deepspeed_stage", "3",
-           "--num_unique_prompts_rollout", "3", "--num_samples_per_prompt_rollout", "3", "--total_episodes", "27",
-           "--response_length", "12", "--max_prompt_token_length", "24", "--pack_length", "36",
-           "--learning_rate", "1e-3", "--rollout_chunks_per_engine", "2", "--filter_zero_std_samples", "False",
-           "--backend_timeout", "4", "--verifier_modules", "open_instruct.testing.verifiers"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "open_instruct.grpo_fast",
+        "--model_name_or_path",
+        str(build_policy(tmp_path)),
+        "--dataset_mixer_list",
+        str(word_data(tmp_path / "word.jsonl")),
+        "1.0",
+        "--output_dir",
+        str(out),
+        "--ray_address",
+        gpu_cluster.address,
+        "--num_learners_per_node",
+        "2",
+        "2",
+        "--deepspeed_stage",
+        "3",
+        "--num_unique_prompts_rollout",
+        "3",
+        "--num_samples_per_prompt_rollout",
+        "3",
+        "--total_episodes",
+        "27",
+        "--response_length",
+        "12",
+        "--max_prompt_token_length",
+        "24",
+        "--pack_length",
+        "36",
+        "--learning_rate",
+        "1e-3",
+        "--rollout_chunks_per_engine",
+        "2",
+        "--filter_zero_std_samples",
+        "False",
+        "--backend_timeout",
+        "4",
+        "--verifier_modules",
+        "open_instruct.testing.verifiers",
+    ]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -281,16 +388,33 @@ def test_single_gpu_preset_starts_on_a_one_gpu_cluster(tmp_path):
 
     one_gpu = SimulatedCluster([("127.0.0.5", 1, 4)])
     try:
-        with ScriptedJudge(lambda messages, n: Reply(json.dumps({"INFERRED INSTRUCTION": "Write a poem."}))) as judge:
-            env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "PYTHON": sys.executable,
-                   "PRESET": "single_gpu", "MODEL_NAME_OR_PATH": str(build_policy(tmp_path)),
-                   "RAY_ADDRESS": one_gpu.address, "DATASETS": "data/general_chat_flip_sample.jsonl 1.0",
-                   "JUDGE_BASE_URL": judge.api_base, "JUDGE_MODEL": "hosted_vllm/scripted",
-                   "OUTPUT_DIR": str(tmp_path / "out")}  # fmt: skip
-            proc = subprocess.run(["bash", "scripts/train/grpo_flip.sh", "--total_episodes", "16",
-                                   "--num_unique_prompts_rollout", "4", "--num_samples_per_prompt_rollout", "4",
-                                   "--response_length", "8", "--max_prompt_token_length", "256"],
-                                  cwd=REPO, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+        with ScriptedJudge(
+            lambda messages, n: Reply(json.dumps({"INFERRED INSTRUCTION": "Write a poem."}))
+        ) as judge:
+            env = {
+                **{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+                "PYTHON": sys.executable,
+                "PRESET": "single_gpu",
+                "MODEL_NAME_OR_PATH": str(build_policy(tmp_path)),
+                "RAY_ADDRESS": one_gpu.address,
+                "DATASETS": "data/general_chat_flip_sample.jsonl 1.0",
+                "JUDGE_BASE_URL": judge.api_base,
+                "JUDGE_MODEL": "hosted_vllm/scripted",
+                "OUTPUT_DIR": str(tmp_path / "out"),
+            }
+            proc = subprocess.run(
+                [
+                    *(
+                        "bash scripts/train/grpo_flip.sh --total_episodes 16 --num_unique_prompts_rollout 4 "
+                        "--num_samples_per_prompt_rollout 4 --response_length 8 --max_prompt_token_length 256"
+                    ).split()
+                ],
+                cwd=REPO,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )
     finally:
         one_gpu.stop()
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

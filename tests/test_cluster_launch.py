@@ -22,8 +22,12 @@ from open_instruct.net_utils import free_port
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER_ENV = REPO / "scripts/cluster/cluster_env.sh"
 MAKE_SPEC = REPO / "scripts/beaker/make_spec.py"
-SCRIPTS = [*sorted((REPO / "scripts/cluster").glob("*.sh")), *sorted((REPO / "scripts/slurm").iterdir()),
-           REPO / "scripts/serve_judge.sh", REPO / "scripts/train/grpo_common.sh"]  # fmt: skip
+SCRIPTS = [
+    *sorted((REPO / "scripts/cluster").glob("*.sh")),
+    *sorted((REPO / "scripts/slurm").iterdir()),
+    REPO / "scripts/serve_judge.sh",
+    REPO / "scripts/train/grpo_common.sh",
+]
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(REPO)))
@@ -43,36 +47,56 @@ def layout(**env) -> dict[str, str]:
 
 def test_layouts():
     # The published recipe: 3 training nodes of 8 GPUs and a node for the judge, 8 copies of it there.
-    assert layout() == {"NUM_NODES": "4", "RAY_GPUS": "24", "HEAD_RAY_GPUS": "0", "JUDGE_HEAD_GPUS": "8",
-                        "JUDGE_REPLICAS": "8"}  # fmt: skip
+    assert layout() == {
+        "NUM_NODES": "4",
+        "RAY_GPUS": "24",
+        "HEAD_RAY_GPUS": "0",
+        "JUDGE_HEAD_GPUS": "8",
+        "JUDGE_REPLICAS": "8",
+    }
     # The judge on 2 of the head node's GPUs (tensor parallel 2): the head gives Ray the other 6.
     assert layout(TRAIN_NODES="2", JUDGE_NODES="0", JUDGE_GPUS="2") == {
-        "NUM_NODES": "2", "RAY_GPUS": "14", "HEAD_RAY_GPUS": "6", "JUDGE_HEAD_GPUS": "2", "JUDGE_REPLICAS": "1"}  # fmt: skip
+        "NUM_NODES": "2",
+        "RAY_GPUS": "14",
+        "HEAD_RAY_GPUS": "6",
+        "JUDGE_HEAD_GPUS": "2",
+        "JUDGE_REPLICAS": "1",
+    }
     # CPU only: no GPU anywhere, the judge on the head node's CPUs.
     assert layout(TRAIN_NODES="1", JUDGE_NODES="0", GPUS_PER_NODE="0")["RAY_GPUS"] == "0"
 
 
-@pytest.mark.parametrize("env, message", [
-    ({"TRAIN_NODES": "0"}, "TRAIN_NODES must be at least 1"),
-    ({"TRAIN_NODES": "three"}, "TRAIN_NODES must be a whole number"),
-    ({"JUDGE_NODES": "2"}, "JUDGE_NODES must be 0"),
-    ({"JUDGE_NODES": "0", "JUDGE_GPUS": "8"}, "leaves none to train"),
-    ({"JUDGE_GPUS": "3", "JUDGE_REPLICAS": "3"}, "needs JUDGE_GPUS x JUDGE_REPLICAS = 9 GPUs"),
-    ({"RAY_PORT": "8000"}, "two different ports"),
-    ({"DRY_RUN": "yes"}, "DRY_RUN must be 0, 1 or first"),
-    ({"JUDGE_BASE_URL": "http://judge:8000/v1", "JUDGE_NODES": "0"}, "needs JUDGE_MODEL"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"TRAIN_NODES": "0"}, "TRAIN_NODES must be at least 1"),
+        ({"TRAIN_NODES": "three"}, "TRAIN_NODES must be a whole number"),
+        ({"JUDGE_NODES": "2"}, "JUDGE_NODES must be 0"),
+        ({"JUDGE_NODES": "0", "JUDGE_GPUS": "8"}, "leaves none to train"),
+        ({"JUDGE_GPUS": "3", "JUDGE_REPLICAS": "3"}, "needs JUDGE_GPUS x JUDGE_REPLICAS = 9 GPUs"),
+        ({"RAY_PORT": "8000"}, "two different ports"),
+        ({"DRY_RUN": "yes"}, "DRY_RUN must be 0, 1 or first"),
+        ({"JUDGE_BASE_URL": "http://judge:8000/v1", "JUDGE_NODES": "0"}, "needs JUDGE_MODEL"),
+    ],
+)
 def test_bad_variables_stop_with_one_line(env, message):
-    out = subprocess.run(["bash", str(CLUSTER_ENV), "--print"], env={**os.environ, **env}, capture_output=True,
-                         text=True)  # fmt: skip
+    out = subprocess.run(
+        ["bash", str(CLUSTER_ENV), "--print"], env={**os.environ, **env}, capture_output=True, text=True
+    )
     assert out.returncode == 2 and out.stdout == ""
-    assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1 and message in out.stderr, out.stderr
+    assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1 and message in out.stderr, (
+        out.stderr
+    )
 
 
 def test_sbatch_allocations_match_the_default_layout():
     env = {k: v for k, v in os.environ.items() if k not in ("TRAIN_NODES", "JUDGE_NODES", "GPUS_PER_NODE")}
-    values = dict(line.split("=", 1) for line in subprocess.run(
-        ["bash", str(CLUSTER_ENV), "--print"], env=env, capture_output=True, text=True, check=True).stdout.split())  # fmt: skip
+    values = dict(
+        line.split("=", 1)
+        for line in subprocess.run(
+            ["bash", str(CLUSTER_ENV), "--print"], env=env, capture_output=True, text=True, check=True
+        ).stdout.split()
+    )
     for twin in ("grpo_flip", "grpo_llmjudge"):
         text = (REPO / f"scripts/slurm/{twin}.sbatch").read_text()
         assert f"#SBATCH --nodes={int(values['TRAIN_NODES']) + int(values['JUDGE_NODES'])}" in text
@@ -94,13 +118,24 @@ def test_judge_server_listens_where_asked():
 
 def make_spec(*args: str, **env: str) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("BEAKER_", "TRAIN_", "JUDGE_", "GPUS_"))}
-    return subprocess.run([sys.executable, str(MAKE_SPEC), *args], env={**base, **env}, capture_output=True,
-                          text=True)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, str(MAKE_SPEC), *args], env={**base, **env}, capture_output=True, text=True
+    )
 
 
 def test_beaker_spec_for_the_paper_preset():
-    out = make_spec("--beaker_image", "me/flip", "--beaker_cluster", "ai2/a,ai2/b", "--", "--learning_rate", "5e-7",
-                    WANDB_API_KEY="do-not-copy-me", HF_TOKEN="nor-me", RAY_AUTH_TOKEN="nor-this")  # fmt: skip
+    out = make_spec(
+        "--beaker_image",
+        "me/flip",
+        "--beaker_cluster",
+        "ai2/a,ai2/b",
+        "--",
+        "--learning_rate",
+        "5e-7",
+        WANDB_API_KEY="do-not-copy-me",
+        HF_TOKEN="nor-me",
+        RAY_AUTH_TOKEN="nor-this",
+    )
     assert out.returncode == 0, out.stderr
     for secret in ("do-not-copy-me", "nor-me", "nor-this"):
         assert secret not in out.stdout
@@ -114,20 +149,48 @@ def test_beaker_spec_for_the_paper_preset():
     assert task["context"] == {"priority": "normal", "preemptible": False}
     assert task["result"] == {"path": "/output"}
     command = " ".join(task["command"])
-    assert "scripts/cluster/ray_node.sh beaker" in command and task["command"][-2:] == ["--learning_rate", "5e-7"]
+    assert "scripts/cluster/ray_node.sh beaker" in command and task["command"][-2:] == [
+        "--learning_rate",
+        "5e-7",
+    ]
     plain = {e["name"]: e["value"] for e in task["envVars"] if "value" in e}
     assert plain["PRESET"] == "paper" and plain["TRAIN_NODES"] == "3" and plain["JUDGE_NODES"] == "1"
-    assert plain["JUDGE_TYPE"] == "flip" and plain["OUTPUT_DIR"] == "/output" and plain["JUDGE_HOST"] == "0.0.0.0"
+    assert (
+        plain["JUDGE_TYPE"] == "flip"
+        and plain["OUTPUT_DIR"] == "/output"
+        and plain["JUDGE_HOST"] == "0.0.0.0"
+    )
     secrets = {e["name"]: e["secret"] for e in task["envVars"] if "secret" in e}
-    assert secrets == {"WANDB_API_KEY": "WANDB_API_KEY", "HF_TOKEN": "HF_TOKEN", "RAY_AUTH_TOKEN": "RAY_AUTH_TOKEN"}
+    assert secrets == {
+        "WANDB_API_KEY": "WANDB_API_KEY",
+        "HF_TOKEN": "HF_TOKEN",
+        "RAY_AUTH_TOKEN": "RAY_AUTH_TOKEN",
+    }
     assert all(set(e) in ({"name", "value"}, {"name", "secret"}) for e in task["envVars"])
 
 
 def test_beaker_spec_single_node_with_mounts(tmp_path):
     spec_file = tmp_path / "spec.yaml"
-    out = make_spec("--beaker_image", "me/flip", "--beaker_cluster", "ai2/a", "--train_nodes", "1",
-                    "--judge_nodes", "0", "--judge_type", "llmjudge", "--beaker_datasets", "weka:bucket:/weka",
-                    "--output_dir", "/weka/runs/x", "--ray_auth_mode", "disabled", "-o", str(spec_file))  # fmt: skip
+    out = make_spec(
+        "--beaker_image",
+        "me/flip",
+        "--beaker_cluster",
+        "ai2/a",
+        "--train_nodes",
+        "1",
+        "--judge_nodes",
+        "0",
+        "--judge_type",
+        "llmjudge",
+        "--beaker_datasets",
+        "weka:bucket:/weka",
+        "--output_dir",
+        "/weka/runs/x",
+        "--ray_auth_mode",
+        "disabled",
+        "-o",
+        str(spec_file),
+    )
     assert out.returncode == 0, out.stderr
     task = yaml.safe_load(spec_file.read_text())["tasks"][0]
     assert "replicas" not in task and "leaderSelection" not in task  # one node: nothing to coordinate
@@ -137,13 +200,16 @@ def test_beaker_spec_single_node_with_mounts(tmp_path):
     assert "RAY_AUTH_TOKEN" not in plain
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--train_nodes", "-1"], "TRAIN_NODES must be a whole number"),
-    (["--judge_nodes", "3"], "JUDGE_NODES must be 0"),
-    (["--beaker_cluster", ""], "BEAKER_CLUSTER is required"),
-    (["--beaker_priority", "asap"], "BEAKER_PRIORITY must be one of"),
-    (["--beaker_datasets", "nfs:/x"], "BEAKER_DATASETS"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--train_nodes", "-1"], "TRAIN_NODES must be a whole number"),
+        (["--judge_nodes", "3"], "JUDGE_NODES must be 0"),
+        (["--beaker_cluster", ""], "BEAKER_CLUSTER is required"),
+        (["--beaker_priority", "asap"], "BEAKER_PRIORITY must be one of"),
+        (["--beaker_datasets", "nfs:/x"], "BEAKER_DATASETS"),
+    ],
+)
 def test_beaker_spec_bad_input_is_one_line(args, message):
     out = make_spec("--beaker_image", "me/flip", "--beaker_cluster", "ai2/a", *args)
     assert out.returncode == 2 and out.stdout == ""
@@ -153,8 +219,19 @@ def test_beaker_spec_bad_input_is_one_line(args, message):
 def test_beaker_spec_help_lists_every_variable():
     out = make_spec("--help")
     assert out.returncode == 0
-    for flag in ("--train_nodes", "--judge_nodes", "--gpus_per_node", "--judge_gpus", "--preset", "--ray_port",
-                 "--judge_port", "--output_dir", "--beaker_image", "--beaker_cluster", "--beaker_secrets"):  # fmt: skip
+    for flag in (
+        "--train_nodes",
+        "--judge_nodes",
+        "--gpus_per_node",
+        "--judge_gpus",
+        "--preset",
+        "--ray_port",
+        "--judge_port",
+        "--output_dir",
+        "--beaker_image",
+        "--beaker_cluster",
+        "--beaker_secrets",
+    ):
         assert flag in out.stdout
 
 
@@ -177,24 +254,46 @@ def slurm_env(tmp_path):
     )
     for shim in bin_dir.iterdir():
         shim.chmod(0o755)
-    drop = ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "JUDGE_BASE_URL", "JUDGE_MODEL", "TRAIN_NODES", "CUDA_VISIBLE_DEVICES")
+    drop = (
+        "RAY_ADDRESS",
+        "RAY_AUTH_TOKEN",
+        "JUDGE_BASE_URL",
+        "JUDGE_MODEL",
+        "TRAIN_NODES",
+        "CUDA_VISIBLE_DEVICES",
+    )
     return {
         **{k: v for k, v in os.environ.items() if k not in drop},
-        "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_JOB_ID": "42",
-        "FAKE_NODES": "1", "PYTHON": sys.executable, "PRESET": "tiny", "GPUS_PER_NODE": "0", "JUDGE_NODES": "0",
-        "RAY_PORT": str(free_port()), "JUDGE_PORT": str(free_port()), "OUTPUT_DIR": str(tmp_path / "run"),
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SLURM_JOB_NODELIST": "node[1-2]",
+        "SLURM_JOB_ID": "42",
+        "FAKE_NODES": "1",
+        "PYTHON": sys.executable,
+        "PRESET": "tiny",
+        "GPUS_PER_NODE": "0",
+        "JUDGE_NODES": "0",
+        "RAY_PORT": str(free_port()),
+        "JUDGE_PORT": str(free_port()),
+        "OUTPUT_DIR": str(tmp_path / "run"),
         # A small object store, and a free port for the Ray Client server (its default, 10001, may be taken by
         # another Ray cluster on this machine).
         "RAY_START_ARGS": f"--object-store-memory=200000000 --ray-client-server-port={free_port()}",
-    }  # fmt: skip
+    }
 
 
 class Launch:
     """A launch script run in its own session; remembers every process that ever descended from it."""
 
     def __init__(self, script: str, env: dict, *args: str):
-        self.proc = subprocess.Popen(["bash", script, *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+        self.proc = subprocess.Popen(
+            ["bash", script, *args],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         self.seen: dict[int, tuple[psutil.Process, str]] = {}  # pid -> (process, its command line)
         self.lines: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -221,7 +320,9 @@ class Launch:
     def wait_for(self, text: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while text not in self.log:
-            assert self.proc.poll() is None and time.monotonic() < deadline, f"no '{text}' in:\n{self.log[-3000:]}"
+            assert self.proc.poll() is None and time.monotonic() < deadline, (
+                f"no '{text}' in:\n{self.log[-3000:]}"
+            )
             time.sleep(0.5)
 
     def finish(self, timeout: float) -> int:
@@ -275,12 +376,18 @@ def scripted_judge():
 def test_sbatch_runs_the_trainer_on_a_two_node_cluster_and_passes_its_status(slurm_env, scripted_judge):
     """Ray head and one worker join (two 'nodes' on this machine), the judge answers, the real grpo_flip.sh
     starts; a flag it does not know ends it with status 2, which the job returns, leaving nothing running."""
-    env = {**slurm_env, "FAKE_NODES": "2", "JUDGE_BASE_URL": scripted_judge.api_base,
-           "JUDGE_MODEL": "hosted_vllm/scripted"}  # fmt: skip
+    env = {
+        **slurm_env,
+        "FAKE_NODES": "2",
+        "JUDGE_BASE_URL": scripted_judge.api_base,
+        "JUDGE_MODEL": "hosted_vllm/scripted",
+    }
     run = Launch("scripts/slurm/grpo_flip.sbatch", env, "--no_such_flag")
     rc = run.finish(timeout=300)
     assert rc == 2, run.log[-3000:]
-    assert "2 nodes, 0 GPUs for Ray" in run.log and "Ray cluster ready" in run.log and "judge ready" in run.log
+    assert (
+        "2 nodes, 0 GPUs for Ray" in run.log and "Ray cluster ready" in run.log and "judge ready" in run.log
+    )
     assert "unknown flag(s): --no_such_flag" in run.log
     assert (Path(env["OUTPUT_DIR"]) / "cluster_logs" / "ray_head.log").exists()
     run.assert_nothing_left()
@@ -289,16 +396,26 @@ def test_sbatch_runs_the_trainer_on_a_two_node_cluster_and_passes_its_status(slu
 @pytest.mark.slow  # starts a real Ray cluster
 def test_sbatch_refuses_a_layout_the_allocation_does_not_hold(slurm_env):
     env = {**slurm_env, "FAKE_NODES": "2", "TRAIN_NODES": "3"}
-    out = subprocess.run(["bash", "scripts/slurm/grpo_flip.sbatch"], cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=60)  # fmt: skip
+    out = subprocess.run(
+        ["bash", "scripts/slurm/grpo_flip.sbatch"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
     assert "the allocation has 2 nodes, the layout needs TRAIN_NODES + JUDGE_NODES = 3" in out.stderr
 
 
 @pytest.mark.slow  # starts a real Ray cluster
 def test_sbatch_dry_run_checks_the_cluster_and_exits_zero(slurm_env, scripted_judge):
-    env = {**slurm_env, "DRY_RUN": "1", "JUDGE_BASE_URL": scripted_judge.api_base,
-           "JUDGE_MODEL": "hosted_vllm/scripted"}  # fmt: skip
+    env = {
+        **slurm_env,
+        "DRY_RUN": "1",
+        "JUDGE_BASE_URL": scripted_judge.api_base,
+        "JUDGE_MODEL": "hosted_vllm/scripted",
+    }
     run = Launch("scripts/slurm/grpo_llmjudge.sbatch", env)
     rc = run.finish(timeout=300)
     assert rc == 0, run.log[-3000:]
@@ -315,15 +432,23 @@ def test_sbatch_dry_run_serves_no_judge(slurm_env):
     rc = run.finish(timeout=300)
     assert rc == 0, run.log[-3000:]
     assert "dry run: the judge is not served" in run.log and "not started (dry run)" in run.log
-    assert "serving judge" not in run.log and not (Path(slurm_env["OUTPUT_DIR"]) / "judge_server.out").exists()
+    assert (
+        "serving judge" not in run.log and not (Path(slurm_env["OUTPUT_DIR"]) / "judge_server.out").exists()
+    )
     run.assert_nothing_left()
 
 
 @pytest.mark.slow  # starts a real Ray cluster
 def test_a_judge_that_never_answers_times_out_in_one_line(slurm_env):
-    env = {**slurm_env, "JUDGE_BASE_URL": f"http://127.0.0.1:{free_port()}/v1", "JUDGE_MODEL": "hosted_vllm/x",
-           "JUDGE_TIMEOUT": "3"}  # fmt: skip
-    run = Launch("scripts/cluster/ray_node.sh", {**env, "HEAD_HOST": "localhost", "TRAIN_NODES": "1"}, "leader")
+    env = {
+        **slurm_env,
+        "JUDGE_BASE_URL": f"http://127.0.0.1:{free_port()}/v1",
+        "JUDGE_MODEL": "hosted_vllm/x",
+        "JUDGE_TIMEOUT": "3",
+    }
+    run = Launch(
+        "scripts/cluster/ray_node.sh", {**env, "HEAD_HOST": "localhost", "TRAIN_NODES": "1"}, "leader"
+    )
     rc = run.finish(timeout=120)
     assert rc == 1, run.log[-3000:]
     errors = [line for line in run.log.splitlines() if line.startswith("error:")]
@@ -335,12 +460,20 @@ def test_a_judge_that_never_answers_times_out_in_one_line(slurm_env):
 def test_beaker_replicas_run_the_leader_and_a_worker(slurm_env, scripted_judge):
     """`ray_node.sh beaker` as two replicas of a Beaker task would run it: rank 0 leads, rank 1 joins it with
     the token from the workspace secret; when the run ends the worker sees the head gone and ends cleanly."""
-    env = {**slurm_env, "TRAIN_NODES": "2", "JUDGE_BASE_URL": scripted_judge.api_base,
-           "JUDGE_MODEL": "hosted_vllm/scripted", "BEAKER_LEADER_REPLICA_HOSTNAME": "localhost",
-           "BEAKER_REPLICA_COUNT": "2", "RAY_AUTH_TOKEN": "0123456789abcdef" * 4,
-           "RAY_gcs_rpc_server_reconnect_timeout_s": "5"}  # a worker notices a lost head in 5 s, not 60
+    env = {
+        **slurm_env,
+        "TRAIN_NODES": "2",
+        "JUDGE_BASE_URL": scripted_judge.api_base,
+        "JUDGE_MODEL": "hosted_vllm/scripted",
+        "BEAKER_LEADER_REPLICA_HOSTNAME": "localhost",
+        "BEAKER_REPLICA_COUNT": "2",
+        "RAY_AUTH_TOKEN": "0123456789abcdef" * 4,
+        "RAY_gcs_rpc_server_reconnect_timeout_s": "5",
+    }  # a worker notices a lost head in 5 s, not 60
     worker = Launch("scripts/cluster/ray_node.sh", {**env, "BEAKER_REPLICA_RANK": "1"}, "beaker")
-    leader = Launch("scripts/cluster/ray_node.sh", {**env, "BEAKER_REPLICA_RANK": "0"}, "beaker", "--no_such_flag")
+    leader = Launch(
+        "scripts/cluster/ray_node.sh", {**env, "BEAKER_REPLICA_RANK": "0"}, "beaker", "--no_such_flag"
+    )
     assert leader.finish(timeout=300) == 2, leader.log[-3000:]
     assert "2 nodes" in leader.log and "Ray cluster ready" in leader.log
     assert worker.finish(timeout=120) == 0, worker.log[-3000:]
@@ -352,8 +485,12 @@ def test_beaker_replicas_run_the_leader_and_a_worker(slurm_env, scripted_judge):
 @pytest.mark.slow  # starts a real Ray cluster
 def test_sigterm_stops_every_step(slurm_env):
     """Cancelling the job (SIGTERM to the batch script) while it waits for a judge stops Ray and every step."""
-    env = {**slurm_env, "FAKE_NODES": "2", "JUDGE_BASE_URL": f"http://127.0.0.1:{free_port()}/v1",
-           "JUDGE_MODEL": "hosted_vllm/x"}  # fmt: skip
+    env = {
+        **slurm_env,
+        "FAKE_NODES": "2",
+        "JUDGE_BASE_URL": f"http://127.0.0.1:{free_port()}/v1",
+        "JUDGE_MODEL": "hosted_vllm/x",
+    }
     run = Launch("scripts/slurm/grpo_flip.sbatch", env)
     run.wait_for("Ray cluster ready", timeout=180)
     os.kill(run.proc.pid, signal.SIGTERM)
@@ -368,8 +505,16 @@ def test_sbatch_serves_the_real_tiny_judge_on_the_head_node(slurm_env):
     answers the trainer's dry run through the head's name (DRY_RUN=first: a DRY_RUN=1 job serves no judge),
     and the one-step run that follows; then everything is stopped."""
     env = {**slurm_env, "DRY_RUN": "first", "JUDGE_TIMEOUT": "600"}
-    run = Launch("scripts/slurm/grpo_flip.sbatch", env, "--total_episodes", "32", "--local_eval_every", "0",
-                 "--save_freq", "0")  # fmt: skip
+    run = Launch(
+        "scripts/slurm/grpo_flip.sbatch",
+        env,
+        "--total_episodes",
+        "32",
+        "--local_eval_every",
+        "0",
+        "--save_freq",
+        "0",
+    )
     rc = run.finish(timeout=900)
     assert rc == 0, run.log[-3000:]
     assert f"judge ready at http://localhost:{env['JUDGE_PORT']}/v1 (hosted_vllm/judge)" in run.log

@@ -39,8 +39,10 @@ def prompt_ids(rows: list[dict]) -> list[str]:
 
 def test_parse_mixer_list_fractions_and_counts():
     assert du.parse_mixer_list(["a.jsonl", "1.0", "org/b", "500", "c.parquet", "0.25"]) == [
-        ("a.jsonl", 1.0), ("org/b", 500), ("c.parquet", 0.25)
-    ]  # fmt: skip
+        ("a.jsonl", 1.0),
+        ("org/b", 500),
+        ("c.parquet", 0.25),
+    ]
     parsed = du.parse_mixer_list(["a.jsonl 0.5 org/b 3"])  # one shell-quoted string works too
     assert parsed == [("a.jsonl", 0.5), ("org/b", 3)]
     assert isinstance(parsed[0][1], float) and isinstance(parsed[1][1], int)
@@ -104,7 +106,10 @@ def test_load_errors_name_the_file(tmp_path):
         du.load_source(str(tmp_path / "missing.jsonl"))
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(row(0)) + "\n\n{not json\n")
-    with pytest.raises(DatasetError, match=r"bad\.jsonl:3: not valid JSON \(Expecting property name enclosed in double quotes at column 2\)"):
+    with pytest.raises(
+        DatasetError,
+        match=r"bad\.jsonl:3: not valid JSON \(Expecting property name enclosed in double quotes at column 2\)",
+    ):
         du.load_source(str(bad))
     splits = tmp_path / "splits.json"
     splits.write_text(json.dumps({"train": [row(0)]}))
@@ -247,12 +252,14 @@ def test_validation_names_source_row_and_field(bad, message):
 
 
 def test_validation_accepts_good_rows():
-    multi = _with(messages=[
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "Hi"},
-        {"role": "assistant", "content": "Hello!"},
-        {"role": "user", "content": "Tell me a joke.\nA short one."},
-    ])  # fmt: skip
+    multi = _with(
+        messages=[
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "Tell me a joke.\nA short one."},
+        ]
+    )
     du.validate_rows(
         [row(0), multi, _with(ground_truth=["a", "b"]), _with(dataset="General-Flip")], "src", VERIFIERS
     )
@@ -363,18 +370,20 @@ OLMO_THINKER_GOLDEN = [
         "<|im_start|>assistant\nHello!<|im_end|>",
     ),
     (
-        [{"role": "system", "content": "Tools:", "functions": "[f]"},
-         {"role": "user", "content": "Use f.", "functions": "[g]"},
-         {"role": "assistant", "content": "Calling.", "function_calls": "f()"},
-         {"role": "environment", "content": "42"},
-         {"role": "user", "content": "And?"}],
+        [
+            {"role": "system", "content": "Tools:", "functions": "[f]"},
+            {"role": "user", "content": "Use f.", "functions": "[g]"},
+            {"role": "assistant", "content": "Calling.", "function_calls": "f()"},
+            {"role": "environment", "content": "42"},
+            {"role": "user", "content": "And?"},
+        ],
         True,
         "<|im_start|>system\nTools: <functions>[f]</functions><|im_end|>\n"
         "<|im_start|>user\nUse f.\n<functions>[g]</functions><|im_end|>\n"
         "<|im_start|>assistant\nCalling.<function_calls>f()</function_calls><|im_end|>\n"
         "<|im_start|>environment\n42<|im_end|>\n<|im_start|>user\nAnd?<|im_end|>\n<|im_start|>assistant\n<think>",
     ),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("messages", "generation_prompt", "expected"), OLMO_THINKER_GOLDEN)
@@ -382,8 +391,9 @@ def test_olmo_thinker_renders_as_open_instruct_does(tokenizer, messages, generat
     """Failed before: ours wrote its own system text asking for <think>/<answer> blocks, so the published
     recipe's prompts tokenized differently from upstream's."""
     template = du.get_chat_template(tokenizer, "olmo_thinker")
-    text = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
-                                         add_generation_prompt=generation_prompt)  # fmt: skip
+    text = tokenizer.apply_chat_template(
+        messages, chat_template=template, tokenize=False, add_generation_prompt=generation_prompt
+    )
     assert text == expected
 
 

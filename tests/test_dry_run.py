@@ -29,21 +29,36 @@ def ok_judge(messages, n):
 
 def dry_run(env_extra: dict, *flags: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    return subprocess.run(["bash", "scripts/train/grpo_flip.sh", "--dry_run", *flags], cwd=REPO,
-                          env={**env, "PYTHON": sys.executable, **env_extra}, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    return subprocess.run(
+        ["bash", "scripts/train/grpo_flip.sh", "--dry_run", *flags],
+        cwd=REPO,
+        env={**env, "PYTHON": sys.executable, **env_extra},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_paper_preset_plan_on_a_24_gpu_cluster(tmp_path, tiny_policy_dir, gpu_cluster):
     with ScriptedJudge(ok_judge) as judge:
-        proc = dry_run({"PRESET": "paper", "MODEL_NAME_OR_PATH": str(tiny_policy_dir), "RAY_ADDRESS": gpu_cluster.address,
-                        "DATASETS": "data/general_chat_flip_sample.jsonl 1.0", "JUDGE_BASE_URL": judge.api_base,
-                        "JUDGE_MODEL": "hosted_vllm/scripted", "OUTPUT_DIR": str(tmp_path / "out")})  # fmt: skip
+        proc = dry_run(
+            {
+                "PRESET": "paper",
+                "MODEL_NAME_OR_PATH": str(tiny_policy_dir),
+                "RAY_ADDRESS": gpu_cluster.address,
+                "DATASETS": "data/general_chat_flip_sample.jsonl 1.0",
+                "JUDGE_BASE_URL": judge.api_base,
+                "JUDGE_MODEL": "hosted_vllm/scripted",
+                "OUTPUT_DIR": str(tmp_path / "out"),
+            }
+        )
         assert judge.requests == 1, "the judge endpoint was checked with one call"
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = proc.stdout
     assert "4 node(s), 52 CPUs, 24 GPUs" in out
-    assert "8 DeepSpeed learner(s), ZeRO-3, 8 per node" in out and "16 vLLM engine(s) x TP 1, 1 GPU each" in out
+    assert (
+        "8 DeepSpeed learner(s), ZeRO-3, 8 per node" in out and "16 vLLM engine(s) x TP 1, 1 GPU each" in out
+    )
     # as Ray placed them: the 8 learners on one GPU node with the rendezvous, 8 engines on each other node
     placed = dict(re.findall(r"^    (127\.0\.0\.\d+): (.*)$", out, re.M))
     learner_node = next(ip for ip, what in placed.items() if "learner" in what)
@@ -61,17 +76,29 @@ def test_problems_are_listed_and_exit_2(tmp_path, tiny_policy_dir):
     """A judge that is not there, the paper's 24 actors on this machine's local cluster, and tensor
     parallelism without GPUs. Failed before: the local cluster was sized to whatever the run asked for, so
     16 engines and 8 learners fitted a 2-core machine."""
-    proc = dry_run({"PRESET": "paper", "MODEL_NAME_OR_PATH": str(tiny_policy_dir),
-                    "DATASETS": "data/general_chat_flip_sample.jsonl 1.0",
-                    "JUDGE_BASE_URL": f"http://127.0.0.1:{free_port()}/v1", "JUDGE_MODEL": "hosted_vllm/absent",
-                    "OUTPUT_DIR": str(tmp_path / "out")}, "--llm_judge_retries", "0", "--vllm_tensor_parallel_size", "2")  # fmt: skip
+    proc = dry_run(
+        {
+            "PRESET": "paper",
+            "MODEL_NAME_OR_PATH": str(tiny_policy_dir),
+            "DATASETS": "data/general_chat_flip_sample.jsonl 1.0",
+            "JUDGE_BASE_URL": f"http://127.0.0.1:{free_port()}/v1",
+            "JUDGE_MODEL": "hosted_vllm/absent",
+            "OUTPUT_DIR": str(tmp_path / "out"),
+        },
+        "--llm_judge_retries",
+        "0",
+        "--vllm_tensor_parallel_size",
+        "2",
+    )
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     problems = [line for line in proc.stdout.splitlines() if line.startswith("problem: ")]
     assert len(problems) == 3, proc.stdout
     assert "did not answer" in problems[0]
     cores = len(os.sched_getaffinity(0))
-    assert problems[1].startswith(f"problem: the run needs 24 CPUs for 8 learner(s) and 16 engine(s) x TP 2, and the "
-                                  f"Ray cluster has {cores} (a local Ray cluster on this machine)")  # fmt: skip
+    assert problems[1].startswith(
+        f"problem: the run needs 24 CPUs for 8 learner(s) and 16 engine(s) x TP 2, and the "
+        f"Ray cluster has {cores} (a local Ray cluster on this machine)"
+    )
     assert "has no GPU: --vllm_tensor_parallel_size 2 needs GPUs" in problems[2]
     assert "dry run: 3 problem(s)" in proc.stdout and "Traceback" not in proc.stderr
 
@@ -92,16 +119,26 @@ def test_the_published_command_line_dry_run_lists_every_problem():
 
     from test_grpo_config import PUBLISHED
 
-    proc = subprocess.run([sys.executable, "-m", "open_instruct.grpo_fast", *shlex.split(PUBLISHED), "--dry_run"],
-                          cwd=REPO, env=offline_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "open_instruct.grpo_fast", *shlex.split(PUBLISHED), "--dry_run"],
+        cwd=REPO,
+        env=offline_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and proc.stdout.count("note: not used on this stack") == 1
-    problems = [line.removeprefix("problem: ") for line in proc.stdout.splitlines() if line.startswith("problem: ")]
-    expected = ["--model_name_or_path allenai/Olmo-3-7B-Think-DPO: cannot read its tokenizer",
-                "--dataset_mixer_list: yikeee/rlvr_general_chat_flip: could not load",
-                "--dataset_mixer_eval_list: yikeee/rlvr_general_chat_flip: could not load",
-                "--llm_judge_model hosted_vllm/Qwen/Qwen3-4B: no address for the judge",
-                "the run needs 24 CPUs for 8 learner(s) and 16 engine(s) x TP 1"]  # fmt: skip
+    problems = [
+        line.removeprefix("problem: ") for line in proc.stdout.splitlines() if line.startswith("problem: ")
+    ]
+    expected = [
+        "--model_name_or_path allenai/Olmo-3-7B-Think-DPO: cannot read its tokenizer",
+        "--dataset_mixer_list: yikeee/rlvr_general_chat_flip: could not load",
+        "--dataset_mixer_eval_list: yikeee/rlvr_general_chat_flip: could not load",
+        "--llm_judge_model hosted_vllm/Qwen/Qwen3-4B: no address for the judge",
+        "the run needs 24 CPUs for 8 learner(s) and 16 engine(s) x TP 1",
+    ]
     assert len(problems) == len(expected), proc.stdout
     for line, start in zip(problems, expected, strict=True):
         assert line.startswith(start), (line, start)
@@ -112,25 +149,46 @@ def test_single_gpu_preset_dry_run_starts_no_judge(tmp_path):
     """Failed before: PRESET=single_gpu --dry_run served the preset's judge with vLLM first (offline it ended
     "the judge server did not start", exit 1). Now it says what it would serve and checks the rest."""
     out = tmp_path / "out"
-    proc = subprocess.run(["bash", "scripts/train/grpo_flip.sh", "--dry_run"], cwd=REPO,
-                          env=offline_env(PYTHON=sys.executable, PRESET="single_gpu", OUTPUT_DIR=str(out)),
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        ["bash", "scripts/train/grpo_flip.sh", "--dry_run"],
+        cwd=REPO,
+        env=offline_env(PYTHON=sys.executable, PRESET="single_gpu", OUTPUT_DIR=str(out)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "would serve judge Qwen/Qwen3-0.6B on port 8000 (not started)" in proc.stdout
-    assert ("judge      hosted_vllm/judge at http://127.0.0.1:8000/v1: not started (dry run); the launch script would "
-            "serve Qwen/Qwen3-0.6B there") in proc.stdout  # fmt: skip
+    assert (
+        "judge      hosted_vllm/judge at http://127.0.0.1:8000/v1: not started (dry run); the launch script would "
+        "serve Qwen/Qwen3-0.6B there"
+    ) in proc.stdout
     assert not (out / "judge_server.out").exists() and "did not start" not in proc.stderr
     problems = [line for line in proc.stdout.splitlines() if line.startswith("problem: ")]
-    assert [p.split(":")[1].strip() for p in problems] == ["--model_name_or_path Qwen/Qwen3-1.7B", "--dataset_mixer_list"]
+    assert [p.split(":")[1].strip() for p in problems] == [
+        "--model_name_or_path Qwen/Qwen3-1.7B",
+        "--dataset_mixer_list",
+    ]
 
 
 def test_a_bad_dataset_row_is_one_problem_line_among_the_others(tmp_path, tiny_policy_dir):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"messages": [{"role": "user", "content": "hi"}], "ground_truth": "x", "dataset": "general-flip"}\n'
-                   '{"messages": "not a list", "ground_truth": "x", "dataset": "general-flip"}\n')  # fmt: skip
-    proc = dry_run({"PRESET": "tiny", "MODEL_NAME_OR_PATH": str(tiny_policy_dir), "DATASETS": f"{bad} 1.0",
-                    "JUDGE_BASE_URL": "http://127.0.0.1:9/v1", "JUDGE_MODEL": "hosted_vllm/j", "OUTPUT_DIR": str(tmp_path / "out")},
-                   "--llm_judge_retries", "0")  # fmt: skip
+    bad.write_text(
+        '{"messages": [{"role": "user", "content": "hi"}], "ground_truth": "x", "dataset": "general-flip"}\n'
+        '{"messages": "not a list", "ground_truth": "x", "dataset": "general-flip"}\n'
+    )
+    proc = dry_run(
+        {
+            "PRESET": "tiny",
+            "MODEL_NAME_OR_PATH": str(tiny_policy_dir),
+            "DATASETS": f"{bad} 1.0",
+            "JUDGE_BASE_URL": "http://127.0.0.1:9/v1",
+            "JUDGE_MODEL": "hosted_vllm/j",
+            "OUTPUT_DIR": str(tmp_path / "out"),
+        },
+        "--llm_judge_retries",
+        "0",
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     problems = [line for line in proc.stdout.splitlines() if line.startswith("problem: ")]
     assert len(problems) == 2, proc.stdout
@@ -140,9 +198,21 @@ def test_a_bad_dataset_row_is_one_problem_line_among_the_others(tmp_path, tiny_p
 
 def test_too_few_gpus_is_a_problem_not_a_hang(tmp_path, tiny_policy_dir, gpu_cluster):
     with ScriptedJudge(ok_judge) as judge:
-        proc = dry_run({"PRESET": "paper", "MODEL_NAME_OR_PATH": str(tiny_policy_dir), "RAY_ADDRESS": gpu_cluster.address,
-                        "DATASETS": "data/general_chat_flip_sample.jsonl 1.0", "JUDGE_BASE_URL": judge.api_base,
-                        "JUDGE_MODEL": "hosted_vllm/scripted", "OUTPUT_DIR": str(tmp_path / "out")},
-                       "--vllm_num_engines", "20")  # fmt: skip
+        proc = dry_run(
+            {
+                "PRESET": "paper",
+                "MODEL_NAME_OR_PATH": str(tiny_policy_dir),
+                "RAY_ADDRESS": gpu_cluster.address,
+                "DATASETS": "data/general_chat_flip_sample.jsonl 1.0",
+                "JUDGE_BASE_URL": judge.api_base,
+                "JUDGE_MODEL": "hosted_vllm/scripted",
+                "OUTPUT_DIR": str(tmp_path / "out"),
+            },
+            "--vllm_num_engines",
+            "20",
+        )
     assert proc.returncode == 2
-    assert "problem: the run needs 28 GPUs for 8 learner(s) and 20 engine(s) x TP 1, and the Ray cluster has 24" in proc.stdout
+    assert (
+        "problem: the run needs 28 GPUs for 8 learner(s) and 20 engine(s) x TP 1, and the Ray cluster has 24"
+        in proc.stdout
+    )

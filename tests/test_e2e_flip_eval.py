@@ -18,28 +18,53 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def judge_server(tiny_judge_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("vllm") / "vllm.log"
-    with JudgeServer(str(tiny_judge_dir), served_model_name="tiny-judge", max_model_len=2048,
-                     extra_args=["--enforce-eager"], log_path=log) as server:  # fmt: skip
+    with JudgeServer(
+        str(tiny_judge_dir),
+        served_model_name="tiny-judge",
+        max_model_len=2048,
+        extra_args=["--enforce-eager"],
+        log_path=log,
+    ) as server:
         yield server
 
 
 def run(module: str, server: JudgeServer, *args: str) -> subprocess.CompletedProcess:
-    judge = ["--judge-model", server.litellm_model, "--judge-api-base", server.api_base, "--judge-max-tokens", "32",
-             "--judge-max-context-length", "2048", "--max-concurrency", "8", "--no-progress"]  # fmt: skip
-    return subprocess.run([sys.executable, "-m", module, *args, *judge], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    judge = [
+        *(
+            f"--judge-model {server.litellm_model} --judge-api-base {server.api_base} "
+            "--judge-max-tokens 32 --judge-max-context-length 2048 --max-concurrency 8 "
+            "--no-progress"
+        ).split()
+    ]
+    return subprocess.run(
+        [sys.executable, "-m", module, *args, *judge], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_flip_eval_runs_all_four_methods_on_the_real_judge(judge_server, tmp_path):
     rows = [
-        {"id": "0", "subset": "Focus", "prompt": "Write a short poem about the sea.",
-         "chosen": ["Waves fold over waves, salt on the wind."],
-         "rejected": ["The capital of France is Paris.", "I cannot help with that.", "sea sea sea"]},
-        {"id": "ref:0", "subset": "Ties", "prompt": "Name a primary color.", "chosen": ["Red."],
-         "rejected": ["Green.", "Purple."]},
-        {"id": "tied:0", "subset": "Ties", "prompt": "Name a primary color.", "chosen": ["Red.", "Blue."],
-         "rejected": ["Green.", "Purple."]},
-    ]  # fmt: skip
+        {
+            "id": "0",
+            "subset": "Focus",
+            "prompt": "Write a short poem about the sea.",
+            "chosen": ["Waves fold over waves, salt on the wind."],
+            "rejected": ["The capital of France is Paris.", "I cannot help with that.", "sea sea sea"],
+        },
+        {
+            "id": "ref:0",
+            "subset": "Ties",
+            "prompt": "Name a primary color.",
+            "chosen": ["Red."],
+            "rejected": ["Green.", "Purple."],
+        },
+        {
+            "id": "tied:0",
+            "subset": "Ties",
+            "prompt": "Name a primary color.",
+            "chosen": ["Red.", "Blue."],
+            "rejected": ["Green.", "Purple."],
+        },
+    ]
     data, out = tmp_path / "rb2.jsonl", tmp_path / "out"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     proc = run("open_instruct.flip_eval", judge_server, "--dataset", str(data), "--output-dir", str(out))
@@ -61,14 +86,29 @@ def test_flip_eval_runs_all_four_methods_on_the_real_judge(judge_server, tmp_pat
 
 def test_flip_bon_runs_on_the_real_judge(judge_server, tmp_path):
     rows = [
-        {"prompt": "Write a haiku about rain.", "responses": ["Rain taps the window.", "Paris is in France.", "ok"]},
-        {"messages": [{"role": "user", "content": "Explain gravity in one sentence."}],
-         "responses": ["Masses attract each other.", "I like turtles.", "Gravity pulls things down."]},
-    ]  # fmt: skip
+        {
+            "prompt": "Write a haiku about rain.",
+            "responses": ["Rain taps the window.", "Paris is in France.", "ok"],
+        },
+        {
+            "messages": [{"role": "user", "content": "Explain gravity in one sentence."}],
+            "responses": ["Masses attract each other.", "I like turtles.", "Gravity pulls things down."],
+        },
+    ]
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    proc = run("open_instruct.flip", judge_server, "bon", "--input", str(inp), "--output", str(out),
-               "--method", "flip", "pointwise")  # fmt: skip
+    proc = run(
+        "open_instruct.flip",
+        judge_server,
+        "bon",
+        "--input",
+        str(inp),
+        "--output",
+        str(out),
+        "--method",
+        "flip",
+        "pointwise",
+    )
     assert proc.returncode == 0, proc.stderr
     written = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(written) == 2

@@ -35,11 +35,20 @@ def wait_for_line(proc: subprocess.Popen, needle: str, timeout: float) -> str:
 
 def test_flip_score_against_real_vllm_judge(tiny_judge_dir, tmp_path):
     port = free_port()
-    env = {**os.environ, "SERVED_MODEL_NAME": "tiny-judge", "MAX_MODEL_LEN": "2048",
-           "JUDGE_LOG": str(tmp_path / "vllm.log"), "PYTHON": sys.executable}  # fmt: skip
+    env = {
+        **os.environ,
+        "SERVED_MODEL_NAME": "tiny-judge",
+        "MAX_MODEL_LEN": "2048",
+        "JUDGE_LOG": str(tmp_path / "vllm.log"),
+        "PYTHON": sys.executable,
+    }
     server = subprocess.Popen(
         ["bash", "scripts/serve_judge.sh", str(tiny_judge_dir), str(port), "--", "--enforce-eager"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         ready = wait_for_line(server, "judge ready", timeout=600)
@@ -49,12 +58,19 @@ def test_flip_score_against_real_vllm_judge(tiny_judge_dir, tmp_path):
 
         out = tmp_path / "scored.jsonl"
         proc = subprocess.run(
-            [sys.executable, "-m", "open_instruct.flip", "score", "--input", "data/flip_demo.jsonl",
-             "--output", str(out), "--judge-model", "hosted_vllm/tiny-judge",
-             "--judge-api-base", f"http://127.0.0.1:{port}/v1", "--judge-max-tokens", "32",
-             "--judge-max-context-length", "2048", "--max-concurrency", "8", "--no-progress"],
-            cwd=REPO, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+            [
+                *(
+                    f"{sys.executable} -m open_instruct.flip score --input data/flip_demo.jsonl --output "
+                    f"{out} --judge-model hosted_vllm/tiny-judge --judge-api-base "
+                    f"http://127.0.0.1:{port}/v1 --judge-max-tokens 32 --judge-max-context-length 2048 "
+                    "--max-concurrency 8 --no-progress"
+                ).split()
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr
         n_in = len((REPO / "data/flip_demo.jsonl").read_text().splitlines())
         rows = [json.loads(line) for line in out.read_text().splitlines()]

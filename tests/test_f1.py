@@ -30,7 +30,9 @@ def test_f1_counts_multiset_overlap():
     assert r["recall"] == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("pred,gold", [("alpha", "beta"), ("", "beta"), ("alpha", ""), ("", ""), ("the", "a")])
+@pytest.mark.parametrize(
+    "pred,gold", [("alpha", "beta"), ("", "beta"), ("alpha", ""), ("", ""), ("the", "a")]
+)
 def test_no_overlap_is_all_zero_floats(pred, gold):
     r = f1_score(pred, gold)
     assert r == {"f1": 0.0, "precision": 0.0, "recall": 0.0}

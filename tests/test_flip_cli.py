@@ -30,18 +30,33 @@ def echo_judge(messages, n):
     response = response_of(messages)
     if "FAIL" in response:
         return Reply("down", status=500)
-    return Reply(json.dumps({"REASONING": "r", "INFERRED INSTRUCTION": f"Write about {response}"}), delay=0.01)
+    return Reply(
+        json.dumps({"REASONING": "r", "INFERRED INSTRUCTION": f"Write about {response}"}), delay=0.01
+    )
 
 
 def score_args(judge, inp, out, *extra):
-    return ["score", "--input", str(inp), "--output", str(out), "--judge-model", "hosted_vllm/scripted",
-            "--judge-api-base", judge.api_base, "--no-progress", "--retries", "1", *extra]  # fmt: skip
+    return [
+        *(
+            f"score --input {inp} --output {out} --judge-model hosted_vllm/scripted "
+            f"--judge-api-base {judge.api_base} --no-progress --retries 1"
+        ).split(),
+        *extra,
+    ]
 
 
 def test_scores_rows_in_input_order(tmp_path, capsys):
     rows = [{"instruction": f"Write about topic {i}", "response": f"topic {i}", "id": i} for i in range(20)]
-    rows.append({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
-                              {"role": "user", "content": "Write about\nthe sea"}], "response": "the sea"})  # fmt: skip
+    rows.append(
+        {
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "hello"},
+                {"role": "user", "content": "Write about\nthe sea"},
+            ],
+            "response": "the sea",
+        }
+    )
     inp, out = write_jsonl(tmp_path / "in.jsonl", rows), tmp_path / "out.jsonl"
     with ScriptedJudge(echo_judge) as judge:
         assert main(score_args(judge, inp, out)) == 0
@@ -50,7 +65,15 @@ def test_scores_rows_in_input_order(tmp_path, capsys):
     for row in got:
         assert row["judge_ok"] and row["parsed"] and row["error"] is None
         assert row["inferred_instruction"] == f"Write about {row['response']}"
-        assert set(row) >= {"inferred_instruction", "reward", "precision", "recall", "judge_ok", "parsed", "error"}
+        assert set(row) >= {
+            "inferred_instruction",
+            "reward",
+            "precision",
+            "recall",
+            "judge_ok",
+            "parsed",
+            "error",
+        }
     assert got[0]["reward"] == 1.0
     assert got[-1]["reward"] == pytest.approx(f1_score("Write about the sea", "Write about\nthe sea")["f1"])
     summary = capsys.readouterr().out
@@ -58,13 +81,20 @@ def test_scores_rows_in_input_order(tmp_path, capsys):
 
 
 def test_failed_rows_have_null_reward_and_exit_1(tmp_path, capsys):
-    rows = [{"instruction": "Write about a", "response": "a"}, {"instruction": "Write about b", "response": "FAIL b"}]
+    rows = [
+        {"instruction": "Write about a", "response": "a"},
+        {"instruction": "Write about b", "response": "FAIL b"},
+    ]
     inp, out = write_jsonl(tmp_path / "in.jsonl", rows), tmp_path / "out.jsonl"
     with ScriptedJudge(echo_judge) as judge:
         assert main(score_args(judge, inp, out)) == 1
     ok, failed = read_jsonl(out)
     assert ok["reward"] == 1.0
-    assert failed["reward"] is None and failed["judge_ok"] is False and "failed after 2 attempt(s)" in failed["error"]
+    assert (
+        failed["reward"] is None
+        and failed["judge_ok"] is False
+        and "failed after 2 attempt(s)" in failed["error"]
+    )
     assert "judge failures 1" in capsys.readouterr().out
 
 
@@ -74,16 +104,29 @@ def test_failed_rows_have_null_reward_and_exit_1(tmp_path, capsys):
         (['{"instruction": "a", "response": "b"}', "{not json"], "in.jsonl:2: not valid JSON"),
         (['{"instruction": "a"}'], "in.jsonl:1: field 'response' is missing or not a string"),
         (['{"response": "b"}'], "in.jsonl:1: needs 'instruction' (a string) or 'messages'"),
-        (['{"messages": [{"role": "assistant", "content": "x"}], "response": "b"}'], "in.jsonl:1: field 'messages' has no user turn"),
+        (
+            ['{"messages": [{"role": "assistant", "content": "x"}], "response": "b"}'],
+            "in.jsonl:1: field 'messages' has no user turn",
+        ),
         (['{"messages": "hello", "response": "b"}'], "in.jsonl:1: field 'messages' must be a list"),
         (["[1, 2]"], "in.jsonl:1: expected a JSON object"),
         ([""], "in.jsonl: no rows"),
     ],
-)  # fmt: skip
+)
 def test_bad_input_is_one_line_naming_file_and_line(tmp_path, capsys, lines, message):
     inp = write_jsonl(tmp_path / "in.jsonl", lines)
     # no judge is contacted: input is validated first
-    code = main(["score", "--input", str(inp), "--output", str(tmp_path / "o.jsonl"), "--judge-model", "hosted_vllm/x"])
+    code = main(
+        [
+            "score",
+            "--input",
+            str(inp),
+            "--output",
+            str(tmp_path / "o.jsonl"),
+            "--judge-model",
+            "hosted_vllm/x",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o.jsonl").exists()
@@ -95,45 +138,83 @@ def test_missing_input_file(tmp_path, capsys):
 
 
 def run_cli(*args, timeout=60):
-    return subprocess.run([sys.executable, "-m", "open_instruct.flip", *args], capture_output=True, text=True,
-                          cwd=REPO, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "open_instruct.flip", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=timeout,
+    )
 
 
 def test_unreachable_judge_exits_fast_with_one_line(tmp_path):
     rows = [{"instruction": f"i{i}", "response": f"r{i}"} for i in range(50)]
     inp = write_jsonl(tmp_path / "in.jsonl", rows)
     start = time.perf_counter()
-    proc = run_cli("score", "--input", str(inp), "--output", str(tmp_path / "o.jsonl"), "--no-progress",
-                   "--judge-model", "hosted_vllm/x", "--judge-api-base", f"http://127.0.0.1:{free_port()}/v1")  # fmt: skip
+    proc = run_cli(
+        "score",
+        "--input",
+        str(inp),
+        "--output",
+        str(tmp_path / "o.jsonl"),
+        "--no-progress",
+        "--judge-model",
+        "hosted_vllm/x",
+        "--judge-api-base",
+        f"http://127.0.0.1:{free_port()}/v1",
+    )
     elapsed = time.perf_counter() - start
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: judge hosted_vllm/x at http://127.0.0.1:") and "unreachable" in lines[0]
+    assert (
+        len(lines) == 1
+        and lines[0].startswith("error: judge hosted_vllm/x at http://127.0.0.1:")
+        and "unreachable" in lines[0]
+    )
     assert elapsed < 30
 
 
 def test_the_trainers_judge_flag_names_work_here_too(tmp_path, capsys):
     """One spelling per option: `--llm_judge_*` as in the trainer (the dashed names stay as aliases)."""
-    inp, out = write_jsonl(tmp_path / "in.jsonl", [{"instruction": "Write about cats", "response": "cats"}]), tmp_path / "o.jsonl"
+    inp, out = (
+        write_jsonl(tmp_path / "in.jsonl", [{"instruction": "Write about cats", "response": "cats"}]),
+        tmp_path / "o.jsonl",
+    )
     with ScriptedJudge(echo_judge) as judge:
-        code = main(["score", "--input", str(inp), "--output", str(out), "--llm_judge_model", "hosted_vllm/scripted",
-                     "--llm_judge_api_base", judge.api_base, "--llm_judge_retries", "0", "--llm_judge_timeout", "30",
-                     "--no-progress"])  # fmt: skip
+        code = main(
+            [
+                *(
+                    f"score --input {inp} --output {out} --llm_judge_model hosted_vllm/scripted "
+                    f"--llm_judge_api_base {judge.api_base} --llm_judge_retries 0 --llm_judge_timeout 30 "
+                    "--no-progress"
+                ).split()
+            ]
+        )
     assert code == 0 and read_jsonl(out)[0]["reward"] == 1.0
 
 
-@pytest.mark.parametrize(("flags", "message"), [
-    (["--llm_judge_model", "Qwen/Qwen3-4B"], "not a litellm id (provider/model); for a judge served by vLLM write "
-                                             "hosted_vllm/Qwen/Qwen3-4B"),
-    (["--llm_judge_model", "hosted_vllm/Qwen/Qwen3-4B"], "no address for the judge: set --llm_judge_api_base"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--llm_judge_model", "Qwen/Qwen3-4B"],
+            "not a litellm id (provider/model); for a judge served by vLLM write hosted_vllm/Qwen/Qwen3-4B",
+        ),
+        (
+            ["--llm_judge_model", "hosted_vllm/Qwen/Qwen3-4B"],
+            "no address for the judge: set --llm_judge_api_base",
+        ),
+    ],
+)
 def test_judge_settings_are_one_line_before_any_row(tmp_path, capsys, monkeypatch, flags, message):
     """Failed before: a model id without a provider, or hosted_vllm without an address, surfaced per row as a
     failure to reach api.openai.com."""
     monkeypatch.delenv("HOSTED_VLLM_API_BASE", raising=False)
     inp = write_jsonl(tmp_path / "in.jsonl", [{"instruction": "Write about cats", "response": "cats"}])
-    code = main(["score", "--input", str(inp), "--output", str(tmp_path / "o.jsonl"), "--no-progress", *flags])
+    code = main(
+        ["score", "--input", str(inp), "--output", str(tmp_path / "o.jsonl"), "--no-progress", *flags]
+    )
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "o.jsonl").exists()

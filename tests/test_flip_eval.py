@@ -28,25 +28,50 @@ REPO = Path(__file__).resolve().parent.parent
 # What the scripted judge says about each response: (the instruction FLIP infers, the 1-10 rating).
 # Pairwise prefers the higher rating and, on equal ratings, reply A; listwise picks the highest rating.
 JUDGE_VIEW = {
-    "f1-chosen": ("Write a poem about the sea", 8), "f1-r1": ("List prime numbers", 9),
-    "f1-r2": ("zzz", 3), "f1-r3": ("zzz", 2),
-    "f2-chosen": ("Explain photosynthesis to a child", 9), "f2-r1": ("Explain photosynthesis to a child", 4),
-    "f2-r2": ("zzz", 5), "f2-r3": ("zzz", 6),
-    "m1-chosen": ("GARBLE solve two plus two", 10), "m1-r1": ("zzz", 1), "m1-r2": ("zzz", 2), "m1-r3": ("zzz", 3),
-    "m2-chosen": ("Compute the square root of nine", 10), "m2-r1 FAIL": ("zzz", 1), "m2-r2": ("zzz", 2),
+    "f1-chosen": ("Write a poem about the sea", 8),
+    "f1-r1": ("List prime numbers", 9),
+    "f1-r2": ("zzz", 3),
+    "f1-r3": ("zzz", 2),
+    "f2-chosen": ("Explain photosynthesis to a child", 9),
+    "f2-r1": ("Explain photosynthesis to a child", 4),
+    "f2-r2": ("zzz", 5),
+    "f2-r3": ("zzz", 6),
+    "m1-chosen": ("GARBLE solve two plus two", 10),
+    "m1-r1": ("zzz", 1),
+    "m1-r2": ("zzz", 2),
+    "m1-r3": ("zzz", 3),
+    "m2-chosen": ("Compute the square root of nine", 10),
+    "m2-r1 FAIL": ("zzz", 1),
+    "m2-r2": ("zzz", 2),
     "m2-r3": ("zzz", 3),
-    "p1-chosen": ("OUTOFRANGE answer in three words", 9), "p1-r1": ("zzz", 1), "p1-r2": ("zzz", 2),
+    "p1-chosen": ("OUTOFRANGE answer in three words", 9),
+    "p1-r1": ("zzz", 1),
+    "p1-r2": ("zzz", 2),
     "p1-r3": ("zzz", 3),
-    "red": ("Name a primary color", 9), "blue": ("Name a primary color", 8), "yellow": ("Name a color", 7),
-    "green": ("Name a color", 4), "purple": ("zzz", 2),
-    "mars": ("Name a planet", 6), "venus": ("Name a planet", 9), "pluto": ("zzz", 7), "moon": ("zzz", 1),
-}  # fmt: skip
+    "red": ("Name a primary color", 9),
+    "blue": ("Name a primary color", 8),
+    "yellow": ("Name a color", 7),
+    "green": ("Name a color", 4),
+    "purple": ("zzz", 2),
+    "mars": ("Name a planet", 6),
+    "venus": ("Name a planet", 9),
+    "pluto": ("zzz", 7),
+    "moon": ("zzz", 1),
+}
 
 
 def rb2_row(id_, subset, prompt, chosen, rejected):
-    return {"id": id_, "prompt": prompt, "chosen": chosen, "rejected": rejected, "subset": subset,
-            "num_correct": len(chosen), "num_incorrect": len(rejected),
-            "total_completions": len(chosen) + len(rejected), "models": ["m"] * (len(chosen) + len(rejected))}  # fmt: skip
+    return {
+        "id": id_,
+        "prompt": prompt,
+        "chosen": chosen,
+        "rejected": rejected,
+        "subset": subset,
+        "num_correct": len(chosen),
+        "num_incorrect": len(rejected),
+        "total_completions": len(chosen) + len(rejected),
+        "models": ["m"] * (len(chosen) + len(rejected)),
+    }
 
 
 ROWS = [
@@ -54,7 +79,9 @@ ROWS = [
     rb2_row("f2", "Focus", "Explain photosynthesis to a child", ["f2-chosen"], ["f2-r1", "f2-r2", "f2-r3"]),
     rb2_row("m1", "Math", "GARBLE solve two plus two", ["m1-chosen"], ["m1-r1", "m1-r2", "m1-r3"]),
     rb2_row("m2", "Math", "Compute the square root of nine", ["m2-chosen"], ["m2-r1 FAIL", "m2-r2", "m2-r3"]),
-    rb2_row("p1", "Precise IF", "OUTOFRANGE answer in three words", ["p1-chosen"], ["p1-r1", "p1-r2", "p1-r3"]),
+    rb2_row(
+        "p1", "Precise IF", "OUTOFRANGE answer in three words", ["p1-chosen"], ["p1-r1", "p1-r2", "p1-r3"]
+    ),
     rb2_row("ref:0", "Ties", "Name a primary color", ["red"], ["green", "purple"]),
     rb2_row("tied:0", "Ties", "Name a primary color", ["red", "blue", "yellow"], ["green", "purple"]),
     rb2_row("ref:1", "Ties", "Name a planet", ["mars"], ["pluto", "moon"]),
@@ -97,8 +124,13 @@ def write_rows(path: Path, rows: list) -> Path:
 
 
 def eval_args(judge, data, out, *extra):
-    return ["--dataset", str(data), "--output-dir", str(out), "--judge-model", "hosted_vllm/scripted",
-            "--judge-api-base", judge.api_base, "--retries", "0", "--no-progress", *extra]  # fmt: skip
+    return [
+        *(
+            f"--dataset {data} --output-dir {out} --judge-model hosted_vllm/scripted "
+            f"--judge-api-base {judge.api_base} --retries 0 --no-progress"
+        ).split(),
+        *extra,
+    ]
 
 
 def read_results(out: Path) -> dict:
@@ -122,14 +154,22 @@ def read_predictions(out: Path) -> list[dict]:
 #              pairwise: ref:0 and tied:0 right, the planets wrong (6 < 7); listwise picks red, red, pluto,
 #              venus: 3 of 4.
 F_COLOR = f1_score("Name a color", "Name a primary color")["f1"]  # 0.8
-TIES_FLIP = 0.3 * 1 / 2 + 0.3 * 2 / 2 + 0.2 * 1 / 2 + 0.2 * 1 / 2 + 0.01 * (math.tanh(0 / (1 - F_COLOR) - 1) + 1) / 2
-TIES_POINTWISE = 0.3 * 1 / 2 + 0.3 * 1 / 2 + 0.2 * 1 / 2 + 0.2 * 1 / 2 + 0.01 * (math.tanh(3 / 2 - 1) + math.tanh(-1 / 3 - 1)) / 2
+TIES_FLIP = (
+    0.3 * 1 / 2 + 0.3 * 2 / 2 + 0.2 * 1 / 2 + 0.2 * 1 / 2 + 0.01 * (math.tanh(0 / (1 - F_COLOR) - 1) + 1) / 2
+)
+TIES_POINTWISE = (
+    0.3 * 1 / 2
+    + 0.3 * 1 / 2
+    + 0.2 * 1 / 2
+    + 0.2 * 1 / 2
+    + 0.01 * (math.tanh(3 / 2 - 1) + math.tanh(-1 / 3 - 1)) / 2
+)
 EXPECTED = {
     "flip": {"Precise IF": 1.0, "Math": 1.0, "Focus": 0.5, "Ties": TIES_FLIP},
     "pointwise": {"Precise IF": 1.0, "Math": 1.0, "Focus": 0.5, "Ties": TIES_POINTWISE},
     "pairwise": {"Precise IF": 1.0, "Math": 0.0, "Focus": 0.5},
     "listwise": {"Precise IF": 0.0, "Math": 1.0, "Focus": 0.5},
-}  # fmt: skip
+}
 
 
 def test_accuracies_worked_out_by_hand(tmp_path, capsys):
@@ -145,10 +185,23 @@ def test_accuracies_worked_out_by_hand(tmp_path, capsys):
         # a failed example is neither right nor wrong: Math is m1 alone
         assert results[method]["n"] == 8 and results[method]["failures"] == 1
         assert results[method]["n_per_subset"] == {"Precise IF": 1, "Math": 1, "Focus": 2, "Ties": 4}
-    assert results["pairwise"]["ties_apart"]["accuracy"] == 0.5 and results["listwise"]["ties_apart"]["accuracy"] == 0.75
-    assert results["flip"]["ties"] == pytest.approx({
-        "score": TIES_FLIP, "prompts": 2, "ref_rows": 2, "tied_rows": 2, "ref_accuracy": 1.0, "tied_accuracy": 0.5,
-        "correctness_preferred": 0.5, "correctness_preferred_hard": 0.5, "margin_score": (math.tanh(-1) + 1) / 2})  # fmt: skip
+    assert (
+        results["pairwise"]["ties_apart"]["accuracy"] == 0.5
+        and results["listwise"]["ties_apart"]["accuracy"] == 0.75
+    )
+    assert results["flip"]["ties"] == pytest.approx(
+        {
+            "score": TIES_FLIP,
+            "prompts": 2,
+            "ref_rows": 2,
+            "tied_rows": 2,
+            "ref_accuracy": 1.0,
+            "tied_accuracy": 0.5,
+            "correctness_preferred": 0.5,
+            "correctness_preferred_hard": 0.5,
+            "margin_score": (math.tanh(-1) + 1) / 2,
+        }
+    )
     assert [results[m]["unparsed"] for m in results] == [0, 0, 6, 1]
     assert [results[m]["failed_calls"] for m in results] == [1, 1, 2, 1]
 
@@ -161,7 +214,10 @@ def test_accuracies_worked_out_by_hand(tmp_path, capsys):
     listwise = by_key[("listwise", "f2")]["calls"][0]
     assert sorted(listwise["order"]) == [0, 1, 2, 3] and listwise["picked"] == 0
     flip = by_key[("flip", "f1")]
-    assert flip["scores"] == [1.0, 0.0, 0.0, 0.0] and flip["calls"][0]["extracted"] == "Write a poem about the sea"
+    assert (
+        flip["scores"] == [1.0, 0.0, 0.0, 0.0]
+        and flip["calls"][0]["extracted"] == "Write a poem about the sea"
+    )
     assert all(isinstance(c["judge_output"], str) for c in flip["calls"])
 
     report = (out / "report.md").read_text()
@@ -241,7 +297,9 @@ def test_other_settings_in_the_same_output_dir_are_refused(tmp_path, capsys):
         assert main(eval_args(judge, data, out, "--method", "listwise", "--seed", "1")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all("run_config.json: this output dir holds a run with" in e for e in err)
-    assert "judge_model 'hosted_vllm/scripted' (this run: 'hosted_vllm/other')" in err[0] and "seed 0" in err[1]
+    assert (
+        "judge_model 'hosted_vllm/scripted' (this run: 'hosted_vllm/other')" in err[0] and "seed 0" in err[1]
+    )
 
 
 def with_row(index, **change):
@@ -253,7 +311,10 @@ def with_row(index, **change):
 @pytest.mark.parametrize(
     "rows,message",
     [
-        ([{k: v for k, v in ROWS[0].items() if k not in ("subset", "prompt")}], ":1: missing columns prompt, subset"),
+        (
+            [{k: v for k, v in ROWS[0].items() if k not in ("subset", "prompt")}],
+            ":1: missing columns prompt, subset",
+        ),
         (with_row(1, chosen=[]), ":2 (id f2): 'chosen' is an empty list"),
         (with_row(2, rejected="m1-r1"), ":3 (id m1): 'rejected' must be a list of strings, got str"),
         (with_row(1, rejected=["a", 3]), ":2 (id f2): 'rejected' must be a list of strings"),
@@ -263,12 +324,22 @@ def with_row(index, **change):
         (with_row(0, prompt=""), ":1 (id f1): 'prompt' must be a non-empty string"),
         (["not an object"], ":1: expected an object, got str"),
     ],
-)  # fmt: skip
+)
 def test_bad_rows_are_one_line_naming_the_row(tmp_path, capsys, rows, message):
     data = write_rows(tmp_path / "rb2.jsonl", rows)
     # no judge is contacted: every row is checked first
-    code = main(["--dataset", str(data), "--output-dir", str(tmp_path / "out"), "--judge-model", "hosted_vllm/x",
-                 "--judge-api-base", f"http://127.0.0.1:{free_port()}/v1"])  # fmt: skip
+    code = main(
+        [
+            "--dataset",
+            str(data),
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--judge-model",
+            "hosted_vllm/x",
+            "--judge-api-base",
+            f"http://127.0.0.1:{free_port()}/v1",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert err.startswith(f"error: {data}:") and message in err  # FILE:LINE, counted from 1
@@ -281,22 +352,41 @@ def test_bad_rows_are_one_line_naming_the_row(tmp_path, capsys, rows, message):
         ("missing.jsonl", None, "missing.jsonl: file not found"),
         ("rb2.csv", "id,prompt\n", "rb2.csv: unsupported file type"),
         ("rb2.parquet", "not parquet", "rb2.parquet: not a readable parquet file"),
-        ("rb2.jsonl", "{broken\n", "rb2.jsonl:1: not valid JSON (Expecting property name enclosed in double quotes at column 2)"),
+        (
+            "rb2.jsonl",
+            "{broken\n",
+            "rb2.jsonl:1: not valid JSON (Expecting property name enclosed in double quotes at column 2)",
+        ),
         ("rb2.jsonl", "", "rb2.jsonl: no rows"),
     ],
-)  # fmt: skip
+)
 def test_bad_files_are_one_line(tmp_path, capsys, name, content, message):
     if content is not None:
         (tmp_path / name).write_text(content)
-    code = main(["--dataset", str(tmp_path / name), "--output-dir", str(tmp_path / "out"), "--judge-model", "m"])
+    code = main(
+        ["--dataset", str(tmp_path / name), "--output-dir", str(tmp_path / "out"), "--judge-model", "m"]
+    )
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
 def test_unknown_subset_is_named(tmp_path, capsys):
     data = write_rows(tmp_path / "rb2.jsonl", ROWS)
-    assert main(["--dataset", str(data), "--output-dir", str(tmp_path / "o"), "--judge-model", "m",
-                 "--subsets", "Chat"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "--dataset",
+                str(data),
+                "--output-dir",
+                str(tmp_path / "o"),
+                "--judge-model",
+                "m",
+                "--subsets",
+                "Chat",
+            ]
+        )
+        == 2
+    )
     assert "--subsets: 'Chat' not in" in capsys.readouterr().err
 
 
@@ -312,15 +402,30 @@ def test_parquet_dataset_loads(tmp_path):
 
 
 def run_cli(*args, env=None, timeout=120):
-    return subprocess.run([sys.executable, "-m", "open_instruct.flip_eval", *args], capture_output=True, text=True,
-                          cwd=REPO, timeout=timeout, env={**os.environ, **(env or {})})  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "open_instruct.flip_eval", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_unreachable_judge_exits_fast_with_one_line(tmp_path):
     data = write_rows(tmp_path / "rb2.jsonl", ROWS)
     start = time.perf_counter()
-    proc = run_cli("--dataset", str(data), "--output-dir", str(tmp_path / "out"), "--no-progress",
-                   "--judge-model", "hosted_vllm/x", "--judge-api-base", f"http://127.0.0.1:{free_port()}/v1")  # fmt: skip
+    proc = run_cli(
+        "--dataset",
+        str(data),
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--no-progress",
+        "--judge-model",
+        "hosted_vllm/x",
+        "--judge-api-base",
+        f"http://127.0.0.1:{free_port()}/v1",
+    )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: judge hosted_vllm/x at http://127.0.0.1:")
@@ -328,17 +433,40 @@ def test_unreachable_judge_exits_fast_with_one_line(tmp_path):
 
 
 def test_hub_dataset_that_cannot_be_loaded_is_one_line(tmp_path):
-    proc = run_cli("--dataset", "allenai/reward-bench-2", "--output-dir", str(tmp_path / "out"), "--judge-model", "m",
-                   env={"HF_HUB_OFFLINE": "1"})  # fmt: skip
+    proc = run_cli(
+        "--dataset",
+        "allenai/reward-bench-2",
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--judge-model",
+        "m",
+        env={"HF_HUB_OFFLINE": "1"},
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: allenai/reward-bench-2: could not load split 'test'")
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: allenai/reward-bench-2: could not load split 'test'"
+    )
 
 
 def test_help_documents_every_flag():
     proc = run_cli("--help")
     assert proc.returncode == 0
-    for text in ("--dataset", "--method", "--judge-model", "--judge-api-base", "--output-dir", "--subsets", "--limit",
-                 "--seed", "--max-concurrency", "--timeout", "--retries", "--on-unparsed", "Ties", "resumes",
-                 "Exit status"):  # fmt: skip
+    for text in (
+        "--dataset",
+        "--method",
+        "--judge-model",
+        "--judge-api-base",
+        "--output-dir",
+        "--subsets",
+        "--limit",
+        "--seed",
+        "--max-concurrency",
+        "--timeout",
+        "--retries",
+        "--on-unparsed",
+        "Ties",
+        "resumes",
+        "Exit status",
+    ):
         assert text in proc.stdout

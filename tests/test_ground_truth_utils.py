@@ -53,14 +53,18 @@ def test_flip_reward_is_f1_against_the_full_multiline_last_user_message():
 
 def test_flip_without_messages_uses_ground_truth_string():
     with ScriptedJudge(lambda m, n: flip_answer("Write a haiku about rain")) as judge:
-        result = run(build_verifier("general-flip", make_client(judge)), None, "rain falls", "Write a haiku about rain")
+        result = run(
+            build_verifier("general-flip", make_client(judge)), None, "rain falls", "Write a haiku about rain"
+        )
     assert result.score == 1.0
 
 
 def test_unparsed_raw_policy_scores_the_raw_text():
     raw = "I think the user asked to write a haiku about rain"
     with ScriptedJudge(lambda m, n: Reply(raw)) as judge:
-        result = run(build_verifier("general-flip", make_client(judge)), None, "r", "Write a haiku about rain")
+        result = run(
+            build_verifier("general-flip", make_client(judge)), None, "r", "Write a haiku about rain"
+        )
     assert result.judge_ok and not result.parsed and result.extracted is None
     assert result.score == pytest.approx(f1_score(raw, "Write a haiku about rain")["f1"]) and result.score > 0
     assert "raw text" in result.error
@@ -75,12 +79,21 @@ def test_unparsed_fail_policy_gives_no_reward():
 
 def test_judge_failure_is_no_reward_never_zero():
     with ScriptedJudge(lambda m, n: Reply("down", status=500)) as judge:
-        result = run(build_verifier("general-flip", make_client(judge, retries=1)), None, "r", "Write a haiku")
+        result = run(
+            build_verifier("general-flip", make_client(judge, retries=1)), None, "r", "Write a haiku"
+        )
     assert result.score is None and not result.judge_ok and "failed after 2 attempt(s)" in result.error
 
 
-@pytest.mark.parametrize("answer,score,parsed", [('{"SCORE": 7}', 0.7, True), ('{"SCORE": "10/10"}', 1.0, True),
-                                                 ('{"SCORE": 42}', 0.0, False), ("no score", 0.0, False)])  # fmt: skip
+@pytest.mark.parametrize(
+    "answer,score,parsed",
+    [
+        ('{"SCORE": 7}', 0.7, True),
+        ('{"SCORE": "10/10"}', 1.0, True),
+        ('{"SCORE": 42}', 0.0, False),
+        ("no score", 0.0, False),
+    ],
+)
 def test_quality_verifier_scales_score_to_unit_interval(answer, score, parsed):
     messages = [{"role": "user", "content": "Write a haiku"}]
     with ScriptedJudge(lambda m, n: Reply(answer)) as judge:
@@ -93,7 +106,9 @@ def test_quality_verifier_scales_score_to_unit_interval(answer, score, parsed):
 def test_quality_ref_sends_the_reference():
     messages = [{"role": "user", "content": "2+2?"}]
     with ScriptedJudge(lambda m, n: Reply('{"SCORE": 9}')) as judge:
-        result = run(build_verifier("general-quality_ref", make_client(judge)), messages, "4", "The answer is 4.")
+        result = run(
+            build_verifier("general-quality_ref", make_client(judge)), messages, "4", "The answer is 4."
+        )
         sent = judge.received[0][1]["content"]
     assert result.score == pytest.approx(0.9) and "The answer is 4." in sent
 
@@ -109,7 +124,11 @@ def test_registry_names_and_errors():
 
 
 def test_split_conversation():
-    msgs = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c\nd"}]
+    msgs = [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "c\nd"},
+    ]
     assert split_conversation(msgs) == (msgs[:2], "c\nd")
     with pytest.raises(ValueError):
         split_conversation([{"role": "assistant", "content": "x"}])

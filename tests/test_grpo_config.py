@@ -50,9 +50,17 @@ def test_the_published_command_line_parses_verbatim():
     """Failed before: `unknown flag(s): --eval_on_step_0`, after 65 lines of usage."""
     cfg, ignored = parse_args(shlex.split(PUBLISHED))
     assert cfg.eval_on_step_0 is True and cfg.backend_timeout == 3600 and cfg.keep_last_n_checkpoints == -1
-    assert cfg.dataset_mixer_eval_list == ["yikeee/rlvr_general_chat_flip", "8"] and cfg.stop_strings == ["</answer>"]
-    assert ignored == ["apply_verifiable_reward", "oe_eval_max_length", "code_api_url",
-                       "try_launch_beaker_eval_jobs_on_weka", "oe_eval_tasks", "oe_eval_beaker_image"]  # fmt: skip
+    assert cfg.dataset_mixer_eval_list == ["yikeee/rlvr_general_chat_flip", "8"] and cfg.stop_strings == [
+        "</answer>"
+    ]
+    assert ignored == [
+        "apply_verifiable_reward",
+        "oe_eval_max_length",
+        "code_api_url",
+        "try_launch_beaker_eval_jobs_on_weka",
+        "oe_eval_tasks",
+        "oe_eval_beaker_image",
+    ]
 
 
 def test_published_recipe_parses_to_its_values():
@@ -71,13 +79,20 @@ def test_defaults_are_sane():
     assert isinstance(cfg, GRPOConfig) and cfg.clip_lower == 0.2 and cfg.beta == 0.0
     # failed before: asynchronous generation by default with no importance correction
     assert cfg.async_steps == 1 and cfg.truncated_importance_sampling_ratio_cap == 2.0
-    on_policy, _ = parse_args(["--model_name_or_path", "m", "--async_steps", "0", "--truncated_importance_sampling_ratio_cap", "0"])
+    on_policy, _ = parse_args(
+        ["--model_name_or_path", "m", "--async_steps", "0", "--truncated_importance_sampling_ratio_cap", "0"]
+    )
     assert on_policy.truncated_importance_sampling_ratio_cap == 0
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "open_instruct.grpo_fast", *args], capture_output=True,
-                          text=True, cwd=REPO, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "open_instruct.grpo_fast", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
 
 
 @pytest.mark.parametrize(
@@ -88,8 +103,10 @@ def run(*args):
         (["--model_name_or_path", "m", "--num_samples_per_prompt_rollout", "1"], "must be at least 2"),
         (["--model_name_or_path", "m", "--mask_truncated_completions", "maybe"], "expected true or false"),
         ([], "--model_name_or_path"),
-        (["--model_name_or_path", "m", "--truncated_importance_sampling_ratio_cap", "0"],
-         "--async_steps 1 trains on samples from weights up to 1 update(s) old"),
+        (
+            ["--model_name_or_path", "m", "--truncated_importance_sampling_ratio_cap", "0"],
+            "--async_steps 1 trains on samples from weights up to 1 update(s) old",
+        ),
     ],
 )
 def test_flag_mistakes_are_usage_errors_without_traceback(args, message):
@@ -102,29 +119,51 @@ def test_flag_mistakes_are_usage_errors_without_traceback(args, message):
 def test_help_documents_every_flag():
     proc = run("--help")
     assert proc.returncode == 0
-    for flag in ("--num_samples_per_prompt_rollout", "--truncated_importance_sampling_ratio_cap", "--async_steps",
-                 "--llm_judge_model", "--pack_length", "--kl_estimator"):  # fmt: skip
+    for flag in (
+        "--num_samples_per_prompt_rollout",
+        "--truncated_importance_sampling_ratio_cap",
+        "--async_steps",
+        "--llm_judge_model",
+        "--pack_length",
+        "--kl_estimator",
+    ):
         assert flag in proc.stdout
 
 
 def test_bad_dataset_row_is_one_line_before_any_model_loads(tmp_path, tiny_judge_dir):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"messages": [{"role": "user", "content": "hi"}], "ground_truth": "hi", "dataset": "general-flip"}\n'
-                   '{"messages": [{"role": "assistant", "content": "x"}], "ground_truth": "x", "dataset": "general-flip"}\n')  # fmt: skip
-    proc = run("--model_name_or_path", str(tiny_judge_dir), "--dataset_mixer_list", str(bad), "1.0",
-               "--output_dir", str(tmp_path / "out"))  # fmt: skip
+    bad.write_text(
+        '{"messages": [{"role": "user", "content": "hi"}], "ground_truth": "hi", "dataset": "general-flip"}\n'
+        '{"messages": [{"role": "assistant", "content": "x"}], "ground_truth": "x", "dataset": "general-flip"}\n'
+    )
+    proc = run(
+        "--model_name_or_path",
+        str(tiny_judge_dir),
+        "--dataset_mixer_list",
+        str(bad),
+        "1.0",
+        "--output_dir",
+        str(tmp_path / "out"),
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "bad.jsonl:2: " in proc.stderr and "user turn" in proc.stderr  # FILE:LINE, counted from 1
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize(("model", "api_base", "message"), [
-    ("Qwen/Qwen3-4B", None, "--llm_judge_model Qwen/Qwen3-4B: not a litellm id (provider/model); for a judge served "
-                            "by vLLM write hosted_vllm/Qwen/Qwen3-4B"),
-    ("hosted_vllm/Qwen/Qwen3-4B", None, "no address for the judge: set --llm_judge_api_base"),
-    ("hosted_vllm/Qwen/Qwen3-4B", "http://127.0.0.1:9/v1", None),
-    ("openai/gpt-4o-mini", None, None),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("model", "api_base", "message"),
+    [
+        (
+            "Qwen/Qwen3-4B",
+            None,
+            "--llm_judge_model Qwen/Qwen3-4B: not a litellm id (provider/model); for a judge served "
+            "by vLLM write hosted_vllm/Qwen/Qwen3-4B",
+        ),
+        ("hosted_vllm/Qwen/Qwen3-4B", None, "no address for the judge: set --llm_judge_api_base"),
+        ("hosted_vllm/Qwen/Qwen3-4B", "http://127.0.0.1:9/v1", None),
+        ("openai/gpt-4o-mini", None, None),
+    ],
+)
 def test_judge_settings_are_checked_before_any_call(model, api_base, message, monkeypatch):
     from open_instruct.judge_config import judge_problem
 
@@ -134,8 +173,15 @@ def test_judge_settings_are_checked_before_any_call(model, api_base, message, mo
 
 
 def test_judge_verifier_without_judge_model(tmp_path, tiny_judge_dir):
-    proc = run("--model_name_or_path", str(tiny_judge_dir), "--dataset_mixer_list",
-               str(REPO / "data/general_chat_flip_sample.jsonl"), "1.0", "--output_dir", str(tmp_path / "o"))  # fmt: skip
+    proc = run(
+        "--model_name_or_path",
+        str(tiny_judge_dir),
+        "--dataset_mixer_list",
+        str(REPO / "data/general_chat_flip_sample.jsonl"),
+        "1.0",
+        "--output_dir",
+        str(tmp_path / "o"),
+    )
     assert proc.returncode == 2 and "set --llm_judge_model" in proc.stderr
 
 
@@ -156,13 +202,26 @@ def test_the_paper_preset_is_the_published_recipe():
     """configs/train/grpo/paper.yaml sets what the published command line sets (its AI2-only flags aside)."""
     published, _ = parse_args(shlex.split(PUBLISHED))
     preset, _ = parse_args(["--config", str(PRESETS / "paper.yaml")])
-    differ = {k: (getattr(preset, k), getattr(published, k)) for k in vars(published)
-              if getattr(preset, k) != getattr(published, k)}  # fmt: skip
+    differ = {
+        k: (getattr(preset, k), getattr(published, k))
+        for k in vars(published)
+        if getattr(preset, k) != getattr(published, k)
+    }
     # what the published script sets for AI2's cluster (paths, eval sets, names) or which a preset leaves to the
     # launch script (the data, the judge's address)
-    assert set(differ) <= {"exp_name", "output_dir", "dataset_mixer_list", "dataset_mixer_eval_list",
-                           "dataset_mixer_list_splits", "dataset_mixer_eval_list_splits", "backend_timeout",
-                           "keep_last_n_checkpoints", "eval_on_step_0", "llm_judge_model", "config"}, differ  # fmt: skip
+    assert set(differ) <= {
+        "exp_name",
+        "output_dir",
+        "dataset_mixer_list",
+        "dataset_mixer_eval_list",
+        "dataset_mixer_list_splits",
+        "dataset_mixer_eval_list_splits",
+        "backend_timeout",
+        "keep_last_n_checkpoints",
+        "eval_on_step_0",
+        "llm_judge_model",
+        "config",
+    }, differ
 
 
 def test_command_line_flags_override_the_config(tmp_path):
@@ -170,15 +229,18 @@ def test_command_line_flags_override_the_config(tmp_path):
     assert cfg.learning_rate == 3e-4 and cfg.seed == 7 and cfg.response_length == 32  # the rest from the file
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("learnig_rate: 1e-6\n", "unknown key 'learnig_rate'"),
-    ("num_learners_per_node: 8\n", "num_learners_per_node: expected a list, got 8"),
-    ("gradient_checkpointing: yes please\n", "gradient_checkpointing: expected true or false"),
-    ("deepspeed_stage: 2.5\n", "deepspeed_stage: expected a whole number, got 2.5"),
-    ("lr_scheduler_type: sometimes\n", "lr_scheduler_type: expected one of constant, linear, cosine"),
-    ("- a list\n", "a config file is a mapping of flag: value"),
-    ("a: [unclosed\n", "not valid YAML"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("learnig_rate: 1e-6\n", "unknown key 'learnig_rate'"),
+        ("num_learners_per_node: 8\n", "num_learners_per_node: expected a list, got 8"),
+        ("gradient_checkpointing: yes please\n", "gradient_checkpointing: expected true or false"),
+        ("deepspeed_stage: 2.5\n", "deepspeed_stage: expected a whole number, got 2.5"),
+        ("lr_scheduler_type: sometimes\n", "lr_scheduler_type: expected one of constant, linear, cosine"),
+        ("- a list\n", "a config file is a mapping of flag: value"),
+        ("a: [unclosed\n", "not valid YAML"),
+    ],
+)
 def test_a_bad_config_file_is_one_line_naming_the_file_and_key(tmp_path, text, message):
     bad = tmp_path / "bad.yaml"
     bad.write_text(text)

@@ -14,9 +14,22 @@ from open_instruct.testing.tiny_models import build_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
 
-REQUIRED = {"step", "loss", "reward_mean", "reward_std", "judge_failures", "unparsed", "kl", "clip_fraction",
-            "response_length_mean", "tokens_per_second", "time/generation", "time/reward", "time/training",
-            "time/weight_sync"}  # fmt: skip
+REQUIRED = {
+    "step",
+    "loss",
+    "reward_mean",
+    "reward_std",
+    "judge_failures",
+    "unparsed",
+    "kl",
+    "clip_fraction",
+    "response_length_mean",
+    "tokens_per_second",
+    "time/generation",
+    "time/reward",
+    "time/training",
+    "time/weight_sync",
+}
 
 
 @pytest.fixture(scope="module")
@@ -26,29 +39,63 @@ def tiny_policy_dir(tmp_path_factory):
 
 def train(tmp_path, policy, *flags, timeout=900):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "open_instruct.grpo_fast", "--model_name_or_path", str(policy),
-           "--output_dir", str(out), "--num_unique_prompts_rollout", "4", "--num_samples_per_prompt_rollout", "4",
-           "--response_length", "16", "--pack_length", "512", "--max_prompt_token_length", "256",
-           "--learning_rate", "1e-4", "--deepspeed_stage", "2", *flags]  # fmt: skip
+    cmd = [
+        *(
+            f"{sys.executable} -m open_instruct.grpo_fast --model_name_or_path {policy} "
+            f"--output_dir {out} --num_unique_prompts_rollout 4 --num_samples_per_prompt_rollout 4 "
+            "--response_length 16 --pack_length 512 --max_prompt_token_length 256 --learning_rate "
+            "1e-4 --deepspeed_stage 2"
+        ).split(),
+        *flags,
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     metrics_path = out / "metrics.jsonl"
-    metrics = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
+    metrics = (
+        [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
+    )
     return proc, out, metrics
 
 
 @pytest.mark.slow
 def test_two_steps_with_real_judge_server(tmp_path, tiny_policy_dir, tiny_judge_dir):
-    with JudgeServer(str(tiny_judge_dir), served_model_name="tiny-judge", max_model_len=2048,
-                     extra_args=["--enforce-eager"], log_path=tmp_path / "judge.log") as judge:  # fmt: skip
+    with JudgeServer(
+        str(tiny_judge_dir),
+        served_model_name="tiny-judge",
+        max_model_len=2048,
+        extra_args=["--enforce-eager"],
+        log_path=tmp_path / "judge.log",
+    ) as judge:
         proc, out, metrics = train(
-            tmp_path, tiny_policy_dir, "--dataset_mixer_list", "data/general_chat_flip_sample.jsonl", "1.0",
-            "--llm_judge_model", judge.litellm_model, "--llm_judge_api_base", judge.api_base,
-            "--llm_judge_max_tokens", "24", "--llm_judge_max_context_length", "2048", "--total_episodes", "32",
-            "--save_freq", "1", "--keep_last_n_checkpoints", "1", "--local_eval_every", "2", "--local_eval_prompts", "3",
+            tmp_path,
+            tiny_policy_dir,
+            "--dataset_mixer_list",
+            "data/general_chat_flip_sample.jsonl",
+            "1.0",
+            "--llm_judge_model",
+            judge.litellm_model,
+            "--llm_judge_api_base",
+            judge.api_base,
+            "--llm_judge_max_tokens",
+            "24",
+            "--llm_judge_max_context_length",
+            "2048",
+            "--total_episodes",
+            "32",
+            "--save_freq",
+            "1",
+            "--keep_last_n_checkpoints",
+            "1",
+            "--local_eval_every",
+            "2",
+            "--local_eval_prompts",
+            "3",
             "--eval_on_step_0",
-            "--with_tracking", "--truncated_importance_sampling_ratio_cap", "2.0",
-            "--filter_zero_std_samples", "False",  # the random judge's rewards tie: train on every group anyway
-        )  # fmt: skip
+            "--with_tracking",
+            "--truncated_importance_sampling_ratio_cap",
+            "2.0",
+            "--filter_zero_std_samples",
+            "False",  # the random judge's rewards tie: train on every group anyway
+        )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [m["step"] for m in metrics] == [1, 2]
     for m in metrics:
@@ -83,10 +130,20 @@ def flip_or_fail(messages, n):
 def test_judge_failures_mid_run_are_counted_and_excluded(tmp_path, tiny_policy_dir):
     with ScriptedJudge(flip_or_fail) as judge:
         proc, out, metrics = train(
-            tmp_path, tiny_policy_dir, "--dataset_mixer_list", "data/general_chat_flip_sample.jsonl", "1.0",
-            "--llm_judge_model", "hosted_vllm/scripted", "--llm_judge_api_base", judge.api_base,
-            "--llm_judge_retries", "0", "--total_episodes", "48",
-        )  # fmt: skip
+            tmp_path,
+            tiny_policy_dir,
+            "--dataset_mixer_list",
+            "data/general_chat_flip_sample.jsonl",
+            "1.0",
+            "--llm_judge_model",
+            "hosted_vllm/scripted",
+            "--llm_judge_api_base",
+            judge.api_base,
+            "--llm_judge_retries",
+            "0",
+            "--total_episodes",
+            "48",
+        )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(metrics) == 3
     failures = sum(m["judge_failures"] for m in metrics)
@@ -104,13 +161,38 @@ def test_reward_rises_with_a_verifiable_reward(tmp_path, tiny_policy_dir):
     Measured: about 0.00 over the first five steps, 0.3 over the last five."""
     data = tmp_path / "word.jsonl"
     prompts = ["Say something.", "Tell me a story.", "Write a line.", "What do you like?"]
-    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": p}], "ground_truth": "dogs",
-                                        "dataset": "word-share"}) + "\n" for p in prompts))  # fmt: skip
+    data.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": [{"role": "user", "content": p}],
+                    "ground_truth": "dogs",
+                    "dataset": "word-share",
+                }
+            )
+            + "\n"
+            for p in prompts
+        )
+    )
     proc, out, metrics = train(
-        tmp_path, tiny_policy_dir, "--dataset_mixer_list", str(data), "1.0", "--num_samples_per_prompt_rollout", "16",
-        "--verifier_modules", "open_instruct.testing.verifiers",
-        "--total_episodes", str(64 * 30), "--learning_rate", "2e-3", "--async_steps", "0", "--response_length", "24",
-    )  # fmt: skip
+        tmp_path,
+        tiny_policy_dir,
+        "--dataset_mixer_list",
+        str(data),
+        "1.0",
+        "--num_samples_per_prompt_rollout",
+        "16",
+        "--verifier_modules",
+        "open_instruct.testing.verifiers",
+        "--total_episodes",
+        str(64 * 30),
+        "--learning_rate",
+        "2e-3",
+        "--async_steps",
+        "0",
+        "--response_length",
+        "24",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rewards = [m["reward_mean"] for m in metrics]
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5

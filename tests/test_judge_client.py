@@ -81,7 +81,9 @@ def test_backoff_grows_between_attempts():
 
 def test_unreachable_endpoint_is_flagged():
     port = free_port()  # nothing listens there
-    client = JudgeClient(JudgeConfig("hosted_vllm/x", api_base=f"http://127.0.0.1:{port}/v1", retries=1, backoff_base=0.01))
+    client = JudgeClient(
+        JudgeConfig("hosted_vllm/x", api_base=f"http://127.0.0.1:{port}/v1", retries=1, backoff_base=0.01)
+    )
     result = asyncio.run(client.complete(flip_messages("x")))
     assert not result.ok and result.unreachable and client.stats.unreachable == 1
 

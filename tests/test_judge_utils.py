@@ -20,16 +20,27 @@ II = "INFERRED INSTRUCTION"
     "text,expected",
     [
         # clean JSON
-        ('{"REASONING": "short", "INFERRED INSTRUCTION": "Write a haiku about rain."}', "Write a haiku about rain."),
+        (
+            '{"REASONING": "short", "INFERRED INSTRUCTION": "Write a haiku about rain."}',
+            "Write a haiku about rain.",
+        ),
         # reasoning block before the answer; the JSON inside <think> is not the answer
-        ('<think>maybe {"INFERRED INSTRUCTION": "wrong"}</think>\n{"INFERRED INSTRUCTION": "right"}', "right"),
+        (
+            '<think>maybe {"INFERRED INSTRUCTION": "wrong"}</think>\n{"INFERRED INSTRUCTION": "right"}',
+            "right",
+        ),
         # the chat template opened <think>: only a closing tag appears
-        ('so the user wanted a list</think>{"INFERRED INSTRUCTION": "List three fruits."}', "List three fruits."),
+        (
+            'so the user wanted a list</think>{"INFERRED INSTRUCTION": "List three fruits."}',
+            "List three fruits.",
+        ),
         # <answer> tags
         ('<answer>{"INFERRED INSTRUCTION": "Summarise the text."}</answer>', "Summarise the text."),
         # code fence with prose around it
-        ('Here you go:\n```json\n{"REASONING": "x", "INFERRED INSTRUCTION": "Translate to French."}\n```\nDone.',
-         "Translate to French."),
+        (
+            'Here you go:\n```json\n{"REASONING": "x", "INFERRED INSTRUCTION": "Translate to French."}\n```\nDone.',
+            "Translate to French.",
+        ),
         # several JSON objects: the last wins
         ('{"INFERRED INSTRUCTION": "draft"} revised: {"INFERRED INSTRUCTION": "final"}', "final"),
         # key spellings
@@ -45,8 +56,10 @@ II = "INFERRED INSTRUCTION"
         # escaped quotes
         ('{"INFERRED INSTRUCTION": "Say \\"hello\\" twice"}', 'Say "hello" twice'),
         # unescaped inner quotes: recovered by the key-value fallback
-        ('{"REASONING": "r", "INFERRED INSTRUCTION": "Explain the word "serendipity" simply"}',
-         'Explain the word "serendipity" simply'),
+        (
+            '{"REASONING": "r", "INFERRED INSTRUCTION": "Explain the word "serendipity" simply"}',
+            'Explain the word "serendipity" simply',
+        ),
         # single-quoted Python dict
         ("{'REASONING': 'r', 'INFERRED INSTRUCTION': 'py style'}", "py style"),
         # a plain line
@@ -57,7 +70,7 @@ II = "INFERRED INSTRUCTION"
         # nested braces inside a string
         ('{"INFERRED INSTRUCTION": "Return {\\"a\\": 1} as JSON"}', 'Return {"a": 1} as JSON'),
     ],
-)  # fmt: skip
+)
 def test_inferred_instruction_found(text, expected):
     assert extract_inferred_instruction(text) == expected
 
@@ -110,7 +123,9 @@ def test_score(text, expected):
     assert extract_score(text) == expected
 
 
-@pytest.mark.parametrize("text", ['{"SCORE": null}', '{"SCORE": "great"}', '{"SCORE": true}', "<think>SCORE: 5", ""])
+@pytest.mark.parametrize(
+    "text", ['{"SCORE": null}', '{"SCORE": "great"}', '{"SCORE": true}', "<think>SCORE: 5", ""]
+)
 def test_score_missing(text):
     assert extract_score(text) is None
 
@@ -130,7 +145,9 @@ def test_preference(text, expected):
     assert extract_preference(text) == expected
 
 
-@pytest.mark.parametrize("text", ['{"BETTER_RESPONSE": "C"}', '{"BETTER_RESPONSE": "AB"}', '{"BETTER_RESPONSE": 1}', "A"])
+@pytest.mark.parametrize(
+    "text", ['{"BETTER_RESPONSE": "C"}', '{"BETTER_RESPONSE": "AB"}', '{"BETTER_RESPONSE": 1}', "A"]
+)
 def test_preference_missing(text):
     assert extract_preference(text) is None
 
@@ -151,9 +168,15 @@ def test_best_index(text, expected):
 
 
 @pytest.mark.parametrize(
-    "text", ['{"BEST_RESPONSE_INDEX": -1}', '{"BEST_RESPONSE_INDEX": 1.5}', '{"BEST_RESPONSE_INDEX": "1 or 2"}',
-             '{"BEST_RESPONSE_INDEX": null}', '{"BEST_RESPONSE_INDEX": true}']
-)  # fmt: skip
+    "text",
+    [
+        '{"BEST_RESPONSE_INDEX": -1}',
+        '{"BEST_RESPONSE_INDEX": 1.5}',
+        '{"BEST_RESPONSE_INDEX": "1 or 2"}',
+        '{"BEST_RESPONSE_INDEX": null}',
+        '{"BEST_RESPONSE_INDEX": true}',
+    ],
+)
 def test_best_index_missing(text):
     assert extract_best_index(text) is None
 
@@ -167,10 +190,25 @@ def test_strip_reasoning():
 def test_parsers_never_raise_on_random_strings():
     rng = random.Random(0)
     alphabet = string.printable + "{}[]\"'\\<>/:,“”…é中"
-    pieces = ['{"', '":', "INFERRED INSTRUCTION", "SCORE", "BETTER_RESPONSE", "BEST_RESPONSE_INDEX",
-              "<think>", "</think>", "<answer>", "```json", "\\", "\n"]  # fmt: skip
+    pieces = [
+        '{"',
+        '":',
+        "INFERRED INSTRUCTION",
+        "SCORE",
+        "BETTER_RESPONSE",
+        "BEST_RESPONSE_INDEX",
+        "<think>",
+        "</think>",
+        "<answer>",
+        "```json",
+        "\\",
+        "\n",
+    ]
     for _ in range(2000):
-        parts = [rng.choice(pieces) if rng.random() < 0.4 else rng.choice(alphabet) for _ in range(rng.randint(0, 80))]
+        parts = [
+            rng.choice(pieces) if rng.random() < 0.4 else rng.choice(alphabet)
+            for _ in range(rng.randint(0, 80))
+        ]
         text = "".join(parts)
         extract_inferred_instruction(text)
         extract_score(text)

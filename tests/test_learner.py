@@ -13,10 +13,16 @@ from open_instruct.learner import jit_arch_list
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    ("9.0a", "9.0"), ("8.0;9.0a", "8.0;9.0"), ("7.5 8.6+PTX 9.0a+PTX", "7.5 8.6+PTX 9.0+PTX"),
-    ("10.0f;12.0a", "10.0;12.0"), ("8.0;9.0", "8.0;9.0"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("9.0a", "9.0"),
+        ("8.0;9.0a", "8.0;9.0"),
+        ("7.5 8.6+PTX 9.0a+PTX", "7.5 8.6+PTX 9.0+PTX"),
+        ("10.0f;12.0a", "10.0;12.0"),
+        ("8.0;9.0", "8.0;9.0"),
+    ],
+)
 def test_arch_list_drops_the_arch_specific_suffix_deepspeed_cannot_parse(value, expected):
     assert jit_arch_list(value) == expected
 
@@ -49,11 +55,28 @@ def test_micro_batches_accumulate_to_the_full_batch_update(tmp_path, tiny_judge_
     runs = {}
     for key in [(2, 10_000, 0.0), (2, 20, 0.0), (3, 20, 0.0), (2, 10_000, 0.5), (3, 20, 0.5)]:
         out = tmp_path / ("_".join(map(str, key)) + ".pt")
-        proc = subprocess.run([sys.executable, "-c", SCRIPT, str(key[0]), str(key[1]), str(tiny_judge_dir), str(out), str(key[2])],
-                              cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                SCRIPT,
+                str(key[0]),
+                str(key[1]),
+                str(tiny_judge_dir),
+                str(out),
+                str(key[2]),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         runs[key] = torch.load(out)
-    for base_key, others in [((2, 10_000, 0.0), [(2, 20, 0.0), (3, 20, 0.0)]), ((2, 10_000, 0.5), [(3, 20, 0.5)])]:
+    for base_key, others in [
+        ((2, 10_000, 0.0), [(2, 20, 0.0), (3, 20, 0.0)]),
+        ((2, 10_000, 0.5), [(3, 20, 0.5)]),
+    ]:
         base = runs[base_key]
         assert [s["updates"] for s in base["stats"]] == [1, 1] and base["stats"][0]["grad_norm"] > 0
         for key in others:

@@ -60,13 +60,21 @@ def lengths(micro: list[Sample]) -> int:
 
 
 @pytest.mark.parametrize("packed_rows", [False, True])
-@pytest.mark.parametrize(("n", "world", "minibatches"), [(9, 4, 1), (5, 4, 1), (1, 4, 1), (16, 2, 2), (7, 3, 2)])
+@pytest.mark.parametrize(
+    ("n", "world", "minibatches"), [(9, 4, 1), (5, 4, 1), (1, 4, 1), (16, 2, 2), (7, 3, 2)]
+)
 def test_step_plan_gives_every_rank_the_same_number_of_micro_batches(n, world, minibatches, packed_rows):
     """Failed before global packing: each rank packed its own shard, so ranks ran different numbers of
     passes (a hang under ZeRO), and a rank with an empty shard ran none."""
     g = torch.Generator().manual_seed(n)
-    samples = [sample(int(torch.randint(1, 12, (1,), generator=g)), int(torch.randint(1, 20, (1,), generator=g)), float(i))
-               for i in range(n)]  # fmt: skip
+    samples = [
+        sample(
+            int(torch.randint(1, 12, (1,), generator=g)),
+            int(torch.randint(1, 20, (1,), generator=g)),
+            float(i),
+        )
+        for i in range(n)
+    ]
     plan = plan_step(samples, world, minibatches, pack_length=32, packed_rows=packed_rows)
     assert len(plan) == world and all(rank.packed_rows == packed_rows for rank in plan)
     for m in range(minibatches):
@@ -102,7 +110,9 @@ def test_micro_batch_tensors_never_exceed_the_pack_length(packed_rows):
 def tiny_model(tiny_judge_dir):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(tiny_judge_dir, dtype=torch.float32, attn_implementation="sdpa")
+    return AutoModelForCausalLM.from_pretrained(
+        tiny_judge_dir, dtype=torch.float32, attn_implementation="sdpa"
+    )
 
 
 def alone(model, s: Sample) -> torch.Tensor:
@@ -116,17 +126,27 @@ def test_packed_and_padded_log_probs_equal_each_sample_alone(tiny_model):
     Padded rows: the attention mask hides the padding. Either way each sample's log-probs equal those of
     the sample run alone."""
     g = torch.Generator().manual_seed(0)
-    samples = [Sample(torch.randint(3, 600, (3 + i,), generator=g).tolist(),
-                      torch.randint(3, 600, (2 + 2 * i,), generator=g).tolist(), [0.0] * (2 + 2 * i), 0.0)
-               for i in range(4)]  # fmt: skip
+    samples = [
+        Sample(
+            torch.randint(3, 600, (3 + i,), generator=g).tolist(),
+            torch.randint(3, 600, (2 + 2 * i,), generator=g).tolist(),
+            [0.0] * (2 + 2 * i),
+            0.0,
+        )
+        for i in range(4)
+    ]
     b = collate(samples, 0, "cpu", packed_rows=True)
     with torch.no_grad():
         packed = token_logprobs(tiny_model, b)[0]
-        one_sequence = token_logprobs(tiny_model, {**b, "position_ids": torch.arange(b["input_ids"].shape[1])[None]})[0]
+        one_sequence = token_logprobs(
+            tiny_model, {**b, "position_ids": torch.arange(b["input_ids"].shape[1])[None]}
+        )[0]
         padded = token_logprobs(tiny_model, collate(samples, 0, "cpu"))
     offset = 0
     for i, s in enumerate(samples):
-        torch.testing.assert_close(packed[offset : offset + s.length - 1], alone(tiny_model, s), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            packed[offset : offset + s.length - 1], alone(tiny_model, s), atol=1e-5, rtol=0
+        )
         torch.testing.assert_close(padded[i, : s.length - 1], alone(tiny_model, s), atol=1e-5, rtol=0)
         offset += s.length
     # without the restarting positions the later samples would see the earlier ones
@@ -152,8 +172,15 @@ def test_float32_log_softmax_is_taken_a_bounded_chunk_at_a_time(tiny_model, monk
     from open_instruct import packing
 
     g = torch.Generator().manual_seed(1)
-    samples = [Sample(torch.randint(3, 600, (9,), generator=g).tolist(), torch.randint(3, 600, (30,), generator=g).tolist(),
-                      [0.0] * 30, 0.0) for _ in range(3)]  # fmt: skip
+    samples = [
+        Sample(
+            torch.randint(3, 600, (9,), generator=g).tolist(),
+            torch.randint(3, 600, (30,), generator=g).tolist(),
+            [0.0] * 30,
+            0.0,
+        )
+        for _ in range(3)
+    ]
     b = collate(samples, 0, "cpu")
 
     def run():

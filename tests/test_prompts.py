@@ -55,8 +55,11 @@ def test_flip_messages_single_and_multi_turn():
     assert [m["role"] for m in single] == ["system", "user"]
     assert single[0]["content"] == load_prompt("FLIP_SYSTEM")
     assert "Roses are red." in single[1]["content"]
-    context = [{"role": "system", "content": "SECRET SYSTEM"}, {"role": "user", "content": "Hi there"},
-               {"role": "assistant", "content": "Hello!"}]  # fmt: skip
+    context = [
+        {"role": "system", "content": "SECRET SYSTEM"},
+        {"role": "user", "content": "Hi there"},
+        {"role": "assistant", "content": "Hello!"},
+    ]
     multi = judge_utils.flip_messages("Roses are red.", context)
     assert "user: Hi there" in multi[1]["content"] and "assistant: Hello!" in multi[1]["content"]
     assert "SECRET SYSTEM" not in multi[1]["content"]

@@ -28,11 +28,16 @@ def tiny_policy_dir(tmp_path_factory):
 
 
 def command(policy: Path, out: Path, *flags: str) -> list[str]:
-    return [sys.executable, "-m", "open_instruct.grpo_fast", "--model_name_or_path", str(policy),
-            "--output_dir", str(out), "--num_samples_per_prompt_rollout", "4", "--response_length", "12",
-            "--pack_length", "512", "--max_prompt_token_length", "256", "--learning_rate", "1e-3",
-            "--deepspeed_stage", "2", "--checkpoint_state_freq", "1", "--backend_timeout", "5",
-            "--verifier_modules", "open_instruct.testing.verifiers", *flags]  # fmt: skip
+    return [
+        *(
+            f"{sys.executable} -m open_instruct.grpo_fast --model_name_or_path {policy} "
+            f"--output_dir {out} --num_samples_per_prompt_rollout 4 --response_length 12 "
+            "--pack_length 512 --max_prompt_token_length 256 --learning_rate 1e-3 "
+            "--deepspeed_stage 2 --checkpoint_state_freq 1 --backend_timeout 5 --verifier_modules "
+            "open_instruct.testing.verifiers"
+        ).split(),
+        *flags,
+    ]
 
 
 def jsonl(path: Path) -> list[dict]:
@@ -42,10 +47,29 @@ def jsonl(path: Path) -> list[dict]:
 def word_data(tmp_path: Path) -> Path:
     """8 prompts scored by the `word-share` verifier (no judge): 4 steps per epoch at 2 prompts a step."""
     data = tmp_path / "word.jsonl"
-    prompts = ["Say something.", "Tell me a story.", "Write a line.", "What do you like?", "Describe a city.",
-               "Give me three words.", "Write about food.", "Explain the weather."]  # fmt: skip
-    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": p}], "ground_truth": "dogs",
-                                        "dataset": "word-share"}) + "\n" for p in prompts))  # fmt: skip
+    prompts = [
+        "Say something.",
+        "Tell me a story.",
+        "Write a line.",
+        "What do you like?",
+        "Describe a city.",
+        "Give me three words.",
+        "Write about food.",
+        "Explain the weather.",
+    ]
+    data.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": [{"role": "user", "content": p}],
+                    "ground_truth": "dogs",
+                    "dataset": "word-share",
+                }
+            )
+            + "\n"
+            for p in prompts
+        )
+    )
     return data
 
 
@@ -101,16 +125,23 @@ def optimizer_tensors(state_dir: Path) -> list[torch.Tensor]:
 def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_policy_dir):
     data = word_data(tmp_path)
     # Fully on-policy (async 0), so the resumed run must draw exactly what the uninterrupted one drew.
-    flags = ["--dataset_mixer_list", str(data), "1.0", "--num_unique_prompts_rollout", "2",
-             "--total_episodes", str(8 * 6), "--async_steps", "0"]  # fmt: skip
+    flags = [
+        *(
+            f"--dataset_mixer_list {data} 1.0 --num_unique_prompts_rollout 2 --total_episodes "
+            f"{8 * 6} --async_steps 0"
+        ).split()
+    ]
 
     ref_out = tmp_path / "uninterrupted"
-    ref = subprocess.run(command(tiny_policy_dir, ref_out, *flags), cwd=REPO, capture_output=True, text=True, timeout=600)
+    ref = subprocess.run(
+        command(tiny_policy_dir, ref_out, *flags), cwd=REPO, capture_output=True, text=True, timeout=600
+    )
     assert ref.returncode == 0, ref.stderr[-3000:]
 
     out = tmp_path / "crashed"
-    proc = subprocess.Popen(command(tiny_policy_dir, out, *flags), cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        command(tiny_policy_dir, out, *flags), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and proc.poll() is None and saved_step(out) < 3:
         time.sleep(0.05)
@@ -119,7 +150,9 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path, tiny
     killed_at = latest(out)[1].step
     assert 3 <= killed_at < 6
 
-    rerun = subprocess.run(command(tiny_policy_dir, out, *flags), cwd=REPO, capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run(
+        command(tiny_policy_dir, out, *flags), cwd=REPO, capture_output=True, text=True, timeout=600
+    )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"resuming from step {killed_at}" in rerun.stdout
 
@@ -135,7 +168,9 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path, tiny
     (path, state), (ref_path, ref_state) = latest(out), latest(ref_out)
     assert state.step == ref_state.step == 6 and state.sampler == ref_state.sampler
     got, want = optimizer_tensors(path), optimizer_tensors(ref_path)
-    assert len(got) == len(want) and all(torch.allclose(g, w, rtol=1e-4, atol=1e-6) for g, w in zip(got, want, strict=True))
+    assert len(got) == len(want) and all(
+        torch.allclose(g, w, rtol=1e-4, atol=1e-6) for g, w in zip(got, want, strict=True)
+    )
     # the model trained on after the resume is a loadable HF checkpoint
     from transformers import AutoModelForCausalLM
 
@@ -163,13 +198,23 @@ def test_judge_outage_stops_with_state_saved_then_resumes(tmp_path, tiny_policy_
     # 4 prompts x 4 samples = 16 judge calls a step; the producer asks for step s's rewards only after step
     # s-1's, so the judge serves steps 1 and 2 and is down from step 3 on.
     with ScriptedJudge(outage_after(32)) as judge:
-        flags = ["--dataset_mixer_list", "data/general_chat_flip_sample.jsonl", "1.0",
-                 "--num_unique_prompts_rollout", "4", "--total_episodes", str(16 * 4),
-                 "--llm_judge_model", "hosted_vllm/scripted", "--llm_judge_api_base", judge.api_base,
-                 "--llm_judge_retries", "0", "--with_tracking", "--local_eval_every", "1", "--local_eval_prompts", "2",
-                 "--filter_zero_std_samples", "False"]  # fmt: skip
-        down = subprocess.run(command(tiny_policy_dir, out, *flags), cwd=REPO, env=env, capture_output=True,
-                              text=True, timeout=600)  # fmt: skip
+        flags = [
+            *(
+                "--dataset_mixer_list data/general_chat_flip_sample.jsonl 1.0 "
+                f"--num_unique_prompts_rollout 4 --total_episodes {16 * 4} --llm_judge_model "
+                f"hosted_vllm/scripted --llm_judge_api_base {judge.api_base} --llm_judge_retries 0 "
+                "--with_tracking --local_eval_every 1 --local_eval_prompts 2 "
+                "--filter_zero_std_samples False"
+            ).split()
+        ]
+        down = subprocess.run(
+            command(tiny_policy_dir, out, *flags),
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         port = judge.port
     assert down.returncode == 1, down.stderr[-3000:]
     error = down.stderr.strip().splitlines()[-1]
@@ -180,8 +225,14 @@ def test_judge_outage_stops_with_state_saved_then_resumes(tmp_path, tiny_policy_
     assert all(m["judge_failures"] == 0 for m in jsonl(out / "metrics.jsonl"))
 
     with ScriptedJudge(healthy, port=port):  # the judge is back, at the same address
-        back = subprocess.run(command(tiny_policy_dir, out, *flags), cwd=REPO, env=env, capture_output=True,
-                              text=True, timeout=600)  # fmt: skip
+        back = subprocess.run(
+            command(tiny_policy_dir, out, *flags),
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
     assert back.returncode == 0, back.stderr[-3000:]
     assert f"resuming from step {steps_done[-1]}" in back.stdout
     assert [m["step"] for m in jsonl(out / "metrics.jsonl")] == [1, 2, 3, 4]
@@ -197,14 +248,25 @@ def test_judge_outage_stops_with_state_saved_then_resumes(tmp_path, tiny_policy_
 
 def test_a_dead_engine_stops_the_run_with_one_line_and_the_state_resumes(tmp_path, tiny_policy_dir):
     out = tmp_path / "run"
-    flags = ["--dataset_mixer_list", str(word_data(tmp_path)), "1.0", "--num_unique_prompts_rollout", "2",
-             "--total_episodes", str(8 * 200)]  # fmt: skip
-    proc = subprocess.Popen(command(tiny_policy_dir, out, *flags), cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    flags = [
+        *(
+            f"--dataset_mixer_list {word_data(tmp_path)} 1.0 --num_unique_prompts_rollout 2 "
+            f"--total_episodes {8 * 200}"
+        ).split()
+    ]
+    proc = subprocess.Popen(
+        command(tiny_policy_dir, out, *flags),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and proc.poll() is None and saved_step(out) < 2:
         time.sleep(0.2)
-    engines = [p for p in psutil.Process(proc.pid).children(recursive=True) if "LLMRayActor" in " ".join(_cmdline(p))]
+    engines = [
+        p for p in psutil.Process(proc.pid).children(recursive=True) if "LLMRayActor" in " ".join(_cmdline(p))
+    ]
     assert len(engines) == 1, "one vLLM engine actor process"
     engines[0].kill()
     started = time.monotonic()
@@ -217,7 +279,9 @@ def test_a_dead_engine_stops_the_run_with_one_line_and_the_state_resumes(tmp_pat
     assert saved >= 2
 
     flags[-1] = str(8 * (saved + 1))  # one more step is enough to see it resume
-    rerun = subprocess.run(command(tiny_policy_dir, out, *flags), cwd=REPO, capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run(
+        command(tiny_policy_dir, out, *flags), cwd=REPO, capture_output=True, text=True, timeout=600
+    )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"resuming from step {saved}" in rerun.stdout
 

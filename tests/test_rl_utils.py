@@ -57,7 +57,9 @@ def test_loss_clips_positive_advantage_above_one_plus_clip_higher():
     cfg = LossConfig(clip_lower=0.2, clip_higher=0.28)
     old = t([0.0, 0.0])
     new = t([math.log(1.5), math.log(1.1)])  # ratios 1.5 (clipped to 1.28) and 1.1 (inside)
-    loss, stats = grpo_loss(new, old, torch.tensor([2.0], dtype=torch.float64), t([1.0, 1.0]), cfg, num_tokens=2)
+    loss, stats = grpo_loss(
+        new, old, torch.tensor([2.0], dtype=torch.float64), t([1.0, 1.0]), cfg, num_tokens=2
+    )
     # pg = max(-A r, -A clip(r)) = max(-3.0, -2.56) = -2.56 ; max(-2.2, -2.2) = -2.2
     assert loss.item() == pytest.approx((-2.56 - 2.2) / 2)
     assert stats["clipped_tokens"] == 1.0
@@ -67,7 +69,9 @@ def test_loss_clips_negative_advantage_below_one_minus_clip_lower():
     cfg = LossConfig(clip_lower=0.2, clip_higher=0.28)
     old = t([0.0, 0.0])
     new = t([math.log(0.5), math.log(1.5)])  # ratio 0.5 -> clip 0.8 ; ratio 1.5 -> unclipped counts
-    loss, stats = grpo_loss(new, old, torch.tensor([-1.0], dtype=torch.float64), t([1.0, 1.0]), cfg, num_tokens=2)
+    loss, stats = grpo_loss(
+        new, old, torch.tensor([-1.0], dtype=torch.float64), t([1.0, 1.0]), cfg, num_tokens=2
+    )
     # token 1: max(0.5, 0.8) = 0.8 (clipped); token 2: max(1.5, 1.28) = 1.5 (pessimistic, unclipped)
     assert loss.item() == pytest.approx((0.8 + 1.5) / 2)
     assert stats["clipped_tokens"] == 1.0
@@ -86,8 +90,9 @@ def test_truncated_importance_sampling_caps_the_weight():
     cfg = LossConfig(tis_cap=2.0)
     old = t([0.0, 0.0])
     vllm = t([math.log(0.25), math.log(0.8)])  # weights exp(0 - log .25) = 4 -> capped 2 ; 1.25
-    loss, stats = grpo_loss(old.clone(), old, torch.tensor([1.0], dtype=torch.float64), t([1.0, 1.0]), cfg, 2,
-                            vllm_logprobs=vllm)  # fmt: skip
+    loss, stats = grpo_loss(
+        old.clone(), old, torch.tensor([1.0], dtype=torch.float64), t([1.0, 1.0]), cfg, 2, vllm_logprobs=vllm
+    )
     assert loss.item() == pytest.approx((-1.0 * 2.0 + -1.0 * 1.25) / 2)
     assert stats["tis_weight_sum"] == pytest.approx(3.25)
 
@@ -115,15 +120,20 @@ def test_kl_estimators_stay_finite_for_wildly_different_policies():
             value = kl_per_token(t([new]), t([ref]), est)
             assert torch.isfinite(value).all(), (est, new, ref)
     # with the clamp at 40: k3 = exp(40) - 1 - 40 where ref is far more likely, 40 + exp(-40) - 1 the other way
-    assert kl_per_token(torch.tensor([-100.0]), torch.tensor([0.0]), "k3").item() == pytest.approx(math.expm1(40) - 40, rel=1e-6)
-    assert kl_per_token(torch.tensor([0.0]), torch.tensor([-100.0]), "k3").item() == pytest.approx(39.0, rel=1e-6)
+    assert kl_per_token(torch.tensor([-100.0]), torch.tensor([0.0]), "k3").item() == pytest.approx(
+        math.expm1(40) - 40, rel=1e-6
+    )
+    assert kl_per_token(torch.tensor([0.0]), torch.tensor([-100.0]), "k3").item() == pytest.approx(
+        39.0, rel=1e-6
+    )
 
 
 def test_kl_term_enters_loss_only_with_beta():
     cfg = LossConfig(beta=0.1, kl_estimator="k2")
     zeros = t([0.0])
-    loss, stats = grpo_loss(zeros, zeros, torch.tensor([0.0], dtype=torch.float64), t([1.0]), cfg, 1,
-                            ref_logprobs=t([-1.0]))  # fmt: skip
+    loss, stats = grpo_loss(
+        zeros, zeros, torch.tensor([0.0], dtype=torch.float64), t([1.0]), cfg, 1, ref_logprobs=t([-1.0])
+    )
     assert loss.item() == pytest.approx(0.1 * 0.5) and stats["kl_sum"] == pytest.approx(0.5)
     with pytest.raises(ValueError):
         grpo_loss(zeros, zeros, torch.tensor([0.0]), t([1.0]), cfg, 1)

@@ -37,8 +37,19 @@ class VersionedEngine:
         self.version += 1  # the next call runs on newer weights
 
         async def result():
-            return [[{"token_ids": [5], "logprobs": [-1.0], "finish_reason": "stop", "text": "dogs dogs",
-                      "weight_versions": (version, version)} for _ in range(n)] for _ in prompt_ids]  # fmt: skip
+            return [
+                [
+                    {
+                        "token_ids": [5],
+                        "logprobs": [-1.0],
+                        "finish_reason": "stop",
+                        "text": "dogs dogs",
+                        "weight_versions": (version, version),
+                    }
+                    for _ in range(n)
+                ]
+                for _ in prompt_ids
+            ]
 
         return result()
 
@@ -47,13 +58,26 @@ def test_a_step_that_mixes_weight_versions_records_them_per_sample():
     """Failed before: a step recorded one weights version (the trainer's when the rollout started), so a step
     whose second rollout call ran on newer weights looked on-policy by one update less than it was."""
 
-    cfg = parse_args(["--model_name_or_path", "m", "--rollout_chunks_per_engine", "2", "--num_unique_prompts_rollout", "4",
-                      "--num_samples_per_prompt_rollout", "2"])[0]  # fmt: skip
+    cfg = parse_args(
+        [
+            *(
+                "--model_name_or_path m --rollout_chunks_per_engine 2 --num_unique_prompts_rollout 4 "
+                "--num_samples_per_prompt_rollout 2"
+            ).split()
+        ]
+    )[0]
     prompts = [Prompt([1, 2, 3], index=i) for i in range(4)]
-    comps, results, _, _ = asyncio.run(rollout_and_score([VersionedEngine(3)], prompts, RewardDispatcher(RewardConfig(), None),
-                                                         cfg, 2, "1/train/5"))  # fmt: skip
+    comps, results, _, _ = asyncio.run(
+        rollout_and_score(
+            [VersionedEngine(3)], prompts, RewardDispatcher(RewardConfig(), None), cfg, 2, "1/train/5"
+        )
+    )
     versions = [c[0]["weight_versions"] for c in comps]  # two calls of 2 prompts each, in either order
-    assert versions[0] == versions[1] and versions[2] == versions[3] and {versions[0], versions[2]} == {(3, 3), (4, 4)}
+    assert (
+        versions[0] == versions[1]
+        and versions[2] == versions[3]
+        and {versions[0], versions[2]} == {(3, 3), (4, 4)}
+    )
     ro = Rollout(5, prompts, comps, results, 0.1, 0.0, {"epoch": 1})
     adv = group_advantages([r.score for g in results for r in g], 2, keep_zero_std=True)
     m = step_metrics(ro, adv, [], 0.0, 0.0, 1.0)

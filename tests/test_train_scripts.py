@@ -25,8 +25,15 @@ def descendants(pid: int) -> list[psutil.Process]:
 
 def launch(script: str, out: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PRESET": "tiny", "OUTPUT_DIR": str(out), "PYTHON": sys.executable}
-    return subprocess.Popen(["bash", script, *extra], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    return subprocess.Popen(
+        ["bash", script, *extra],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def test_llmjudge_script_runs_the_tiny_preset(tmp_path):

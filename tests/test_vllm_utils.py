@@ -130,7 +130,9 @@ def test_logprobs_are_of_the_tempered_distribution(engine, prompts, hf_base):
     T = 0.6, so the truncated importance weight compared two distributions."""
     import ray
 
-    for prompt, samples in zip(prompts, ray.get(engine.generate.remote(prompts, 2, 0.6, 12, None, 7)), strict=True):
+    for prompt, samples in zip(
+        prompts, ray.get(engine.generate.remote(prompts, 2, 0.6, 12, None, 7)), strict=True
+    ):
         for s in samples:
             expected = _hf_logprobs(hf_base, prompt, s["token_ids"], temperature=0.6)
             torch.testing.assert_close(torch.tensor(s["logprobs"]), expected, atol=1e-3, rtol=0)
@@ -235,7 +237,10 @@ def test_driver_helpers_sync_from_learner_actor(engine, prompts, tiny_judge_dir)
         assert _vllm_greedy(engine, prompts, 16) == ray.get(learner.greedy.remote(prompts, 16))
         assert ray.get(engine.get_weight_version.remote()) == "3"
         # samples say which weights generated them
-        assert ray.get(engine.generate.remote(prompts[:1], 1, 1.0, 4, None, 0))[0][0]["weight_versions"] == (3, 3)
+        assert ray.get(engine.generate.remote(prompts[:1], 1, 1.0, 4, None, 0))[0][0]["weight_versions"] == (
+            3,
+            3,
+        )
     finally:
         ray.kill(learner)
 
@@ -274,8 +279,9 @@ def test_inflight_updates_land_between_decode_steps(engine, prompts, tiny_judge_
     import ray
 
     ray.kill(engine)
-    (inflight,) = vllm_utils.create_vllm_engines(1, 1, str(tiny_judge_dir), seed=0, max_model_len=512,
-                                                 inflight_updates=True)  # fmt: skip
+    (inflight,) = vllm_utils.create_vllm_engines(
+        1, 1, str(tiny_judge_dir), seed=0, max_model_len=512, inflight_updates=True
+    )
     try:
         ray.get(inflight.generate.remote(prompts, 4, 1.0, 400, None, 4))  # warm-up: the first steps are slow
         running, done_early, samples = _update_during_rollout(inflight, prompts, 400)

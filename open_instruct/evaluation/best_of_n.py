@@ -18,7 +18,9 @@ from open_instruct.ground_truth_utils import Verifier, VerifierResult
 VERIFIER_NAMES = {"flip": "general-flip", "pointwise": "general-quality"}
 
 
-async def score_candidates(verifier: Verifier, messages: list[dict], responses: list[str]) -> list[VerifierResult]:
+async def score_candidates(
+    verifier: Verifier, messages: list[dict], responses: list[str]
+) -> list[VerifierResult]:
     """The verifier's result for each response to the prompt `messages`, in order."""
     return list(await asyncio.gather(*(verifier.async_call(messages, r, None) for r in responses)))
 

@@ -29,8 +29,10 @@ def table(results: list[dict]) -> list[str]:
         text = "–" if value is None else f"{value:.1f}"
         return f"({text})†" if apart and value is not None else text
 
-    lines = ["| subset | " + " | ".join(r["method"] for r in results) + " |",
-             "|---|" + "---:|" * len(results)]  # fmt: skip
+    lines = [
+        "| subset | " + " | ".join(r["method"] for r in results) + " |",
+        "|---|" + "---:|" * len(results),
+    ]
     for subset in [*_subsets(results), "overall"]:
         cells = [fmt(*_cell(r, subset)) for r in results]
         name = f"**{subset}**" if subset == "overall" else subset
@@ -66,7 +68,9 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     ax.set_ylim(0, 110)
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=len(results) + 1, frameon=False)
+    ax.legend(
+        fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=len(results) + 1, frameon=False
+    )
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     fig.savefig(path, dpi=150)

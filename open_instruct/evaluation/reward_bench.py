@@ -120,17 +120,24 @@ def _validate(row: Any, where: str) -> Example:
         if not value:
             raise UserError(f"{where}: '{column}' is an empty list")
         row = {**row, column: value}
-    counts = {"num_correct": len(row["chosen"]), "num_incorrect": len(row["rejected"]),
-              "total_completions": len(row["chosen"]) + len(row["rejected"])}  # fmt: skip
+    counts = {
+        "num_correct": len(row["chosen"]),
+        "num_incorrect": len(row["rejected"]),
+        "total_completions": len(row["chosen"]) + len(row["rejected"]),
+    }
     for column, expected in counts.items():
         if row.get(column) is not None and row[column] != expected:
             raise UserError(f"{where}: '{column}' is {row[column]} but the lists hold {expected}")
     if is_ties(row["subset"]) and not _TIES_ID.match(str(raw_id)):
         raise UserError(f"{where}: a Ties row's id must be 'ref:<n>' or 'tied:<n>' (RewardBench 2's layout)")
-    return Example(str(raw_id), row["prompt"], tuple(row["chosen"]), tuple(row["rejected"]), row["subset"].strip())
+    return Example(
+        str(raw_id), row["prompt"], tuple(row["chosen"]), tuple(row["rejected"]), row["subset"].strip()
+    )
 
 
-def select(examples: list[Example], subsets: list[str] | None, limit: int | None, source: str) -> list[Example]:
+def select(
+    examples: list[Example], subsets: list[str] | None, limit: int | None, source: str
+) -> list[Example]:
     """The examples of `subsets` (all when None; names match case-insensitively), and of each subset only
     the first `limit` prompts, in dataset order."""
     present = list(dict.fromkeys(e.subset for e in examples))
@@ -138,7 +145,9 @@ def select(examples: list[Example], subsets: list[str] | None, limit: int | None
         by_name = {s.lower(): s for s in present}
         unknown = [s for s in subsets if s.strip().lower() not in by_name]
         if unknown:
-            raise UserError(f"--subsets: {', '.join(map(repr, unknown))} not in {source}; it has {', '.join(present)}")
+            raise UserError(
+                f"--subsets: {', '.join(map(repr, unknown))} not in {source}; it has {', '.join(present)}"
+            )
         wanted = {by_name[s.strip().lower()] for s in subsets}
         examples = [e for e in examples if e.subset in wanted]
     if limit is None:
@@ -201,8 +210,13 @@ def ties_score(records: list[dict]) -> dict:
         "correctness_preferred_hard": _mean([hardest[p] > spread[p] for p in paired]),
         "margin_score": _mean([_tanh_ratio(hardest[p], spread[p]) for p in paired]),
     }
-    score = (0.30 * parts["tied_accuracy"] + 0.30 * parts["ref_accuracy"] + 0.20 * parts["correctness_preferred"]
-             + 0.20 * parts["correctness_preferred_hard"] + 0.01 * parts["margin_score"])  # fmt: skip
+    score = (
+        0.30 * parts["tied_accuracy"]
+        + 0.30 * parts["ref_accuracy"]
+        + 0.20 * parts["correctness_preferred"]
+        + 0.20 * parts["correctness_preferred_hard"]
+        + 0.01 * parts["margin_score"]
+    )
     return {**detail, **parts, "score": score}
 
 
@@ -234,9 +248,14 @@ def summarize(method: str, records: list[dict]) -> dict:
             accuracy[subset] = extra["ties"]["score"]
         elif is_ties(subset):
             share = _mean([r["status"] == "correct" for r in rows]) if rows else None
-            extra["ties_apart"] = {"subset": subset, "accuracy": share, "n": len(rows),
-                                   "rule": "every correct answer beats every incorrect one"
-                                   if method == "pairwise" else "the pick is a correct answer"}  # fmt: skip
+            extra["ties_apart"] = {
+                "subset": subset,
+                "accuracy": share,
+                "n": len(rows),
+                "rule": "every correct answer beats every incorrect one"
+                if method == "pairwise"
+                else "the pick is a correct answer",
+            }
         else:
             accuracy[subset] = _mean([r["status"] == "correct" for r in rows]) if rows else None
     present = [a for a in accuracy.values() if a is not None]

@@ -102,16 +102,29 @@ class ScriptedJudge:
             finally:
                 self.in_flight -= 1
         if reply.status != 200:
-            return web.json_response({"error": {"message": f"scripted error {reply.status}"}}, status=reply.status)
-        return web.json_response({
-            "id": f"chatcmpl-{n}", "object": "chat.completion", "created": int(time.time()),
-            "model": body.get("model", "scripted"),
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": reply.text}}],
-            "usage": {"prompt_tokens": sum(len(m["content"].split()) for m in body["messages"]),
-                      "completion_tokens": len(reply.text.split()),
-                      "total_tokens": 0},
-        })  # fmt: skip
+            return web.json_response(
+                {"error": {"message": f"scripted error {reply.status}"}}, status=reply.status
+            )
+        return web.json_response(
+            {
+                "id": f"chatcmpl-{n}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model", "scripted"),
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": reply.text},
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": sum(len(m["content"].split()) for m in body["messages"]),
+                    "completion_tokens": len(reply.text.split()),
+                    "total_tokens": 0,
+                },
+            }
+        )
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "scripted", "object": "model"}]})

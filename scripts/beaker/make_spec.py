@@ -31,8 +31,11 @@ BEAKER_VARS = {
     "BEAKER_IMAGE": ("", "Beaker image with this repository and its environment (required)"),
     "BEAKER_CLUSTER": ("", "clusters the replicas may run on, comma-separated (required)"),
     "BEAKER_PRIORITY": ("normal", "urgent, high, normal, low or preemptible"),
-    "BEAKER_PREEMPTIBLE": ("0", "1: the run may be preempted (a retry resumes from OUTPUT_DIR only if it "
-                                "outlives the job: a shared mount, not the result path)"),
+    "BEAKER_PREEMPTIBLE": (
+        "0",
+        "1: the run may be preempted (a retry resumes from OUTPUT_DIR only if it "
+        "outlives the job: a shared mount, not the result path)",
+    ),
     "BEAKER_BUDGET": ("", "budget account (none: the workspace's)"),
     "BEAKER_WORKDIR": (".", "the repository inside the image (.: the image's working directory)"),
     "BEAKER_RESULT_PATH": ("/output", "directory Beaker saves as the task's result"),
@@ -65,7 +68,9 @@ def cluster_variables(overrides: dict[str, str]) -> dict[str, str]:
 
 def cluster_help() -> dict[str, str]:
     """NAME -> its meaning and default, from `cluster_env.sh --help`."""
-    out = subprocess.run(["bash", str(CLUSTER_ENV), "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["bash", str(CLUSTER_ENV), "--help"], capture_output=True, text=True, check=True
+    ).stdout
     docs: dict[str, str] = {}
     name = ""
     for line in out.splitlines():
@@ -123,19 +128,36 @@ def build_spec(cluster: dict[str, str], beaker: dict[str, str], trainer_args: li
         "name": name,
         "image": {"beaker": beaker["BEAKER_IMAGE"]},
         # bash -c 'SCRIPT' WORKDIR ARGS...: WORKDIR is $0, the trainer flags are "$@".
-        "command": ["bash", "-c", 'cd "$0" && exec bash scripts/cluster/ray_node.sh beaker "$@"',
-                    beaker["BEAKER_WORKDIR"], *trainer_args],  # fmt: skip
+        "command": [
+            "bash",
+            "-c",
+            'cd "$0" && exec bash scripts/cluster/ray_node.sh beaker "$@"',
+            beaker["BEAKER_WORKDIR"],
+            *trainer_args,
+        ],
         "envVars": env_vars(cluster, beaker),
         "result": {"path": beaker["BEAKER_RESULT_PATH"]},
-        "resources": {"gpuCount": int(cluster["GPUS_PER_NODE"]), "sharedMemory": beaker["BEAKER_SHARED_MEMORY"]},
-        "context": {"priority": beaker["BEAKER_PRIORITY"], "preemptible": beaker["BEAKER_PREEMPTIBLE"] == "1"},
+        "resources": {
+            "gpuCount": int(cluster["GPUS_PER_NODE"]),
+            "sharedMemory": beaker["BEAKER_SHARED_MEMORY"],
+        },
+        "context": {
+            "priority": beaker["BEAKER_PRIORITY"],
+            "preemptible": beaker["BEAKER_PREEMPTIBLE"] == "1",
+        },
         "constraints": {"cluster": split_list(beaker["BEAKER_CLUSTER"])},
     }
     if beaker["BEAKER_DATASETS"]:
         task["datasets"] = mounts(beaker["BEAKER_DATASETS"])
     if replicas > 1:  # the replicas start together, find the leader by name, and fail together
-        task.update(replicas=replicas, leaderSelection=True, hostNetworking=True, propagateFailure=True,
-                    propagatePreemption=True, synchronizedStartTimeout=beaker["BEAKER_START_TIMEOUT"])  # fmt: skip
+        task.update(
+            replicas=replicas,
+            leaderSelection=True,
+            hostNetworking=True,
+            propagateFailure=True,
+            propagatePreemption=True,
+            synchronizedStartTimeout=beaker["BEAKER_START_TIMEOUT"],
+        )
     spec = {
         "version": "v2",
         "description": f"GRPO ({cluster['JUDGE_TYPE']} reward, preset {cluster['PRESET']}): "
@@ -160,10 +182,14 @@ def main(argv: list[str] | None = None) -> int:
         group.add_argument(f"--{name.lower()}", dest=name, metavar=name, help=doc)
     group = p.add_argument_group("Beaker variables")
     for name, (default, doc) in BEAKER_VARS.items():
-        group.add_argument(f"--{name.lower()}", dest=name, metavar=name, help=f"{doc} (default: {default or 'none'})")
+        group.add_argument(
+            f"--{name.lower()}", dest=name, metavar=name, help=f"{doc} (default: {default or 'none'})"
+        )
     args = vars(p.parse_args(argv))
     given = {name: value for name, value in args.items() if name.isupper() and value is not None}
-    beaker = {name: given.get(name, os.environ.get(name, default)) for name, (default, _) in BEAKER_VARS.items()}
+    beaker = {
+        name: given.get(name, os.environ.get(name, default)) for name, (default, _) in BEAKER_VARS.items()
+    }
     overrides = {name: value for name, value in given.items() if name in cluster_docs}
     if "OUTPUT_DIR" not in overrides and "OUTPUT_DIR" not in os.environ:
         overrides["OUTPUT_DIR"] = beaker["BEAKER_RESULT_PATH"]  # what Beaker keeps
@@ -175,14 +201,20 @@ def main(argv: list[str] | None = None) -> int:
     text = yaml.safe_dump(spec, sort_keys=False, default_flow_style=False, width=120)
     task = spec["tasks"][0]
     if task.get("replicas", 1) > 1 and not beaker["BEAKER_DATASETS"]:
-        print("note: learners on every replica write to OUTPUT_DIR; with no shared mount (BEAKER_DATASETS) the "
-              "model and checkpoints may land in another replica's result", file=sys.stderr)  # fmt: skip
+        print(
+            "note: learners on every replica write to OUTPUT_DIR; with no shared mount (BEAKER_DATASETS) the "
+            "model and checkpoints may land in another replica's result",
+            file=sys.stderr,
+        )
     if args["output"] == "-":
         sys.stdout.write(text)
     else:
         Path(args["output"]).write_text(text)
-        print(f"wrote {args['output']}: {task.get('replicas', 1)} replica(s) x {task['resources']['gpuCount']} GPUs; "
-              f"submit with: beaker experiment create {args['output']} --workspace WORKSPACE", file=sys.stderr)  # fmt: skip
+        print(
+            f"wrote {args['output']}: {task.get('replicas', 1)} replica(s) x {task['resources']['gpuCount']} GPUs; "
+            f"submit with: beaker experiment create {args['output']} --workspace WORKSPACE",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -67,8 +67,13 @@ def poll(check, what: str, timeout: float, watch: int | None, log: str | None, i
 
 
 def wait_port(host: str, port: int, timeout: float, watch: int | None, log: str | None) -> None:
-    poll(lambda: None if port_open(host, port) else f"nothing listens on {host}:{port}", f"{host}:{port}",
-         timeout, watch, log)  # fmt: skip
+    poll(
+        lambda: None if port_open(host, port) else f"nothing listens on {host}:{port}",
+        f"{host}:{port}",
+        timeout,
+        watch,
+        log,
+    )
 
 
 def wait_ray(address: str, nodes: int, gpus: int, timeout: float, watch: int | None, log: str | None) -> None:

@@ -33,12 +33,23 @@ def judge(messages, n):
 
 
 ROWS = [
-    {"prompt": "Write a haiku about rain", "responses": ["rain haiku", "off topic", "rain haiku too"], "id": 0},
+    {
+        "prompt": "Write a haiku about rain",
+        "responses": ["rain haiku", "off topic", "rain haiku too"],
+        "id": 0,
+    },
     {"instruction": "Name a fruit", "responses": ["FAIL x", "apple"], "id": 1},
-    {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
-                  {"role": "user", "content": "Tell a joke"}], "responses": ["FAIL a", "FAIL b"], "id": 2},
+    {
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "Tell a joke"},
+        ],
+        "responses": ["FAIL a", "FAIL b"],
+        "id": 2,
+    },
     {"messages": [{"role": "user", "content": "Tell a joke"}], "responses": ["joke"], "id": 3},
-]  # fmt: skip
+]
 
 
 def test_ties_go_to_the_earliest_and_failures_are_passed_over():
@@ -54,8 +65,13 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
 
 def bon_args(judge_server, inp, out, *extra):
-    return ["bon", "--input", str(inp), "--output", str(out), "--judge-model", "hosted_vllm/scripted",
-            "--judge-api-base", judge_server.api_base, "--retries", "0", "--no-progress", *extra]  # fmt: skip
+    return [
+        *(
+            f"bon --input {inp} --output {out} --judge-model hosted_vllm/scripted --judge-api-base "
+            f"{judge_server.api_base} --retries 0 --no-progress"
+        ).split(),
+        *extra,
+    ]
 
 
 def test_bon_picks_the_best_by_flip_and_by_pointwise(tmp_path, capsys):
@@ -72,7 +88,9 @@ def test_bon_picks_the_best_by_flip_and_by_pointwise(tmp_path, capsys):
     assert pointwise["extracted"] == [5, 9, 7] and all(isinstance(t, str) for t in pointwise["judge_outputs"])
 
     for method in ("flip", "pointwise"):
-        assert rows[1][method]["scores"][0] is None and rows[1][method]["best_index"] == 1  # failed one passed over
+        assert (
+            rows[1][method]["scores"][0] is None and rows[1][method]["best_index"] == 1
+        )  # failed one passed over
         assert "failed after 1 attempt(s)" in rows[1][method]["errors"][0]
         assert rows[2][method]["best_index"] is None and rows[2][method]["best_response"] is None
         assert rows[3][method]["best_index"] == 0
@@ -97,17 +115,34 @@ def test_bon_defaults_to_flip_and_exits_0_when_all_scored(tmp_path):
     "line,message",
     [
         ('{"prompt": "p"}', "in.jsonl:1: field 'responses' must be a non-empty list of strings"),
-        ('{"prompt": "p", "responses": []}', "in.jsonl:1: field 'responses' must be a non-empty list of strings"),
-        ('{"prompt": "p", "responses": "r"}', "in.jsonl:1: field 'responses' must be a non-empty list of strings"),
+        (
+            '{"prompt": "p", "responses": []}',
+            "in.jsonl:1: field 'responses' must be a non-empty list of strings",
+        ),
+        (
+            '{"prompt": "p", "responses": "r"}',
+            "in.jsonl:1: field 'responses' must be a non-empty list of strings",
+        ),
         ('{"prompt": "p", "responses": ["a", 1]}', "in.jsonl:1: field 'responses' must be a non-empty list"),
         ('{"responses": ["a"]}', "in.jsonl:1: needs 'instruction' (a string) or 'messages'"),
         ('{"prompt": "p", "responses": ["a"], "flip": 1}', "in.jsonl:1: field 'flip' would be overwritten"),
     ],
-)  # fmt: skip
+)
 def test_bad_bon_rows_are_one_line_naming_the_line(tmp_path, capsys, line, message):
     inp = write_jsonl(tmp_path / "in.jsonl", [line])
-    code = main(["bon", "--input", str(inp), "--output", str(tmp_path / "o.jsonl"), "--judge-model", "hosted_vllm/x",
-                 "--judge-api-base", f"http://127.0.0.1:{free_port()}/v1"])  # fmt: skip
+    code = main(
+        [
+            "bon",
+            "--input",
+            str(inp),
+            "--output",
+            str(tmp_path / "o.jsonl"),
+            "--judge-model",
+            "hosted_vllm/x",
+            "--judge-api-base",
+            f"http://127.0.0.1:{free_port()}/v1",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o.jsonl").exists()
@@ -115,15 +150,41 @@ def test_bad_bon_rows_are_one_line_naming_the_line(tmp_path, capsys, line, messa
 
 def test_unreachable_judge_is_one_line(tmp_path, capsys):
     inp = write_jsonl(tmp_path / "in.jsonl", ROWS[:1] * 20)
-    code = main(["bon", "--input", str(inp), "--output", str(tmp_path / "o.jsonl"), "--judge-model", "hosted_vllm/x",
-                 "--judge-api-base", f"http://127.0.0.1:{free_port()}/v1", "--retries", "0", "--no-progress"])  # fmt: skip
+    code = main(
+        [
+            "bon",
+            "--input",
+            str(inp),
+            "--output",
+            str(tmp_path / "o.jsonl"),
+            "--judge-model",
+            "hosted_vllm/x",
+            "--judge-api-base",
+            f"http://127.0.0.1:{free_port()}/v1",
+            "--retries",
+            "0",
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "unreachable" in err[0]
 
 
 def test_bon_help_explains_the_tie_rule():
-    proc = subprocess.run([sys.executable, "-m", "open_instruct.flip", "bon", "--help"], capture_output=True,
-                          text=True, cwd=REPO, timeout=60)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "open_instruct.flip", "bon", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
     assert proc.returncode == 0
-    for text in ("--method", "--judge-model", "--on-unparsed", "earliest candidate", "best_index", "Exit status"):
+    for text in (
+        "--method",
+        "--judge-model",
+        "--on-unparsed",
+        "earliest candidate",
+        "best_index",
+        "Exit status",
+    ):
         assert text in proc.stdout

@@ -29,7 +29,14 @@ def test_listwise_order_is_a_seeded_permutation_per_example():
 
 
 def ties(id_, scores, num_chosen, status="correct"):
-    return {"id": id_, "subset": "Ties", "scores": scores, "num_chosen": num_chosen, "status": status, "calls": []}
+    return {
+        "id": id_,
+        "subset": "Ties",
+        "scores": scores,
+        "num_chosen": num_chosen,
+        "status": status,
+        "calls": [],
+    }
 
 
 def test_ties_score_by_hand():
@@ -46,7 +53,9 @@ def test_ties_score_by_hand():
     assert got["prompts"] == 3 and got["ref_rows"] == 4 and got["tied_rows"] == 3
     assert got["ref_accuracy"] == 0.75 and got["tied_accuracy"] == 1.0
     assert got["correctness_preferred"] == 1.0  # tied gap above tied spread: 2 > 1, 2 > 0, 1 > 0
-    assert got["correctness_preferred_hard"] == pytest.approx(2 / 3)  # min(4, 2) > 1; min(0, 2) > 0 fails; 1 > 0
+    assert got["correctness_preferred_hard"] == pytest.approx(
+        2 / 3
+    )  # min(4, 2) > 1; min(0, 2) > 0 fails; 1 > 0
     # tanh(min gap / spread - 1): prompt 7 tanh(1); prompt 8 0/0 counts 0; prompt 10 1/0 = inf, tanh 1
     margin = (math.tanh(1) + 0 + 1) / 3
     assert got["margin_score"] == pytest.approx(margin)
@@ -59,11 +68,23 @@ def test_ties_score_needs_a_prompt_with_both_rows():
 
 def test_summarize_leaves_failed_examples_out():
     def rec(id_, subset, status):
-        return {"id": id_, "subset": subset, "status": status, "num_chosen": 1, "calls": [
-            {"failed": status == "failed", "judge_ok": status != "failed", "parsed": status != "failed"}]}  # fmt: skip
+        return {
+            "id": id_,
+            "subset": subset,
+            "status": status,
+            "num_chosen": 1,
+            "calls": [
+                {"failed": status == "failed", "judge_ok": status != "failed", "parsed": status != "failed"}
+            ],
+        }
 
-    records = [rec("a", "Math", "correct"), rec("b", "Math", "failed"), rec("c", "Focus", "failed"),
-               rec("d", "Safety", "wrong"), rec("e", "Safety", "correct")]  # fmt: skip
+    records = [
+        rec("a", "Math", "correct"),
+        rec("b", "Math", "failed"),
+        rec("c", "Focus", "failed"),
+        rec("d", "Safety", "wrong"),
+        rec("e", "Safety", "correct"),
+    ]
     got = summarize("listwise", records)
     # Focus has nothing judged: no figure, and left out of the overall
     assert got["accuracy"] == {"overall": 0.75, "Math": 1.0, "Safety": 0.5, "Focus": None}
@@ -74,7 +95,14 @@ def test_select_limits_prompts_per_subset_and_keeps_ties_pairs():
     def ex(id_, subset):
         return Example(id_, "p", ("c",), ("r",), subset)
 
-    examples = [ex("ref:1", "Ties"), ex("ref:2", "Ties"), ex("tied:1", "Ties"), ex("tied:2", "Ties"),
-                ex("a", "Math"), ex("b", "Math"), ex("c", "Focus")]  # fmt: skip
+    examples = [
+        ex("ref:1", "Ties"),
+        ex("ref:2", "Ties"),
+        ex("tied:1", "Ties"),
+        ex("tied:2", "Ties"),
+        ex("a", "Math"),
+        ex("b", "Math"),
+        ex("c", "Focus"),
+    ]
     assert [e.id for e in select(examples, None, 1, "x")] == ["ref:1", "tied:1", "a", "c"]
     assert [e.id for e in select(examples, ["MATH"], None, "x")] == ["a", "b"]
