@@ -45,31 +45,6 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 
 # --------------------------------------------------------------------------------------------------
-# Data
-
-
-def load_rows(cfg: GRPOConfig, mixer: list[str], splits: list[str], flag: str) -> list[dict]:
-    """The validated rows of one mixture; a bad source or row is a UserError naming it."""
-    from open_instruct import dataset_utils
-    from open_instruct.ground_truth_utils import VERIFIER_REGISTRY
-
-    try:
-        return dataset_utils.load_mixture(mixer, splits, cfg.seed, known_verifiers=set(VERIFIER_REGISTRY))
-    except (dataset_utils.DatasetError, ValueError, FileNotFoundError) as e:
-        raise UserError(f"{flag}: {first_line(e)}") from None
-
-
-def import_verifiers(module: str) -> None:
-    """Import a --verifier_modules entry (it registers its verifiers as it is imported)."""
-    import importlib
-
-    try:
-        importlib.import_module(module)
-    except ImportError as e:
-        raise UserError(f"--verifier_modules {module}: cannot import it ({first_line(e)})") from None
-
-
-# --------------------------------------------------------------------------------------------------
 # Actors
 
 ACTOR_ROLES = {"LLMRayActor": "a vLLM engine", "PolicyLearner": "a learner"}
@@ -140,104 +115,18 @@ class Trainer:
         self.out = Path(cfg.output_dir)
 
     def setup(self, problems: list[str] | None = None) -> None:
-        """Read the tokenizer, the data and the judge settings: everything checked before any model or actor
-        starts. A mistake raises UserError; with `problems` (the dry run) each one is added as a line instead,
-        and every check that does not depend on it still runs."""
-        from open_instruct import dataset_utils
-        from open_instruct.judge_client import JudgeClient
-        from open_instruct.judge_config import judge_config, judge_problem
-        from open_instruct.rewards import RewardConfig, RewardDispatcher
+        """Read what the run needs before any model or actor starts (run_inputs.read_inputs): a mistake raises
+        UserError, or with `problems` (the dry run) is added to it as a line."""
+        from open_instruct.run_inputs import read_inputs
 
-        cfg = self.cfg
-
-        def attempt(step, *args):
-            try:
-                return step(*args)
-            except UserError as e:
-                if problems is None:
-                    raise
-                problems.append(str(e))
-                return None
-
-        for module in cfg.verifier_modules:
-            attempt(import_verifiers, module)
-        self.tokenizer = attempt(self._read_tokenizer)
-        train = attempt(
-            load_rows, cfg, cfg.dataset_mixer_list, cfg.dataset_mixer_list_splits, "--dataset_mixer_list"
+        inputs = read_inputs(self.cfg, problems)
+        self.tokenizer, self.chat_template, self.judge, self.rewards = (
+            inputs.tokenizer,
+            inputs.chat_template,
+            inputs.judge,
+            inputs.rewards,
         )
-        evals = []
-        if cfg.dataset_mixer_eval_list:
-            evals = attempt(
-                load_rows,
-                cfg,
-                cfg.dataset_mixer_eval_list,
-                cfg.dataset_mixer_eval_list_splits,
-                "--dataset_mixer_eval_list",
-            )
-        self.prompts, self.eval_prompts, dropped = [], [], 0
-        if self.tokenizer is not None and train is not None:
-            self.prompts, dropped = dataset_utils.tokenize_prompts(
-                train, self.tokenizer, self.chat_template, cfg.max_prompt_token_length
-            )
-            if not self.prompts:
-                attempt(
-                    self._fail,
-                    f"no training prompts left after dropping {dropped} longer than "
-                    f"--max_prompt_token_length {cfg.max_prompt_token_length}",
-                )
-            if evals:
-                self.eval_prompts, _ = dataset_utils.tokenize_prompts(
-                    evals, self.tokenizer, self.chat_template, cfg.max_prompt_token_length
-                )
-        names = {row["dataset"] for row in (train or []) + (evals or [])}
-        needs_judge = any(n.lower().startswith("general-") for n in names)
-        if cfg.rollout_chunks_per_engine == 0:  # overlap only pays when rewards wait on a judge
-            cfg.rollout_chunks_per_engine = 2 if needs_judge else 1
-        # A judge is needed when a verifier calls one; when the data could not be read (a dry run goes on),
-        # a judge that is named is taken as needed, so its settings are checked too.
-        needs_judge = needs_judge or (train is None and bool(cfg.llm_judge_model))
-        self.judge = None
-        problem = None
-        if needs_judge:
-            missing = f"verifier(s) {sorted(names)} need a judge: set --llm_judge_model"
-            problem = (
-                judge_problem(cfg.llm_judge_model, cfg.llm_judge_api_base) if cfg.llm_judge_model else missing
-            )
-            if problem:
-                attempt(self._fail, problem)
-        if needs_judge and not problem:
-            self.judge = JudgeClient(judge_config(cfg))
-        self.rewards = RewardDispatcher(
-            RewardConfig(cfg.non_stop_penalty, cfg.non_stop_penalty_value, cfg.llm_judge_on_unparsed),
-            self.judge,
-        )
-        if self.prompts:
-            print(
-                f"data: {len(self.prompts)} training prompts ({dropped} dropped as too long), "
-                f"{len(self.eval_prompts)} eval prompts; verifiers: {', '.join(sorted(names))}"
-            )
-
-    def _read_tokenizer(self):
-        from transformers import AutoTokenizer
-
-        from open_instruct import dataset_utils
-
-        cfg = self.cfg
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(cfg.model_name_or_path)
-        except (OSError, ValueError, KeyError) as e:
-            raise UserError(
-                f"--model_name_or_path {cfg.model_name_or_path}: cannot read its tokenizer ({first_line(e)})"
-            ) from None
-        try:
-            self.chat_template = dataset_utils.get_chat_template(tokenizer, cfg.chat_template_name)
-        except dataset_utils.DatasetError as e:
-            raise UserError(f"--chat_template_name: {e}") from None
-        return tokenizer
-
-    @staticmethod
-    def _fail(message: str):
-        raise UserError(message)
+        self.prompts, self.eval_prompts = inputs.prompts, inputs.eval_prompts
 
     def start_actors(self) -> None:
         import ray
