@@ -120,13 +120,9 @@ class Trainer:
         from open_instruct.run_inputs import read_inputs
 
         inputs = read_inputs(self.cfg, problems)
-        self.tokenizer, self.chat_template, self.judge, self.rewards = (
-            inputs.tokenizer,
-            inputs.chat_template,
-            inputs.judge,
-            inputs.rewards,
-        )
+        self.tokenizer, self.chat_template = inputs.tokenizer, inputs.chat_template
         self.prompts, self.eval_prompts = inputs.prompts, inputs.eval_prompts
+        self.judge, self.rewards = inputs.judge, inputs.rewards
 
     def start_actors(self) -> None:
         import ray
