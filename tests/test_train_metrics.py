@@ -1,0 +1,102 @@
+"""A step's metrics worked out by hand from a small rollout, and the curves file."""
+
+import math
+from dataclasses import dataclass, field
+
+import pytest
+
+from open_instruct.ground_truth_utils import VerifierResult
+from open_instruct.rl_utils import group_advantages
+from open_instruct.rollouts import Rollout
+from open_instruct.train_metrics import PLOTTED, plot, step_metrics
+
+
+@dataclass
+class Prompt:
+    dataset: str
+    index: int = 0
+    messages: list = field(default_factory=list)
+
+
+def sample(tokens: int, finish: str = "stop", versions=(4, 4)) -> dict:
+    return {
+        "token_ids": [1] * tokens,
+        "logprobs": [-1.0] * tokens,
+        "finish_reason": finish,
+        "text": "x",
+        "weight_versions": versions,
+    }
+
+
+def rollout() -> Rollout:
+    """Two prompts x 2 samples: word-share 0.0 / 1.0; a FLIP group with one failed judge call and one unparsed
+    answer scored on its raw text."""
+    results = [
+        [VerifierResult(0.0), VerifierResult(1.0)],
+        [VerifierResult(None, judge_ok=False, error="503"), VerifierResult(0.5, parsed=False, cost=0.25)],
+    ]
+    completions = [[sample(4), sample(6, "length")], [sample(2, versions=(3, 3)), sample(8)]]
+    prompts = [Prompt("word-share"), Prompt("general-flip", index=1)]
+    return Rollout(
+        5, prompts, completions, results, gen_seconds=2.0, reward_seconds=0.5, sampler_state={"epoch": 1}
+    )
+
+
+def test_step_metrics_by_hand():
+    ro = rollout()
+    adv = group_advantages([r.score for g in ro.results for r in g], 2)
+    stats = [
+        {
+            "loss_sum": 1.0,
+            "tokens": 10.0,
+            "kl_sum": 0.5,
+            "clipped_tokens": 2.0,
+            "grad_norm": 3.0,
+            "updates": 1,
+            "lr": 1e-6,
+        },
+        {
+            "loss_sum": 3.0,
+            "tokens": 10.0,
+            "kl_sum": 1.5,
+            "clipped_tokens": 0.0,
+            "grad_norm": 3.0,
+            "updates": 1,
+            "lr": 1e-6,
+        },
+    ]
+    m = step_metrics(ro, adv, stats, sync_seconds=0.1, train_seconds=1.0, step_seconds=4.0)
+    assert m["step"] == 5
+    assert m["reward_mean"] == pytest.approx(0.5)  # 0, 1, 0.5: the failed call has no reward
+    assert m["reward_std"] == pytest.approx(math.sqrt(((0.5) ** 2 + 0.5**2 + 0) / 3))
+    assert m["reward/word-share"] == pytest.approx(0.5) and m["reward/general-flip"] == pytest.approx(0.5)
+    assert (m["judge_failures"], m["unparsed"], m["judge_cost"]) == (1, 1, 0.25)
+    assert m["loss"] == pytest.approx(4.0 / 20) and m["kl"] == pytest.approx(2.0 / 20)
+    assert m["clip_fraction"] == pytest.approx(2.0 / 20)
+    assert m["response_length_mean"] == pytest.approx(20 / 4) and m["stop_rate"] == pytest.approx(3 / 4)
+    assert m["tokens_per_second"] == pytest.approx(20 / 4.0)
+    # the word-share group trains both samples; the FLIP group has one reward left and is dropped
+    assert (m["samples_trained"], m["dropped_groups"], m["zero_std_groups"]) == (2, 1, 0)
+    assert (m["grad_norm"], m["lr"]) == (3.0, 1e-6)
+    # step 5 trains the weights of step 4: samples from version 3 are one update behind
+    assert (m["weights_staleness"], m["weights_staleness_min"]) == (1, 0)
+    assert (
+        m["time/generation"],
+        m["time/reward"],
+        m["time/training"],
+        m["time/weight_sync"],
+        m["time/step"],
+    ) == (2.0, 0.5, 1.0, 0.1, 4.0)
+
+
+def test_a_step_that_trained_nothing_reports_nan_not_zero():
+    ro = rollout()
+    m = step_metrics(ro, group_advantages([r.score for g in ro.results for r in g], 2), [], 0.0, 0.0, 1.0)
+    assert math.isnan(m["loss"]) and math.isnan(m["grad_norm"]) and math.isnan(m["lr"])
+
+
+def test_curves_are_a_png_with_every_panel(tmp_path):
+    history = [{"step": s, **{k: float(s) for k in PLOTTED}} for s in (1, 2, 3)]
+    path = plot(history, tmp_path / "curves.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot([], tmp_path / "none.png") is None
