@@ -3,14 +3,16 @@
     python -m open_instruct.grpo_fast --model_name_or_path M --dataset_mixer_list data.jsonl 1.0 \
         --llm_judge_model hosted_vllm/Qwen/Qwen3-4B ...      (see --help, or scripts/train/grpo_flip.sh)
 
+Before the first step: the inputs are read and checked (run_inputs.py), the actors placed (cluster.py).
 One step:
-  1. rollout   the step's prompts go to the vLLM engines in chunks; each chunk's samples are sent to
-               the reward role as soon as the chunk is back, so judging overlaps generation;
+  1. rollout   the step's prompts go to the vLLM engines (vllm_utils.py) in chunks; each chunk's samples
+               are sent to the reward role as soon as the chunk is back (rollouts.py);
   2. reward    each sample is scored by the verifier its row names (rewards.py); a failed judge call
                gives no reward and the sample is left out, never trained on as 0;
   3. advantage group-normalised per prompt (rl_utils.group_advantages);
-  4. train     the DeepSpeed learners take a data-parallel shard each (learner.py);
-  5. sync      the learners' weights go to every vLLM engine (vllm_utils).
+  4. train     the step is packed so every DeepSpeed learner runs the same number of micro-batches
+               (packing.py) and the learners update (learner.py);
+  5. sync      the learners' weights go to every vLLM engine (weight_sync.py).
 With --async_steps k, rollouts for step s start once the weights of step s-1-k are in the engines, in a
 producer thread, so generation runs up to k steps ahead of training.
 

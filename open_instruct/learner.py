@@ -1,14 +1,11 @@
 """The learner: one DeepSpeed engine per GPU (gloo learners on CPU), run as Ray actors.
 
-The controller packs the whole step (`plan_step`): per mini-batch, samples go into micro-batches that fill
-at most `pack_length` tokens of the micro-batch tensor, padding included, and the micro-batches are dealt
-out so that every rank runs the same number (the collectives of ZeRO-2/3 need every rank in every pass).
-With flash-attention a micro-batch is one packed row whose position ids restart at each sample
-(variable-length attention, no padding); otherwise it is right-padded rows of similar lengths. Each rank
-computes response-token log-probabilities (float32 a chunk at a time), the GRPO loss (rl_utils.grpo_loss)
-and accumulates gradients; DeepSpeed steps once per mini-batch (ZeRO stage 2 or 3, gradient clipping,
-AdamW). Under ZeRO-3 the model is partitioned as it loads. Weights leave the learner gathered one tensor at
-a time, for the sync to the vLLM engines and for HF checkpoints, which only rank 0 copies to host memory.
+Each rank trains on its share of the step as packing.plan_step dealt it (the same number of micro-batches on
+every rank, since the collectives of ZeRO-2/3 need every rank in every pass): response-token log-probabilities
+(packing.token_logprobs), the GRPO loss (rl_utils.grpo_loss), gradients accumulated over the micro-batches
+of a mini-batch, and one DeepSpeed step per mini-batch (ZeRO stage 2 or 3, gradient clipping, AdamW). Under
+ZeRO-3 the model is partitioned as it loads. Weights leave the learner gathered one tensor at a time, for the
+sync to the vLLM engines (weight_sync.py) and for HF checkpoints, which only rank 0 copies to host memory.
 """
 
 import os
