@@ -16,9 +16,13 @@ prompt, and whether correct answers stand further from incorrect ones than from 
 listwise give no scores, so that rule cannot apply: their Ties accuracy (every correct answer beats every
 incorrect one; the pick is a correct answer) is reported apart and left out of their overall.
 
+Scores: `official` is RewardBench 2's own score (a tie at the top earns partial credit, an example with no
+verdict earns 1/N, every example counts), the headline; `accuracy` beside it is the strict rule above with
+failed examples left out (open_instruct/evaluation/reward_bench.py states both).
+
 Outputs in --output-dir: predictions.jsonl (every score and raw judge answer, one line per method and
-example, appended as each finishes), results.json (per method: accuracy per subset and overall, the
-unweighted mean over subsets; n judged; failures), report.md with a table and accuracy.png, and
+example, appended as each finishes), results.json (per method: official score and accuracy per subset and
+overall, the unweighted mean over subsets; n judged; failures), report.md with a table and accuracy.png, and
 run_config.json. Rerunning with the same --output-dir resumes: examples already judged are skipped, failed
 ones are judged again, and results are recomputed from every prediction in the directory. The dataset,
 judge model and the settings that change answers (--llm_judge_max_tokens, --llm_judge_temperature,
@@ -324,7 +328,8 @@ def print_summary(results: list[dict], client, seconds: float, out_dir: Path, re
     for r in results:
         apart = f", Ties apart {pct(r['ties_apart']['accuracy'])}" if "ties_apart" in r else ""
         print(
-            f"  {r['method']:<9} overall {pct(r['accuracy']['overall'])}{apart}  (n {r['n']}, "
+            f"  {r['method']:<9} RewardBench 2 score {pct(r['official']['overall'])}, "
+            f"accuracy {pct(r['accuracy']['overall'])}{apart}  (n {r['n']}, "
             f"failures {r['failures']}, unparsed answers {r['unparsed']})"
         )
     if client is not None:

@@ -170,6 +170,14 @@ EXPECTED = {
     "pairwise": {"Precise IF": 1.0, "Math": 0.0, "Focus": 0.5},
     "listwise": {"Precise IF": 0.0, "Math": 1.0, "Focus": 0.5},
 }
+# RewardBench 2's own score: m2 (failed) and p1's listwise pick (out of range) have no verdict, 1/4 each;
+# flip's f2 ties its chosen response with one rejected at the top, 1/2; m1's pairwise verdicts lose.
+OFFICIAL = {
+    "flip": {"Precise IF": 1.0, "Math": 0.625, "Focus": 0.75, "Ties": TIES_FLIP},
+    "pointwise": {"Precise IF": 1.0, "Math": 0.625, "Focus": 0.5, "Ties": TIES_POINTWISE},
+    "pairwise": {"Precise IF": 1.0, "Math": 0.125, "Focus": 0.5},
+    "listwise": {"Precise IF": 0.25, "Math": 0.625, "Focus": 0.5},
+}
 
 
 def test_accuracies_worked_out_by_hand(tmp_path, capsys):
@@ -182,6 +190,10 @@ def test_accuracies_worked_out_by_hand(tmp_path, capsys):
         accuracy = results[method]["accuracy"]
         assert list(accuracy) == ["overall", *expected]  # RewardBench 2's subset order
         assert accuracy == pytest.approx({"overall": sum(expected.values()) / len(expected), **expected})
+        official = OFFICIAL[method]
+        assert results[method]["official"] == pytest.approx(
+            {"overall": sum(official.values()) / len(official), **official}
+        )
         # a failed example is neither right nor wrong: Math is m1 alone
         assert results[method]["n"] == 8 and results[method]["failures"] == 1
         assert results[method]["n_per_subset"] == {"Precise IF": 1, "Math": 1, "Focus": 2, "Ties": 4}
@@ -228,7 +240,8 @@ def test_accuracies_worked_out_by_hand(tmp_path, capsys):
     height, width, _ = matplotlib.image.imread(out / "accuracy.png").shape
     assert width > 600 and height > 300
     summary = capsys.readouterr()
-    assert "flip      overall" in summary.out and "rerun the same command" in summary.err
+    assert "flip      RewardBench 2 score 75.7%, accuracy 78.8%" in summary.out
+    assert "rerun the same command" in summary.err
 
 
 def test_rerun_skips_judged_examples_and_retries_failed_ones(tmp_path, capsys):

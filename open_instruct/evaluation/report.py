@@ -1,5 +1,6 @@
-"""report.md and accuracy.png for `flip_eval`: accuracy per subset and method, as a table and a grouped bar
-chart with the random-choice line of best-of-4 (25%)."""
+"""report.md and accuracy.png for `flip_eval`: RewardBench 2's official score per subset and method (the headline,
+as a table and a grouped bar chart with the random-choice line of best-of-4, 25%), and the strict accuracy
+with failed examples left out beside it."""
 
 from pathlib import Path
 
@@ -15,16 +16,16 @@ def _subsets(results: list[dict]) -> list[str]:
     return subset_order(names)
 
 
-def _cell(result: dict, subset: str) -> tuple[float | None, bool]:
-    """(accuracy in percent or None, whether it is reported apart from the overall)."""
+def _cell(result: dict, subset: str, key: str = "official") -> tuple[float | None, bool]:
+    """(the `key` figure in percent or None, whether it is reported apart from the overall)."""
     apart = result.get("ties_apart")
     if apart and apart["subset"] == subset:
         return (None if apart["accuracy"] is None else 100 * apart["accuracy"]), True
-    value = result["accuracy"].get(subset)
+    value = result[key].get(subset)
     return (None if value is None else 100 * value), False
 
 
-def table(results: list[dict]) -> list[str]:
+def table(results: list[dict], key: str = "official") -> list[str]:
     def fmt(value: float | None, apart: bool = False) -> str:
         text = "–" if value is None else f"{value:.1f}"
         return f"({text})†" if apart and value is not None else text
@@ -34,7 +35,7 @@ def table(results: list[dict]) -> list[str]:
         "|---|" + "---:|" * len(results),
     ]
     for subset in [*_subsets(results), "overall"]:
-        cells = [fmt(*_cell(r, subset)) for r in results]
+        cells = [fmt(*_cell(r, subset, key)) for r in results]
         name = f"**{subset}**" if subset == "overall" else subset
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     for key in ("n", "failures", "unparsed"):
@@ -66,7 +67,7 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     ax.set_xticks(range(len(groups)), labels, fontsize=9)
     ax.set_xlim(-0.5, len(groups) - 0.5)
     ax.set_ylim(0, 110)
-    ax.set_ylabel("accuracy (%)")
+    ax.set_ylabel("RewardBench 2 score (%)")
     ax.set_title(title, fontsize=10)
     ax.legend(
         fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=len(results) + 1, frameon=False
@@ -79,15 +80,22 @@ def plot(results: list[dict], path: Path, title: str) -> None:
 
 def write_report(out_dir: Path, results: list[dict], config: dict) -> Path:
     """Write report.md and the chart beside it; returns the report's path."""
-    title = f"RewardBench 2 accuracy, judge {config['judge_model']}"
+    title = f"RewardBench 2, judge {config['judge_model']}"
     plot(results, out_dir / CHART, title)
     notes = [
-        "Accuracy in percent. An example is correct when the chosen response scores strictly higher than every "
+        "The score in percent, as RewardBench 2's own code gives it: per best-of-N example, 1 / (number of responses "
+        "tied at the top) when the chosen one is among them (flip, pointwise), 1 when the pick is the chosen one "
+        "(listwise), and 1 / N when there is no verdict (an answer that does not parse, except flip's, which is "
+        "scored on the raw text, or a failed call). Every example counts. Most subsets pick the best of four: "
+        f"random choice scores {RANDOM_BEST_OF_4:.0f}.",
+        "**overall** is the unweighted mean over the subsets with a figure.",
+    ]
+    strict = [
+        "Accuracy in percent: an example is correct when the chosen response scores strictly higher than every "
         "rejected one (flip, pointwise), wins every comparison in both orders (pairwise), or is the judge's pick "
-        f"(listwise). Most subsets pick the best of four: random choice scores {RANDOM_BEST_OF_4:.0f}.",
-        "**overall** is the unweighted mean over the subsets with a figure. Examples whose judge calls failed are "
-        "left out of every figure and counted under *failures*; *unparsed* counts judge answers that did not parse, "
-        f"counted against the chosen response (--on-unparsed {config['on_unparsed']}).",
+        "(listwise). Examples whose judge calls failed are left out and counted under *failures*; *unparsed* "
+        "counts judge answers that did not parse, counted against the chosen response "
+        f"(--on-unparsed {config['on_unparsed']}).",
     ]
     if any(subset.lower() == "ties" for subset in _subsets(results)):
         notes.append(
@@ -106,8 +114,13 @@ def write_report(out_dir: Path, results: list[dict], config: dict) -> Path:
         *table(results),
         "",
         *[f"{note}\n" for note in notes],
-        f"![accuracy per subset and method]({CHART})",
+        f"![RewardBench 2 score per subset and method]({CHART})",
         "",
+        "## Strict accuracy, failed examples left out",
+        "",
+        *table(results, "accuracy"),
+        "",
+        *[f"{note}\n" for note in strict],
     ]
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))

@@ -16,6 +16,16 @@ When an example is correct:
                      so a judge that always prefers one position loses
     listwise         the judge's pick, from all responses shown in a seeded random order, is a chosen one
 An answer that does not parse counts against the chosen response (it is a lost comparison, or no pick).
+That is `accuracy`; an example whose judge call failed is left out of it.
+
+`official` is the score RewardBench 2's own code gives (allenai/reward-bench, run_generative_v2.py and
+utils.py), the one its leaderboard and the FLIP paper report. For a best-of-N example:
+    flip, pointwise  1 / (number of responses tied at the top score) when the chosen response is among them,
+                     else 0: a tie at the top earns partial credit
+    listwise         1 when the pick is the chosen response, 0 for another
+    pairwise         1 when the chosen response wins every comparison, else 0 (not one of its methods)
+and 1 / N (0.25 for four responses), "effectively a tie", when the verdict cannot be had: a pointwise or
+listwise answer that does not parse, or a judge call that failed. Every example counts.
 
 Ties, RewardBench 2's own rule (for the score-based methods, flip and pointwise). Each Ties prompt n has
 two rows: "ref:n" with one correct answer and "tied:n" with several equally correct ones, both with
@@ -175,6 +185,26 @@ def scores_correct(scores: list[float], num_chosen: int) -> bool:
     return min(scores[:num_chosen]) > max(scores[num_chosen:])
 
 
+def official_credit(method: str, record: dict) -> float:
+    """RewardBench 2's credit for one best-of-N example (module docstring)."""
+    calls, num_chosen = record["calls"], record["num_chosen"]
+    if method in SCORE_METHODS:
+        scores = record["scores"]
+        if None in scores or (method == "pointwise" and not all(c["parsed"] for c in calls)):
+            return 1 / len(scores)
+        top = max(scores)
+        at_top = sum(s == top for s in scores)
+        return 1 / at_top if max(scores[:num_chosen]) == top else 0.0
+    if method == "listwise":
+        call = calls[0]
+        if call["failed"] or not call["parsed"]:
+            return 1 / len(call["order"])
+        return 1.0 if call["picked"] < num_chosen else 0.0
+    if any(c["failed"] for c in calls):
+        return 1 / (num_chosen + len({c["rejected"] for c in calls}))
+    return 1.0 if record["status"] == "correct" else 0.0
+
+
 def listwise_order(seed: int, example_id: str, n: int) -> list[int]:
     """The order the listwise judge sees the responses in: shown position k holds response order[k].
     Seeded per example, so a resumed run shows every example as the first run did."""
@@ -232,20 +262,21 @@ def _mean(values: list) -> float:
 
 
 def summarize(method: str, records: list[dict]) -> dict:
-    """One method's results from its latest record per example: accuracy per subset and `overall`, the
-    unweighted mean over the subsets with an accuracy; `n` examples judged, `failures` examples whose
-    judge calls failed (left out of every accuracy)."""
+    """One method's results from its latest record per example: `official` (RewardBench 2's score, every
+    example counted) and `accuracy` (failed examples left out) per subset and `overall`, the unweighted mean
+    over the subsets that have one; `n` examples judged, `failures` examples whose judge calls failed."""
     judged = [r for r in records if r["status"] != "failed"]
     by_subset: dict[str, list[dict]] = defaultdict(list)
     for r in judged:
         by_subset[r["subset"]].append(r)
     accuracy: dict[str, float | None] = {}
+    official: dict[str, float | None] = {}
     extra: dict[str, Any] = {}
     for subset in subset_order({r["subset"] for r in records}):
         rows = by_subset.get(subset, [])
         if is_ties(subset) and method in SCORE_METHODS:
             extra["ties"] = ties_score(rows)
-            accuracy[subset] = extra["ties"]["score"]
+            accuracy[subset] = official[subset] = extra["ties"]["score"]
         elif is_ties(subset):
             share = _mean([r["status"] == "correct" for r in rows]) if rows else None
             extra["ties_apart"] = {
@@ -258,10 +289,14 @@ def summarize(method: str, records: list[dict]) -> dict:
             }
         else:
             accuracy[subset] = _mean([r["status"] == "correct" for r in rows]) if rows else None
+            everyone = [r for r in records if r["subset"] == subset]
+            official[subset] = _mean([official_credit(method, r) for r in everyone]) if everyone else None
     present = [a for a in accuracy.values() if a is not None]
+    counted = [a for a in official.values() if a is not None]
     calls = [c for r in records for c in r["calls"]]
     return {
         "method": method,
+        "official": {"overall": _mean(counted) if counted else None, **official},
         "accuracy": {"overall": _mean(present) if present else None, **accuracy},
         "n": len(judged),
         "failures": len(records) - len(judged),

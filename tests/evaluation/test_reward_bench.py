@@ -7,6 +7,7 @@ import pytest
 from open_instruct.evaluation.reward_bench import (
     Example,
     listwise_order,
+    official_credit,
     scores_correct,
     select,
     summarize,
@@ -74,7 +75,13 @@ def test_summarize_leaves_failed_examples_out():
             "status": status,
             "num_chosen": 1,
             "calls": [
-                {"failed": status == "failed", "judge_ok": status != "failed", "parsed": status != "failed"}
+                {
+                    "failed": status == "failed",
+                    "judge_ok": status != "failed",
+                    "parsed": status != "failed",
+                    "order": [2, 0, 1, 3],
+                    "picked": {"correct": 0, "wrong": 2}.get(status),
+                }
             ],
         }
 
@@ -89,6 +96,66 @@ def test_summarize_leaves_failed_examples_out():
     # Focus has nothing judged: no figure, and left out of the overall
     assert got["accuracy"] == {"overall": 0.75, "Math": 1.0, "Safety": 0.5, "Focus": None}
     assert got["n"] == 3 and got["failures"] == 2 and got["failed_calls"] == 2 and got["unparsed"] == 0
+    # RewardBench 2's score counts every example; a failed one is "effectively a tie" among 4: 0.25
+    assert got["official"] == {
+        "overall": (0.625 + 0.25 + 0.5) / 3,
+        "Math": 0.625,
+        "Safety": 0.5,
+        "Focus": 0.25,
+    }
+
+
+def scored(scores, parsed=None, num_chosen=1):
+    parsed = parsed or [True] * len(scores)
+    calls = [{"failed": s is None, "judge_ok": s is not None, "parsed": p} for s, p in zip(scores, parsed)]
+    return {"scores": scores, "num_chosen": num_chosen, "calls": calls}
+
+
+@pytest.mark.parametrize(
+    "method, record, credit",
+    [
+        ("flip", scored([0.8, 0.5, 0.4, 0.1]), 1.0),  # chosen alone at the top
+        ("flip", scored([0.8, 0.8, 0.4, 0.1]), 1 / 2),  # tied with one rejected at the top
+        ("flip", scored([0.8, 0.8, 0.8, 0.8]), 1 / 4),  # all four equal
+        ("flip", scored([0.5, 0.8, 0.8, 0.1]), 0.0),  # chosen below the top
+        ("flip", scored([0.8, None, 0.4, 0.1]), 1 / 4),  # a failed call: no verdict
+        ("pointwise", scored([9, 3, 9, 9]), 1 / 3),
+        ("pointwise", scored([9, 3, 1, 1], parsed=[True, False, True, True]), 1 / 4),  # a rating unparsed
+        ("flip", scored([0.9, 0.2, 0.2, 0.2], parsed=[False, True, True, True]), 1.0),  # raw F1 still ranks
+    ],
+)
+def test_official_credit_of_score_methods_by_hand(method, record, credit):
+    assert official_credit(method, record) == pytest.approx(credit)
+    # today's accuracy gives no partial credit: only a strict win counts
+    if None not in record["scores"] and all(c["parsed"] for c in record["calls"]):
+        assert scores_correct(record["scores"], 1) == (credit == 1.0)
+
+
+def test_official_credit_of_listwise_by_hand():
+    def listwise(picked, parsed=True, failed=False):
+        call = {"order": [3, 1, 0, 2], "picked": picked, "parsed": parsed, "failed": failed}
+        return {"num_chosen": 1, "calls": [call]}
+
+    assert official_credit("listwise", listwise(0)) == 1.0
+    assert official_credit("listwise", listwise(2)) == 0.0
+    assert official_credit("listwise", listwise(None, parsed=False)) == 0.25  # unparseable verdict
+    assert official_credit("listwise", listwise(None, parsed=False, failed=True)) == 0.25
+
+
+def test_summarize_reports_official_beside_accuracy_on_tied_rows():
+    records = [
+        {"id": str(i), "subset": "Focus", "status": status, **scored(scores)}
+        for i, (status, scores) in enumerate(
+            [
+                ("correct", [0.9, 0.1, 0.1, 0.1]),
+                ("wrong", [0.9, 0.9, 0.1, 0.1]),
+                ("wrong", [0.1, 0.9, 0.1, 0.1]),
+            ]
+        )
+    ]
+    got = summarize("flip", records)
+    assert got["accuracy"]["Focus"] == pytest.approx(1 / 3)
+    assert got["official"]["Focus"] == pytest.approx((1 + 0.5 + 0) / 3)
 
 
 def test_select_limits_prompts_per_subset_and_keeps_ties_pairs():
