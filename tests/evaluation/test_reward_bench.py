@@ -107,7 +107,10 @@ def test_summarize_leaves_failed_examples_out():
 
 def scored(scores, parsed=None, num_chosen=1):
     parsed = parsed or [True] * len(scores)
-    calls = [{"failed": s is None, "judge_ok": s is not None, "parsed": p} for s, p in zip(scores, parsed)]
+    calls = [
+        {"failed": s is None, "judge_ok": s is not None, "parsed": p}
+        for s, p in zip(scores, parsed, strict=True)
+    ]
     return {"scores": scores, "num_chosen": num_chosen, "calls": calls}
 
 
