@@ -11,12 +11,13 @@ $(STAMP): pyproject.toml scripts/setup_env.sh
 	bash scripts/setup_env.sh
 	touch $(STAMP)
 
-## demo: GRPO with FLIP rewards on the embedded tiny preset (tiny policy and judge built offline, real vLLM
-## judge server, Ray, vLLM engine, DeepSpeed learner); OUTPUT_DIR defaults to output/grpo_flip_tiny
+## demo: GRPO with FLIP rewards on the embedded tiny preset: the small world's tiny judge and policy (trained
+## offline on first use, a few minutes), real vLLM judge server, Ray, vLLM engine, DeepSpeed learner; the reward
+## rises. OUTPUT_DIR defaults to output/grpo_flip_tiny
 demo: $(STAMP)
 	PRESET=tiny bash scripts/train/grpo_flip.sh
 
-## demo-score: FLIP-score sample responses with a tiny judge served by a real vLLM server
+## demo-score: FLIP-score responses of every kind with the small world's judge served by a real vLLM server
 demo-score: $(STAMP)
 	bash scripts/demo_flip_score.sh
 

@@ -383,13 +383,11 @@ def launch_settings(path: str, judge_type: str) -> dict[str, str]:
 
     launch = (yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}).get("launch") or {}
     data = launch.get("data") or {}
-    tiny = launch.get("tiny_models") or {}
     return {
         "PRESET_DATA": str(data.get(judge_type, "")),
         "PRESET_JUDGE_SERVE_MODEL": str(launch.get("judge_serve_model", "")),
         "PRESET_JUDGE_VLLM_ARGS": str(launch.get("judge_vllm_args", "")),
-        "PRESET_TINY_POLICY": str(tiny.get("policy", "")),
-        "PRESET_TINY_JUDGE": str(tiny.get("judge", "")),
+        "PRESET_WORLD": str(launch.get("world", "")),
     }
 
 

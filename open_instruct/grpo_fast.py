@@ -30,6 +30,7 @@ import queue
 import re
 import shutil
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -410,8 +411,11 @@ class Trainer:
                             "messages": p.messages,
                             "response": c[0]["text"],
                             "reward": r[0].score,
+                            "inferred_instruction": r[0].extracted,
                             "judge_ok": r[0].judge_ok,
+                            "parsed": r[0].parsed,
                             "error": r[0].error,
+                            "judge_output": r[0].judge_output,
                         }
                     )
                     + "\n"
@@ -423,10 +427,13 @@ class Trainer:
             k: sum(m[k] for m in history)
             for k in ("time/generation", "time/reward", "time/training", "time/weight_sync", "time/step")
         }
+        k = min(3, len(rewards) // 2) or 1  # mean of the first and last (up to) 3 steps: one step is noisy
         return {
             "steps": len(history),
-            "reward_first": rewards[0] if rewards else float("nan"),
-            "reward_last": rewards[-1] if rewards else float("nan"),
+            "reward_steps_averaged": k,
+            "reward_first": statistics.fmean(rewards[:k]) if rewards else float("nan"),
+            "reward_last": statistics.fmean(rewards[-k:]) if rewards else float("nan"),
+            "judge_answers": sum(m.get("judge_answers", 0) for m in history),
             "judge_failures": sum(m["judge_failures"] for m in history),
             "unparsed": sum(m["unparsed"] for m in history),
             **total,
@@ -437,8 +444,9 @@ def print_summary(cfg: GRPOConfig, s: dict) -> None:
     t = s["time/step"] or 1.0
     print(
         f"\ntrained {s['steps']} steps -> {cfg.output_dir}\n"
-        f"  reward {s['reward_first']:.4f} (first step) -> {s['reward_last']:.4f} (last step)\n"
-        f"  judge failures {s['judge_failures']}, unparsed {s['unparsed']}\n"
+        f"  reward {s['reward_first']:.4f} (mean of the first {s['reward_steps_averaged']} steps) -> "
+        f"{s['reward_last']:.4f} (the last {s['reward_steps_averaged']})\n"
+        f"  judge failures {s['judge_failures']}, unparsed {s['unparsed']} of {s['judge_answers']} answers\n"
         f"  time {t:.0f}s: generation {s['time/generation']:.0f}s, reward (exposed) {s['time/reward']:.0f}s, "
         f"training {s['time/training']:.0f}s, weight sync {s['time/weight_sync']:.0f}s\n"
         f"  metrics: {Path(cfg.output_dir) / 'metrics.jsonl'} (curves: training_curves.png); final model: {cfg.output_dir}"

@@ -33,6 +33,7 @@ def step_metrics(
         "reward_std": float(np.std(scores)) if scores else float("nan"),
         **{f"reward/{name}": float(np.mean(v)) if v else float("nan") for name, v in per_verifier.items()},
         "judge_failures": sum(not r.judge_ok for r in flat),
+        "judge_answers": sum(r.judge_ok for r in flat),
         "unparsed": sum(r.judge_ok and not r.parsed for r in flat),
         "kl": sum(t["kl_sum"] for t in train_stats) / tokens if tokens else float("nan"),
         "clip_fraction": sum(t["clipped_tokens"] for t in train_stats) / tokens if tokens else float("nan"),

@@ -509,7 +509,7 @@ def test_sbatch_serves_the_real_tiny_judge_on_the_head_node(slurm_env):
         "scripts/slurm/grpo_flip.sbatch",
         env,
         "--total_episodes",
-        "32",
+        "64",
         "--local_eval_every",
         "0",
         "--save_freq",

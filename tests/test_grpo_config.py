@@ -225,8 +225,8 @@ def test_the_paper_preset_is_the_published_recipe():
 
 
 def test_command_line_flags_override_the_config(tmp_path):
-    cfg, _ = parse_args(["--config", str(PRESETS / "tiny.yaml"), "--learning_rate", "3e-4", "--seed", "7"])
-    assert cfg.learning_rate == 3e-4 and cfg.seed == 7 and cfg.response_length == 32  # the rest from the file
+    cfg, _ = parse_args(["--config", str(PRESETS / "tiny.yaml"), "--learning_rate", "1e-4", "--seed", "7"])
+    assert cfg.learning_rate == 1e-4 and cfg.seed == 7 and cfg.response_length == 64  # the rest from the file
 
 
 @pytest.mark.parametrize(

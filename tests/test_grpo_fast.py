@@ -20,6 +20,7 @@ REQUIRED = {
     "reward_mean",
     "reward_std",
     "judge_failures",
+    "judge_answers",
     "unparsed",
     "kl",
     "clip_fraction",

@@ -70,7 +70,7 @@ def test_step_metrics_by_hand():
     assert m["reward_mean"] == pytest.approx(0.5)  # 0, 1, 0.5: the failed call has no reward
     assert m["reward_std"] == pytest.approx(math.sqrt(((0.5) ** 2 + 0.5**2 + 0) / 3))
     assert m["reward/word-share"] == pytest.approx(0.5) and m["reward/general-flip"] == pytest.approx(0.5)
-    assert (m["judge_failures"], m["unparsed"], m["judge_cost"]) == (1, 1, 0.25)
+    assert (m["judge_failures"], m["judge_answers"], m["unparsed"], m["judge_cost"]) == (1, 3, 1, 0.25)
     assert m["loss"] == pytest.approx(4.0 / 20) and m["kl"] == pytest.approx(2.0 / 20)
     assert m["clip_fraction"] == pytest.approx(2.0 / 20)
     assert m["response_length_mean"] == pytest.approx(20 / 4) and m["stop_rate"] == pytest.approx(3 / 4)

@@ -38,7 +38,7 @@ def launch(script: str, out: Path, *extra: str) -> subprocess.Popen:
 
 def test_llmjudge_script_runs_the_tiny_preset(tmp_path):
     out = tmp_path / "run"
-    proc = launch("scripts/train/grpo_llmjudge.sh", out)
+    proc = launch("scripts/train/grpo_llmjudge.sh", out, "--total_episodes", "256")  # 4 steps of 64 samples
     log, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, log[-3000:]
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

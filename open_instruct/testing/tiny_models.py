@@ -37,7 +37,8 @@ def corpus(n_lines: int = 4000, seed: int = 0) -> list[str]:
     return lines
 
 
-def build_tokenizer(vocab_size: int = 1024, seed: int = 0):
+def build_tokenizer(vocab_size: int = 1024, seed: int = 0, lines: list[str] | None = None):
+    """A byte-level BPE with the chat special tokens, trained on `lines` (the built-in corpus by default)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -50,7 +51,7 @@ def build_tokenizer(vocab_size: int = 1024, seed: int = 0):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(corpus(seed=seed), trainer=trainer)
+    tok.train_from_iterator(lines if lines is not None else corpus(seed=seed), trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",

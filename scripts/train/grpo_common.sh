@@ -23,18 +23,13 @@ PRESET_FILE="configs/train/grpo/$PRESET.yaml"
 [[ -f "$PRESET_FILE" ]] || { echo "error: PRESET must be one of: $(cd configs/train/grpo && ls *.yaml | sed 's/\.yaml//' | tr '\n' ' ')not '$PRESET'" >&2; exit 2; }
 eval "$("$PY" -m open_instruct.grpo_config --launch_settings "$PRESET_FILE" "$JUDGE_TYPE")"
 TRAIN_ARGS=(--config "$PRESET_FILE")
-if [[ -n "${MODEL_NAME_OR_PATH:-}" ]]; then
-  TRAIN_ARGS+=(--model_name_or_path "$MODEL_NAME_OR_PATH")
-elif [[ -n "$PRESET_TINY_POLICY" ]]; then
-  MODEL_NAME_OR_PATH="$PRESET_TINY_POLICY"
-  "$PY" -m open_instruct.testing.tiny_models --output_dir "$MODEL_NAME_OR_PATH" --seed 1
-fi
+[[ -n "${MODEL_NAME_OR_PATH:-}" ]] && TRAIN_ARGS+=(--model_name_or_path "$MODEL_NAME_OR_PATH")
 DATASETS="${DATASETS:-$PRESET_DATA}"
-if [[ -z "${JUDGE_BASE_URL:-}" && -z "${JUDGE_SERVE_MODEL:-}" ]]; then
-  JUDGE_SERVE_MODEL="$PRESET_JUDGE_SERVE_MODEL"
-  if [[ -n "$PRESET_TINY_JUDGE" && "$JUDGE_SERVE_MODEL" == "$PRESET_TINY_JUDGE" && "$DRY" == 0 ]]; then
-    "$PY" -m open_instruct.testing.tiny_models --output_dir "$JUDGE_SERVE_MODEL" --seed 0
-  fi
+[[ -z "${JUDGE_BASE_URL:-}" && -z "${JUDGE_SERVE_MODEL:-}" ]] && JUDGE_SERVE_MODEL="$PRESET_JUDGE_SERVE_MODEL"
+# The tiny preset's world (its policy and judge) is built on first use; a dry run that is given a model and
+# serves no judge needs none of it.
+if [[ -n "$PRESET_WORLD" ]] && [[ "$DRY" == 0 || -z "${MODEL_NAME_OR_PATH:-}" ]]; then
+  "$PY" -m open_instruct.testing.world_models --output_dir "$PRESET_WORLD"
 fi
 [[ -n "${SEED:-}" ]] && TRAIN_ARGS+=(--seed "$SEED")
 [[ -n "${CHAT_TEMPLATE:-}" ]] && TRAIN_ARGS+=(--chat_template_name "$CHAT_TEMPLATE")

@@ -1,0 +1,88 @@
+"""FLIP carries a learning signal in the small world (open_instruct/testing/world.py), through every real part:
+the world's tiny judge trained offline and served by vLLM, litellm, a vLLM engine, a DeepSpeed learner, Ray.
+
+The world is built once into .cache/flip-world, where the tiny preset (and `make demo`) expects it; the build
+is cached across runs like the tiny models."""
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from open_instruct.testing import world
+from open_instruct.testing.world_models import build_world
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+# The FLIP reward's rise over a demo run (mean of the last 3 steps minus the first 3). benchmarks/flip_world.py
+# measured it on 3 seeds (benchmarks/results/flip_world.json); the margin sits below the smallest of them.
+MIN_REWARD_RISE = 0.1
+
+
+@pytest.fixture(scope="module")
+def world_dir() -> Path:
+    return build_world(REPO / ".cache" / "flip-world", seed=0, quiet=True)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_world_judge_infers_held_out_instructions(world_dir):
+    report = json.loads((world_dir / "report.json").read_text())
+    assert report["parse_rate"] >= 0.95, report
+    assert report["f1_true"] >= 0.6, report
+    assert report["f1_mismatched"] < report["f1_true"] - 0.3, report
+
+
+def test_flip_score_on_the_served_world_judge_ranks_on_task_first(world_dir, tmp_path):
+    env = {**os.environ, "OUTPUT_DIR": str(tmp_path), "PYTHON": sys.executable}
+    proc = subprocess.run(
+        ["bash", "scripts/demo_flip_score.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    rows = read_jsonl(tmp_path / "scored.jsonl")
+    assert all(r["judge_ok"] and r["parsed"] and r["judge_output"] for r in rows)
+    by_kind = {k: statistics.fmean(r["reward"] for r in rows if r["kind"] == k) for k in world.KINDS}
+    for kind in ("wrong_topic", "wrong_form", "generic"):
+        assert by_kind["on_task"] > by_kind[kind] + 0.1, by_kind
+    on_task = [r for r in rows if r["kind"] == "on_task"]
+    assert all(world.parse_instruction(r["inferred_instruction"]) is not None for r in on_task)
+    assert "inferred:" in proc.stdout
+
+
+def test_grpo_with_flip_rewards_learns_in_the_world(world_dir, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "PRESET": "tiny", "OUTPUT_DIR": str(out), "PYTHON": sys.executable}
+    proc = subprocess.run(
+        ["bash", "scripts/train/grpo_flip.sh"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    metrics = read_jsonl(out / "metrics.jsonl")
+    rewards = [m["reward_mean"] for m in metrics]
+    rise = statistics.fmean(rewards[-3:]) - statistics.fmean(rewards[:3])
+    assert rise >= MIN_REWARD_RISE, rewards
+    answers = sum(m["judge_answers"] for m in metrics)
+    assert (
+        sum(m["unparsed"] for m in metrics) < 0.1 * answers and sum(m["judge_failures"] for m in metrics) == 0
+    )
+    # judged by the world itself, not by the judge: the policy answers on task more often than before
+    evals = sorted((out / "eval").glob("step_*.jsonl"), key=lambda p: int(p.stem.split("_")[1]))
+    before, after = read_jsonl(evals[0]), read_jsonl(evals[-1])
+    rate = [
+        world.on_task_rate((r["messages"][-1]["content"], r["response"]) for r in rows)
+        for rows in (before, after)
+    ]
+    assert rate[1] > rate[0], rate
+    assert all("inferred_instruction" in r and "judge_output" in r for r in after)
+    assert "reward" in proc.stdout and (out / "training_curves.png").exists()
