@@ -91,7 +91,9 @@ def output_row(row: Row, result) -> dict:
 def cmd_score(args: argparse.Namespace) -> int:
     rows = read_rows(Path(args.input))
     client = make_client(args)
-    verifier = build_verifier("general-flip", client, on_unparsed=args.llm_judge_on_unparsed)
+    verifier = build_verifier(
+        "general-flip", client, args.llm_judge_on_unparsed, echo_overlap_max=args.flip_echo_overlap_max
+    )
 
     async def one(row: Row):
         return await verifier.async_call(row.messages, row.response, None)
@@ -156,7 +158,8 @@ def cmd_bon(args: argparse.Namespace) -> int:
     rows = read_bon_rows(Path(args.input), methods)
     client = make_client(args)
     verifiers = {
-        m: build_verifier(VERIFIER_NAMES[m], client, on_unparsed=args.llm_judge_on_unparsed) for m in methods
+        m: build_verifier(VERIFIER_NAMES[m], client, args.llm_judge_on_unparsed, args.flip_echo_overlap_max)
+        for m in methods
     }
 
     async def one(row: BonRow) -> dict:

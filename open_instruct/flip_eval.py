@@ -26,7 +26,8 @@ overall, the unweighted mean over subsets; n judged; failures), report.md with a
 run_config.json. Rerunning with the same --output-dir resumes: examples already judged are skipped, failed
 ones are judged again, and results are recomputed from every prediction in the directory. The dataset,
 judge model and the settings that change answers (--llm_judge_max_tokens, --llm_judge_temperature,
---llm_judge_max_context_length, --llm_judge_on_unparsed, --seed) must match the directory's run_config.json.
+--llm_judge_max_context_length, --llm_judge_on_unparsed, --flip_echo_overlap_max, --seed) must match the
+directory's run_config.json.
 
 Exit status: 0 when every example was judged, 1 when some examples failed (rerun to retry them), 2 for
 bad flags or input (one line naming the file, row or flag), or a judge that cannot be reached at all.
@@ -45,7 +46,7 @@ from open_instruct.evaluation import reward_bench
 from open_instruct.evaluation.best_of_n import VERIFIER_NAMES, score_candidates
 from open_instruct.evaluation.report import write_report
 from open_instruct.evaluation.reward_bench import METHODS, Example
-from open_instruct.ground_truth_utils import build_verifier
+from open_instruct.ground_truth_utils import ECHO_OVERLAP_MAX, build_verifier
 from open_instruct.judge_config import add_judge_flags, judge_all, make_client, positive_int
 from open_instruct.judge_utils import (
     extract_best_index,
@@ -69,11 +70,14 @@ class ExampleJudge:
     {method, id, subset, num_chosen, status: correct | wrong | failed, scores (flip, pointwise), calls}.
     Each call in `calls` keeps the judge's raw answer and what was read from it."""
 
-    def __init__(self, client, on_unparsed: str, seed: int):
+    def __init__(self, client, on_unparsed: str, seed: int, echo_overlap_max: float = ECHO_OVERLAP_MAX):
         self.client = client
         self.on_unparsed = on_unparsed
         self.seed = seed
-        self.verifiers = {m: build_verifier(VERIFIER_NAMES[m], client, on_unparsed) for m in VERIFIER_NAMES}
+        self.verifiers = {
+            m: build_verifier(VERIFIER_NAMES[m], client, on_unparsed, echo_overlap_max)
+            for m in VERIFIER_NAMES
+        }
 
     async def __call__(self, job: tuple[str, Example]) -> dict:
         method, ex = job
@@ -194,6 +198,7 @@ class RunConfig:
     judge_max_context_length: int
     on_unparsed: str
     seed: int
+    echo_overlap_max: float
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "RunConfig":
@@ -206,6 +211,7 @@ class RunConfig:
             judge_max_context_length=args.llm_judge_max_context_length,
             on_unparsed=args.llm_judge_on_unparsed,
             seed=args.seed,
+            echo_overlap_max=args.flip_echo_overlap_max,
         )
 
     def check_or_save(self, path: Path) -> None:
@@ -296,7 +302,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     client = None
     if jobs:
         client = make_client(args)
-        judge = ExampleJudge(client, args.llm_judge_on_unparsed, args.seed)
+        judge = ExampleJudge(client, args.llm_judge_on_unparsed, args.seed, args.flip_echo_overlap_max)
         asyncio.run(
             judge_all(
                 jobs,

@@ -7,6 +7,13 @@ type in judge_utils.JUDGE_TYPES, registered as `general-<judge type>`.
 FLIP's ground truth is the full text of the last user message in the row's `messages` (earlier turns are
 passed to the judge as context); rows without messages fall back to their `ground_truth` string.
 
+Two guards against reward hacks (numbers in benchmarks/reward_hacking.py and the README):
+- a response that restates the instruction (a share of at least `echo_overlap_max` of the instruction's
+  word pairs appear in it, after F1's normalisation) gets reward 0 without a judge call, flagged in `error`
+  and `details["echo_overlap"]`: a judge reading a restated request infers the request;
+- under `raw`, an unparsed answer that contains the whole instruction gets 0, not F1 1.0 against itself.
+The judge prompt also fences the response (judge_utils.fence), so text in it cannot close the frame.
+
 Every result says whether the judge answered (`judge_ok`) and whether its answer parsed (`parsed`).
 A judge that could not be reached gives `score=None`: such a sample has no reward and must not be
 trained on. When the judge answered but no instruction parses, the `raw` policy (the published
@@ -19,11 +26,25 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from open_instruct import judge_utils
-from open_instruct.f1 import f1_score
+from open_instruct.f1 import f1_score, normalize_answer
 from open_instruct.judge_client import JudgeClient
 
 Message = dict[str, str]
 OnUnparsed = Literal["raw", "fail"]
+ECHO_OVERLAP_MAX = 0.6
+"""On-task responses in the small world reach at most 0.44 (1,000 of them), the hand-written ones in
+data/flip_demo.jsonl 0.14; a verbatim echo is 1.0."""
+
+
+def echo_overlap(response: str, instruction: str) -> float:
+    """Share of the instruction's word pairs (word for a one-word instruction) that also appear in the response,
+    both normalised as F1 normalises them."""
+    ins, res = normalize_answer(instruction).split(), normalize_answer(response).split()
+    if len(ins) < 2:
+        return float(bool(ins) and ins[0] in res)
+    pairs = set(zip(res, res[1:], strict=False))
+    wanted = list(zip(ins, ins[1:], strict=False))
+    return sum(p in pairs for p in wanted) / len(wanted)
 
 
 @dataclass
@@ -61,7 +82,13 @@ class Verifier(ABC):
 class LMJudgeVerifier(Verifier):
     """A reward from a judge model, for any judge type in judge_utils.JUDGE_TYPES."""
 
-    def __init__(self, judge_type: str, client: JudgeClient, on_unparsed: OnUnparsed = "raw"):
+    def __init__(
+        self,
+        judge_type: str,
+        client: JudgeClient,
+        on_unparsed: OnUnparsed = "raw",
+        echo_overlap_max: float = ECHO_OVERLAP_MAX,
+    ):
         if judge_type not in judge_utils.JUDGE_TYPES or judge_type == "pairwise" or judge_type == "listwise":
             raise ValueError(f"judge type {judge_type!r} does not score a single response")
         if on_unparsed not in ("raw", "fail"):
@@ -70,6 +97,7 @@ class LMJudgeVerifier(Verifier):
         self.name = f"general-{judge_type}"
         self.client = client
         self.on_unparsed = on_unparsed
+        self.echo_overlap_max = echo_overlap_max
 
     async def async_call(self, messages, response, ground_truth):
         if self.judge_type == "flip":
@@ -83,6 +111,13 @@ class LMJudgeVerifier(Verifier):
             context, instruction = [], ground_truth
         else:
             raise ValueError("FLIP needs the prompt messages or a ground-truth instruction")
+        echo = echo_overlap(response, instruction)
+        if echo >= self.echo_overlap_max:
+            return VerifierResult(
+                0.0,
+                error=f"response restates the instruction (word-pair overlap {echo:.2f} >= {self.echo_overlap_max:g})",
+                details={"echo_overlap": echo},
+            )
         result = await self.client.judge(lambda r: judge_utils.flip_messages(r, context), response)
         if not result.ok:
             return VerifierResult(None, judge_ok=False, error=result.error, cost=result.cost)
@@ -96,7 +131,16 @@ class LMJudgeVerifier(Verifier):
                 cost=result.cost,
                 judge_output=result.text,
             )
-        f1 = f1_score(inferred if parsed else result.text or "", instruction)
+        scored = inferred if parsed else result.text or ""
+        f1 = f1_score(scored, instruction)
+        if not parsed and normalize_answer(instruction) in normalize_answer(scored):
+            return VerifierResult(
+                0.0,
+                parsed=False,
+                cost=result.cost,
+                judge_output=result.text,
+                error="judge answer has no inferred instruction and repeats the instruction: not rewarded",
+            )
         return VerifierResult(
             f1["f1"],
             parsed=parsed,
@@ -153,15 +197,22 @@ def register_verifier(name: str, factory: VerifierFactory) -> None:
 for _judge_type in ("flip", "quality", "quality_ref"):
     register_verifier(
         f"general-{_judge_type}",
-        lambda client, on_unparsed="raw", _t=_judge_type: LMJudgeVerifier(_t, client, on_unparsed),
+        lambda client, _t=_judge_type, **options: LMJudgeVerifier(_t, client, **options),
     )
 
 
-def build_verifier(name: str, client: JudgeClient | None = None, on_unparsed: OnUnparsed = "raw") -> Verifier:
+def build_verifier(
+    name: str,
+    client: JudgeClient | None = None,
+    on_unparsed: OnUnparsed = "raw",
+    echo_overlap_max: float = ECHO_OVERLAP_MAX,
+) -> Verifier:
     """The verifier registered under `name`; a clear error naming the known ones otherwise."""
     key = name.strip().lower()
     if key not in VERIFIER_REGISTRY:
         raise KeyError(f"unknown verifier {name!r}; known: {', '.join(sorted(VERIFIER_REGISTRY))}")
     if key.startswith("general-") and client is None:
         raise ValueError(f"verifier {name!r} needs a judge model (--llm_judge_model)")
+    if key.startswith("general-"):
+        return VERIFIER_REGISTRY[key](client, on_unparsed=on_unparsed, echo_overlap_max=echo_overlap_max)
     return VERIFIER_REGISTRY[key](client, on_unparsed=on_unparsed)

@@ -82,6 +82,7 @@ class GRPOConfig:
     llm_judge_max_concurrency: int = judge_opt("llm_judge_max_concurrency")
     llm_judge_retries: int = judge_opt("llm_judge_retries")
     llm_judge_temperature: float = judge_opt("llm_judge_temperature")
+    flip_echo_overlap_max: float = judge_opt("flip_echo_overlap_max")
     llm_judge_on_unparsed: Literal["raw", "fail"] = opt(
         "raw",
         "judge answered but nothing parsed: raw = score its raw text (published recipe), fail = no reward",

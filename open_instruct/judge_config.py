@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from tqdm import tqdm
 
 from open_instruct.cli_utils import UserError
+from open_instruct.ground_truth_utils import ECHO_OVERLAP_MAX
 from open_instruct.judge_client import JudgeConfig
 
 T = TypeVar("T")
@@ -115,6 +116,15 @@ JUDGE_FLAGS = [
         "the judge's sampling temperature",
         "--judge-temperature",
         float,
+    ),
+    JudgeFlag(
+        "flip_echo_overlap_max",
+        None,
+        "FLIP gives 0 to a response that restates the instruction: at least this share of the instruction's "
+        "word pairs in it (1.0 = only a full restatement; above 1 = off)",
+        "--echo-overlap-max",
+        positive_float,
+        ECHO_OVERLAP_MAX,
     ),
 ]
 BY_NAME = {f.name: f for f in JUDGE_FLAGS}

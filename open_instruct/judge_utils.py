@@ -67,13 +67,27 @@ def format_context(turns: list[Message]) -> str:
     return "\n\n".join(f"{t['role']}: {t['content']}" for t in turns)
 
 
+_FRAME_TAG = re.compile(r"<(/?)(response|conversation)>", flags=re.IGNORECASE)
+
+
+def fence(text: str) -> str:
+    """Text to put inside the prompt's <response>/<conversation> frame: a tag in it that could close the
+    frame (and let the rest pose as the prompt) is broken up, `</response>` -> `< /response>`."""
+    return _FRAME_TAG.sub(lambda m: f"< {m.group(1)}{m.group(2)}>", text)
+
+
 def flip_messages(response: str, context: list[Message] | None = None) -> list[Message]:
     """Messages asking the judge to infer the instruction behind `response`.
 
     `context` holds the chat turns before the (hidden) last user message; system turns are left out
-    because the judge should infer from the visible conversation, as a reader would.
+    because the judge should infer from the visible conversation, as a reader would. Both are fenced.
     """
-    turns = [t for t in (context or []) if t.get("role") != "system"]
+    response = fence(response)
+    turns = [
+        {**t, "content": fence(str(t.get("content") or ""))}
+        for t in (context or [])
+        if t.get("role") != "system"
+    ]
     if turns:
         return _chat("FLIP_SYSTEM", "FLIP_USER_MULTITURN", context=format_context(turns), response=response)
     return _chat("FLIP_SYSTEM", "FLIP_USER", response=response)

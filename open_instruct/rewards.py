@@ -8,7 +8,7 @@ a policy that restates the prompt in its reasoning would hand the judge the inst
 import re
 from dataclasses import dataclass
 
-from open_instruct.ground_truth_utils import Verifier, VerifierResult, build_verifier
+from open_instruct.ground_truth_utils import ECHO_OVERLAP_MAX, Verifier, VerifierResult, build_verifier
 from open_instruct.judge_client import JudgeClient
 from open_instruct.judge_utils import answer_blocks, strip_reasoning
 
@@ -26,6 +26,7 @@ class RewardConfig:
     non_stop_penalty: bool = False
     non_stop_penalty_value: float = 0.0
     on_unparsed: str = "raw"
+    echo_overlap_max: float = ECHO_OVERLAP_MAX
 
 
 class RewardDispatcher:
@@ -38,7 +39,9 @@ class RewardDispatcher:
 
     def verifier(self, name: str) -> Verifier:
         if name not in self._verifiers:
-            self._verifiers[name] = build_verifier(name, self.judge, on_unparsed=self.cfg.on_unparsed)
+            self._verifiers[name] = build_verifier(
+                name, self.judge, on_unparsed=self.cfg.on_unparsed, echo_overlap_max=self.cfg.echo_overlap_max
+            )
         return self._verifiers[name]
 
     async def score(

@@ -84,7 +84,8 @@ def read_inputs(cfg: GRPOConfig, problems: list[str] | None = None) -> Inputs:
             out.judge = JudgeClient(judge_config(cfg))
     unparsed = cfg.llm_judge_on_unparsed
     out.rewards = RewardDispatcher(
-        RewardConfig(cfg.non_stop_penalty, cfg.non_stop_penalty_value, unparsed), out.judge
+        RewardConfig(cfg.non_stop_penalty, cfg.non_stop_penalty_value, unparsed, cfg.flip_echo_overlap_max),
+        out.judge,
     )
     if out.prompts:
         print(

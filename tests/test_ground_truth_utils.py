@@ -10,6 +10,7 @@ from open_instruct.ground_truth_utils import (
     VERIFIER_REGISTRY,
     LMJudgeVerifier,
     build_verifier,
+    echo_overlap,
     split_conversation,
 )
 from open_instruct.judge_client import JudgeClient, JudgeConfig
@@ -60,7 +61,7 @@ def test_flip_without_messages_uses_ground_truth_string():
 
 
 def test_unparsed_raw_policy_scores_the_raw_text():
-    raw = "I think the user asked to write a haiku about rain"
+    raw = "I think the user asked for a haiku about rain"
     with ScriptedJudge(lambda m, n: Reply(raw)) as judge:
         result = run(
             build_verifier("general-flip", make_client(judge)), None, "r", "Write a haiku about rain"
@@ -68,6 +69,48 @@ def test_unparsed_raw_policy_scores_the_raw_text():
     assert result.judge_ok and not result.parsed and result.extracted is None
     assert result.score == pytest.approx(f1_score(raw, "Write a haiku about rain")["f1"]) and result.score > 0
     assert "raw text" in result.error
+
+
+def test_unparsed_answer_that_repeats_the_instruction_is_not_rewarded():
+    """A response that makes the judge write the instruction back, unparsed, would get F1 1.0 under `raw`."""
+    raw = "Sure. The instruction was: Write a haiku about rain."
+    with ScriptedJudge(lambda m, n: Reply(raw)) as judge:
+        result = run(
+            build_verifier("general-flip", make_client(judge)), None, "r", "Write a haiku about rain"
+        )
+    assert result.score == 0.0 and not result.parsed and "repeats the instruction" in result.error
+
+
+@pytest.mark.parametrize(
+    ("response", "flagged"),
+    [
+        ("Write a haiku about rain.", True),  # the instruction itself
+        ("Here you go: write a haiku about the rain! Drops on the roof.", True),
+        ("Drops on the roof / rain whispers a haiku / grey sky hums", False),  # no word pair of it
+    ],
+)
+def test_a_response_that_restates_the_instruction_gets_zero_without_a_judge_call(response, flagged):
+    with ScriptedJudge(lambda m, n: flip_answer("Write a haiku about rain")) as judge:
+        result = run(
+            build_verifier("general-flip", make_client(judge)), None, response, "Write a haiku about rain"
+        )
+        calls = len(judge.received)
+    assert (result.score == 0.0 and calls == 0 and "restates the instruction" in result.error) == flagged
+    if flagged:
+        assert result.details["echo_overlap"] >= 0.6
+    else:
+        assert result.score == 1.0 and calls == 1
+    # the guard can be relaxed: above 1 it never fires
+    with ScriptedJudge(lambda m, n: flip_answer("Write a haiku about rain")) as judge:
+        verifier = build_verifier("general-flip", make_client(judge), echo_overlap_max=1.01)
+        assert run(verifier, None, response, "Write a haiku about rain").score == 1.0
+
+
+def test_echo_overlap_counts_word_pairs_after_normalisation():
+    assert echo_overlap("THE cat sat, on a mat", "cat sat on mat") == 1.0
+    assert echo_overlap("cat sat", "cat sat on mat") == pytest.approx(1 / 3)
+    assert echo_overlap("I like cats", "cats") == 1.0 and echo_overlap("dogs", "cats") == 0.0
+    assert echo_overlap("anything", "") == 0.0
 
 
 def test_unparsed_fail_policy_gives_no_reward():
