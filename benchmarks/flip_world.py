@@ -43,9 +43,7 @@ def train(script: str, seed: int, out: Path) -> dict:
     """One run of a launch script on the tiny preset; its reward curve and on-task rates."""
     env = {**os.environ, "PRESET": "tiny", "SEED": str(seed), "OUTPUT_DIR": str(out), "PYTHON": PY}
     start = time.time()
-    proc = subprocess.run(
-        ["bash", script, "--eval_on_step_0"], cwd=REPO, env=env, capture_output=True, text=True
-    )
+    proc = subprocess.run(["bash", script], cwd=REPO, env=env, capture_output=True, text=True)
     seconds = time.time() - start
     if proc.returncode != 0:
         raise SystemExit(f"{script} seed {seed} failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
