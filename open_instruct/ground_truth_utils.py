@@ -11,7 +11,8 @@ Two guards against reward hacks (numbers in benchmarks/reward_hacking.py and the
 - a response that restates the instruction (a share of at least `echo_overlap_max` of the instruction's
   word pairs appear in it, after F1's normalisation) gets reward 0 without a judge call, flagged in `error`
   and `details["echo_overlap"]`: a judge reading a restated request infers the request;
-- under `raw`, an unparsed answer that contains the whole instruction gets 0, not F1 1.0 against itself.
+- under `raw`, an unparsed answer that contains the whole instruction gets 0, not F1 1.0 against itself;
+- an empty response gets 0 without a judge call (a judge asked about nothing still invents an instruction).
 The judge prompt also fences the response (judge_utils.fence), so text in it cannot close the frame.
 
 Every result says whether the judge answered (`judge_ok`) and whether its answer parsed (`parsed`).
@@ -111,6 +112,8 @@ class LMJudgeVerifier(Verifier):
             context, instruction = [], ground_truth
         else:
             raise ValueError("FLIP needs the prompt messages or a ground-truth instruction")
+        if not response.strip():  # nothing to infer from; the world's judge makes up an instruction worth 0.2
+            return VerifierResult(0.0, error="empty response")
         echo = echo_overlap(response, instruction)
         if echo >= self.echo_overlap_max:
             return VerifierResult(

@@ -106,6 +106,14 @@ def test_a_response_that_restates_the_instruction_gets_zero_without_a_judge_call
         assert run(verifier, None, response, "Write a haiku about rain").score == 1.0
 
 
+def test_an_empty_response_gets_zero_without_a_judge_call():
+    with ScriptedJudge(lambda m, n: flip_answer("Write a haiku about rain")) as judge:
+        result = run(
+            build_verifier("general-flip", make_client(judge)), None, "  \n", "Write a haiku about rain"
+        )
+        assert result.score == 0.0 and result.error == "empty response" and not judge.received
+
+
 def test_echo_overlap_counts_word_pairs_after_normalisation():
     assert echo_overlap("THE cat sat, on a mat", "cat sat on mat") == 1.0
     assert echo_overlap("cat sat", "cat sat on mat") == pytest.approx(1 / 3)
