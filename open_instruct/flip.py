@@ -1,5 +1,6 @@
 """`python -m open_instruct.flip`: FLIP on its own. `score` gives FLIP rewards for responses; `bon` picks
-the best of several candidate responses per prompt with FLIP or a pointwise LLM judge."""
+the best of several candidate responses per prompt with FLIP or a pointwise LLM judge. In Python,
+`from open_instruct.flip import FlipReward` (flip_reward.py)."""
 
 import argparse
 import asyncio
@@ -11,6 +12,9 @@ from pathlib import Path
 
 from open_instruct.cli_utils import UserError, run_command
 from open_instruct.evaluation.best_of_n import VERIFIER_NAMES, select
+from open_instruct.flip_reward import FlipResult, FlipReward
+
+__all__ = ["FlipResult", "FlipReward", "main"]  # the Python API lives in flip_reward.py
 from open_instruct.ground_truth_utils import build_verifier
 from open_instruct.judge_config import add_judge_flags, judge_all, make_client, prompt_messages, read_jsonl
 
