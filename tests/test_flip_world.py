@@ -46,7 +46,12 @@ def test_flip_score_on_the_served_world_judge_ranks_on_task_first(world_dir, tmp
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     rows = read_jsonl(tmp_path / "scored.jsonl")
-    assert all(r["judge_ok"] and r["parsed"] and r["judge_output"] for r in rows)
+    judged = [r for r in rows if r["kind"] != "echo"]
+    assert all(r["judge_ok"] and r["parsed"] and r["judge_output"] for r in judged)
+    # an echo of the prompt is caught by the guard before any judge call
+    assert all(
+        r["reward"] == 0.0 and "restates the instruction" in r["error"] for r in rows if r["kind"] == "echo"
+    )
     by_kind = {k: statistics.fmean(r["reward"] for r in rows if r["kind"] == k) for k in world.KINDS}
     for kind in ("wrong_topic", "wrong_form", "generic"):
         assert by_kind["on_task"] > by_kind[kind] + 0.1, by_kind
