@@ -9,47 +9,37 @@ import pytest
 
 from open_instruct.f1 import f1_score
 from open_instruct.integrations.trl import flip_reward
-from open_instruct.testing.scripted_judge import Reply, ScriptedJudge, response_of
+from open_instruct.testing.scripted_judge import Reply, ScriptedJudge
 
 
-def judge(messages, n):
-    text = response_of(messages)
-    if "FAIL" in text:
-        return Reply("down", status=500)
-    return Reply(json.dumps({"REASONING": "r", "INFERRED INSTRUCTION": "Write about " + text.split()[0]}))
-
-
-def test_plain_and_conversational_formats_and_a_failed_call():
-    with ScriptedJudge(judge) as server:
-        flip = flip_reward("hosted_vllm/scripted", api_base=server.api_base, retries=0)
-        assert flip.__name__ == "flip" and inspect.iscoroutinefunction(flip)
-        plain = asyncio.run(
-            flip(prompts=["Write about cats."], completions=["cats purr"], completion_ids=[[1]])
+def test_plain_and_conversational_formats_and_a_failed_call(first_word_server):
+    flip = flip_reward("hosted_vllm/scripted", api_base=first_word_server.api_base, retries=0)
+    assert flip.__name__ == "flip" and inspect.iscoroutinefunction(flip)
+    plain = asyncio.run(flip(prompts=["Write about cats."], completions=["cats purr"], completion_ids=[[1]]))
+    chat_prompt = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "I own a dog."},
+        {"role": "assistant", "content": "Lovely."},
+        {"role": "user", "content": "Write about dogs, briefly."},
+    ]
+    logged = {}
+    conversational = asyncio.run(
+        flip(
+            prompts=[chat_prompt, chat_prompt],
+            completions=[
+                [{"role": "assistant", "content": "dogs bark"}],
+                [{"role": "assistant", "content": "FAIL"}],
+            ],
+            completion_ids=[[1], [2]],
+            log_metric=lambda name, value: logged.__setitem__(name, value),
+            trainer_state=None,
         )
-        chat_prompt = [
-            {"role": "system", "content": "Be brief."},
-            {"role": "user", "content": "I own a dog."},
-            {"role": "assistant", "content": "Lovely."},
-            {"role": "user", "content": "Write about dogs, briefly."},
-        ]
-        logged = {}
-        conversational = asyncio.run(
-            flip(
-                prompts=[chat_prompt, chat_prompt],
-                completions=[
-                    [{"role": "assistant", "content": "dogs bark"}],
-                    [{"role": "assistant", "content": "FAIL"}],
-                ],
-                completion_ids=[[1], [2]],
-                log_metric=lambda name, value: logged.__setitem__(name, value),
-                trainer_state=None,
-            )
-        )
-        sent = (
-            server.received[-1][1]["content"]
-            if "FAIL" not in server.received[-1][1]["content"]
-            else server.received[-2][1]["content"]
-        )
+    )
+    sent = (
+        first_word_server.received[-1][1]["content"]
+        if "FAIL" not in first_word_server.received[-1][1]["content"]
+        else first_word_server.received[-2][1]["content"]
+    )
     assert plain == [pytest.approx(1.0)]
     assert conversational[0] == pytest.approx(
         f1_score("Write about dogs", "Write about dogs, briefly.")["f1"]

@@ -2,38 +2,27 @@
 is not installed here): compute_score(data_source, solution_str, ground_truth, extra_info, **reward_kwargs)
 and the batched variant; the instruction from ground_truth or extra_info; a failed call's explicit fallback."""
 
-import json
-
 import pytest
 
 from open_instruct.f1 import f1_score
 from open_instruct.integrations import verl
-from open_instruct.testing.scripted_judge import Reply, ScriptedJudge, response_of
 
 
-def judge(messages, n):
-    text = response_of(messages)
-    if "FAIL" in text:
-        return Reply("down", status=500)
-    return Reply(json.dumps({"REASONING": "r", "INFERRED INSTRUCTION": "Write about " + text.split()[0]}))
-
-
-def test_compute_score_and_the_batch_variant():
-    with ScriptedJudge(judge) as server:
-        kwargs = {"judge_model": "hosted_vllm/scripted", "api_base": server.api_base, "retries": 0}
-        one = verl.compute_score("world", "cats purr", "Write about cats.", None, **kwargs)
-        batch = verl.compute_score_batch(
-            ["world"] * 3,
-            ["dogs bark", "FAIL", "fish swim"],
-            [None, "Write about birds.", "ignored when extra_info names it"],
-            [
-                {"instruction": "Write about dogs please.", "context": [{"role": "user", "content": "Hi"}]},
-                None,
-                {"instruction": "Write about fish."},
-            ],
-            score_on_failure=-1.0,
-            **kwargs,
-        )
+def test_compute_score_and_the_batch_variant(first_word_server):
+    kwargs = {"judge_model": "hosted_vllm/scripted", "api_base": first_word_server.api_base, "retries": 0}
+    one = verl.compute_score("world", "cats purr", "Write about cats.", None, **kwargs)
+    batch = verl.compute_score_batch(
+        ["world"] * 3,
+        ["dogs bark", "FAIL", "fish swim"],
+        [None, "Write about birds.", "ignored when extra_info names it"],
+        [
+            {"instruction": "Write about dogs please.", "context": [{"role": "user", "content": "Hi"}]},
+            None,
+            {"instruction": "Write about fish."},
+        ],
+        score_on_failure=-1.0,
+        **kwargs,
+    )
     assert one["score"] == pytest.approx(1.0) and one["judge_ok"] and one["parsed"]
     assert batch[0]["score"] == pytest.approx(f1_score("Write about dogs", "Write about dogs please.")["f1"])
     assert batch[1] == {"score": -1.0, "judge_ok": False, "parsed": False, "precision": 0.0, "recall": 0.0}
