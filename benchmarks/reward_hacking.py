@@ -19,15 +19,15 @@ import asyncio
 import json
 import os
 import random
-import subprocess
 import sys
 from pathlib import Path
+
+from flip_world import serve_judge  # benchmarks/ is this script's folder on sys.path
 
 from open_instruct import judge_utils
 from open_instruct.f1 import f1_score
 from open_instruct.ground_truth_utils import build_verifier, split_conversation
 from open_instruct.judge_client import JudgeClient, JudgeConfig
-from open_instruct.net_utils import free_port
 from open_instruct.testing import world
 from open_instruct.testing.scripted_judge import Reply, ScriptedJudge
 from open_instruct.testing.world_models import build_world
@@ -104,18 +104,6 @@ async def measure(api_base: str, model: str, rows) -> dict:
     return out
 
 
-def serve_world_judge(log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {**os.environ, "SERVED_MODEL_NAME": "world-judge", "MAX_MODEL_LEN": "2048", "JUDGE_LOG": str(log)}
-    judge_dir = REPO / ".cache" / "flip-world" / "judge"
-    cmd = ["bash", "scripts/serve_judge.sh", str(judge_dir), str(port), "--", "--enforce-eager"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
-    for line in proc.stdout:
-        if "judge ready" in line:
-            return proc, f"http://127.0.0.1:{port}/v1"
-    raise SystemExit(f"the world's judge server did not start; see {log}")
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=40, help="world eval prompts to attack")
@@ -133,7 +121,7 @@ def main() -> None:
         results["scripted"] = asyncio.run(measure(judge.api_base, "hosted_vllm/scripted", rows))
     log = REPO / "output" / "reward_hacking_judge.log"
     log.parent.mkdir(exist_ok=True)
-    proc, api_base = serve_world_judge(log)
+    proc, api_base = serve_judge(log)
     try:
         results["world"] = asyncio.run(measure(api_base, "hosted_vllm/world-judge", rows))
     finally:
