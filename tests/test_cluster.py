@@ -1,5 +1,5 @@
 """Placement and rendezvous (open_instruct/cluster.py), and the multi-learner code that GPU clusters run,
-exercised for real on a simulated Ray cluster (conftest.SimulatedCluster): a head node without GPUs where the
+exercised for real on a simulated Ray cluster (testing/ray_cluster.py): a head node without GPUs where the
 driver joins, and nodes at their own loopback addresses that declare GPUs. Learners there are several
 DeepSpeed ranks on gloo: the same data-parallel code as NCCL on GPUs."""
 
@@ -16,6 +16,7 @@ from open_instruct import cluster
 from open_instruct.cli_utils import UserError
 from open_instruct.cluster import Node, fit, layout
 from open_instruct.grpo_config import parse_args
+from open_instruct.testing.ray_cluster import SimulatedCluster
 
 REPO = Path(__file__).resolve().parent.parent
 PAPER_FLAGS = [
@@ -382,8 +383,6 @@ def build_policy(tmp_path: Path) -> Path:
 def test_single_gpu_preset_starts_on_a_one_gpu_cluster(tmp_path):
     """PRESET=single_gpu on a cluster whose only GPU node has one GPU: the engine and the learner share it
     (failed before: they asked for two GPUs and the run stopped at the resource check)."""
-    from conftest import SimulatedCluster
-
     from open_instruct.testing.scripted_judge import Reply, ScriptedJudge
 
     one_gpu = SimulatedCluster([("127.0.0.5", 1, 4)])
