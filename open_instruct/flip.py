@@ -122,8 +122,9 @@ def cmd_score(args: argparse.Namespace) -> int:
         f"scored {len(rows)} rows -> {out}\n"
         f"  mean reward {mean:.4f} over {len(rewards)} rewarded rows\n"
         f"  judge failures {failures}, unparsed answers {unparsed}, truncated prompts {client.stats.truncated}\n"
-        f"  {len(rows) / seconds:.1f} rows/s, {seconds:.1f}s, retries {client.stats.retries}, "
-        f"judge tokens {client.stats.prompt_tokens}+{client.stats.completion_tokens}, cost ${client.stats.cost:.4f}"
+        f"  {len(rows) / seconds:.1f} rows/s, {seconds:.1f}s, judge calls {client.stats.calls} "
+        f"(+{client.stats.deduplicated} identical prompts answered by them), retries {client.stats.retries}, "
+        f"failovers {client.stats.failovers}, judge tokens {client.stats.prompt_tokens}+{client.stats.completion_tokens}, cost ${client.stats.cost:.4f}"
     )
     if failures:
         first_error = next(r.error for r in results if not r.judge_ok)

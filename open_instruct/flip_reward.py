@@ -45,16 +45,18 @@ class FlipReward:
     def __init__(
         self,
         judge_model: str,
-        api_base: str | None = None,
+        api_base: str | list[str] | None = None,
         *,
         on_unparsed: OnUnparsed = "raw",
         echo_overlap_max: float = ECHO_OVERLAP_MAX,
         **judge_settings,
     ):
-        """`judge_model` is a litellm id (`hosted_vllm/<served name>` for a vLLM server at `api_base`);
-        `judge_settings` are JudgeConfig's fields. Bad settings raise ValueError at once, before any call."""
+        """`judge_model` is a litellm id (`hosted_vllm/<served name>` for a vLLM server at `api_base`; a list,
+        or commas, name several replicas of it); `judge_settings` are JudgeConfig's fields. Bad settings raise ValueError at once, before any call."""
         from open_instruct.judge_config import judge_problem
 
+        if isinstance(api_base, list | tuple):
+            api_base = ",".join(api_base)
         unknown = sorted(set(judge_settings) - _SETTINGS)
         if unknown:
             raise ValueError(f"unknown judge setting(s) {unknown}; known: {sorted(_SETTINGS)}")

@@ -80,6 +80,7 @@ class GRPOConfig:
     llm_judge_max_tokens: int = judge_opt("llm_judge_max_tokens")
     llm_judge_max_context_length: int = judge_opt("llm_judge_max_context_length")
     llm_judge_max_concurrency: int = judge_opt("llm_judge_max_concurrency")
+    llm_judge_endpoint_cooldown: float = judge_opt("llm_judge_endpoint_cooldown")
     llm_judge_retries: int = judge_opt("llm_judge_retries")
     llm_judge_temperature: float = judge_opt("llm_judge_temperature")
     flip_echo_overlap_max: float = judge_opt("flip_echo_overlap_max")

@@ -1,26 +1,31 @@
-"""Async client for a hosted judge model, over litellm.
+"""Async client for a hosted judge model.
 
 One `JudgeClient` serves every judge call of a process (scoring, training rewards, evaluation):
 - bounded concurrency (a semaphore), so a small vLLM server is kept busy but not flooded;
+- several replicas of one judge, least outstanding requests first, with failover (judge_endpoints.py);
 - a per-request timeout, and retries with exponential backoff and jitter on the errors that pass
   (timeouts, connection errors, 429 and 5xx); other errors (400, 401, 404) fail at once;
+- identical prompts judged once: requests in flight together share a call, and answers at temperature 0
+  are remembered (GRPO groups often hold the same response twice);
 - a context-window guard that shortens over-long texts, keeping head and tail, instead of failing;
 - usage and cost per call, and running totals;
 - API keys are redacted from every error message it returns.
+`hosted_vllm/` judges are called over HTTP directly, every other provider through litellm.
 A call that fails after its retries returns `ok=False` with the reason: it is never turned into a score.
 """
 
 import asyncio
-import logging
 import os
 import random
 import re
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from open_instruct.cli_utils import first_line
+from open_instruct.judge_endpoints import DirectHTTP, EndpointPool, parse_api_bases
 
 # litellm fetches a model-price map from the internet at import unless told otherwise.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -36,12 +41,16 @@ class JudgeConfig:
     model: str
     """litellm model id, e.g. `hosted_vllm/Qwen/Qwen3-4B` or `openai/gpt-4o-mini`."""
     api_base: str | None = None
-    """OpenAI-compatible base URL (`http://host:port/v1`); for hosted_vllm, HOSTED_VLLM_API_BASE when unset."""
+    """OpenAI-compatible base URL (`http://host:port/v1`), or several replicas of the judge separated by
+    commas; for hosted_vllm, HOSTED_VLLM_API_BASE when unset."""
     api_key: str | None = None
     """Key for the endpoint; litellm's provider variables (OPENAI_API_KEY, ...) are used when unset."""
     max_concurrency: int = 64
-    """Most judge requests in flight at once. Above the server's batch size, so the server always has the
-    next request queued while this process prepares more (litellm spends a few ms of CPU per call)."""
+    """Most judge requests in flight at once, per replica. Above the server's batch size, so the server
+    always has the next request queued while this process prepares more."""
+    endpoint_cooldown: float = 10.0
+    """Seconds a replica whose request failed (connection, timeout, 429, 5xx) stays out of rotation while
+    others serve; with one replica nothing is taken out."""
     timeout: float = 600.0
     """Seconds one request may take before it counts as a (retryable) timeout: long enough for a small judge
     on a busy GPU to write its 2048 tokens."""
@@ -55,6 +64,9 @@ class JudgeConfig:
     temperature: float = 0.0
     max_context_length: int = 25000
     """Judge context window in tokens; longer prompts have their long texts cut in the middle."""
+    cache_size: int = 4096
+    """Answers remembered at temperature 0, so an identical prompt is judged once; 0 turns it off. Identical
+    requests in flight at the same time share one call at any temperature."""
 
 
 @dataclass
@@ -70,6 +82,9 @@ class JudgeResult:
     truncated: bool = False
     unreachable: bool = False
     """The failure was a refused connection, an unknown model or bad credentials: no use retrying later."""
+    shared: bool = False
+    """Another identical request's answer (in flight together, or remembered): no call of its own, so no cost
+    or usage counted here."""
 
 
 @dataclass
@@ -83,6 +98,10 @@ class JudgeStats:
     completion_tokens: int = 0
     cost: float = 0.0
     max_in_flight: int = 0
+    deduplicated: int = 0
+    """Requests answered by an identical request's call."""
+    failovers: int = 0
+    """Requests sent on to another replica after one failed."""
     errors: dict[str, int] = field(default_factory=dict)
 
 
@@ -158,36 +177,29 @@ class JudgeClient:
         import litellm  # slow import; deferred so `--help` stays fast
 
         litellm.suppress_debug_info = True
-        if config.model.startswith("hosted_vllm/") and config.model not in litellm.model_cost:
-            # A self-hosted judge has no price. Registering it as free spares litellm a failed price
-            # look-up on every call (about 40% of its per-call CPU).
-            quiet = logging.getLogger("LiteLLM")
-            level, quiet.level = quiet.level, logging.ERROR  # it warns that a free model has no cache prices
-            litellm.register_model(
-                {
-                    config.model: {
-                        "input_cost_per_token": 0.0,
-                        "output_cost_per_token": 0.0,
-                        "litellm_provider": "hosted_vllm",
-                        "mode": "chat",
-                    }
-                }
-            )
-            quiet.setLevel(level)
         self._litellm = litellm
         self.config = config
-        self.api_base = config.api_base or (
-            os.environ.get("HOSTED_VLLM_API_BASE") if config.model.startswith("hosted_vllm/") else None
+        self.direct = config.model.startswith("hosted_vllm/")
+        bases = parse_api_bases(config.api_base) or (
+            parse_api_bases(os.environ.get("HOSTED_VLLM_API_BASE")) if self.direct else []
         )
+        self.pool = EndpointPool(bases or [None], config.endpoint_cooldown)
         self.stats = JudgeStats()
         self._secrets = [s for s in [config.api_key, *secret_values()] if s]
-        # One semaphore per event loop (a semaphore belongs to its loop; the trainer runs two).
+        self._http = DirectHTTP()
+        # Per event loop: a semaphore and a pending task belong to their loop (sync callers run a loop each).
         self._semaphores: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._pending: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._answers: OrderedDict = OrderedDict()
         self._in_flight = 0
 
     @property
+    def api_bases(self) -> list[str]:
+        return [b for b in self.pool.bases if b]
+
+    @property
     def endpoint(self) -> str:
-        return f"{self.config.model} at {self.api_base}" if self.api_base else self.config.model
+        return f"{self.config.model} at {', '.join(self.api_bases)}" if self.api_bases else self.config.model
 
     def count_tokens(self, messages: list[Message]) -> int:
         try:
@@ -224,61 +236,140 @@ class JudgeClient:
         """Call the judge on `build(*texts)`, shortening the texts first if the prompt would not fit."""
         messages, truncated = self.fit_context(build, list(texts))
         result = await self.complete(messages)
-        result.truncated = truncated
+        if truncated and not result.truncated:
+            result = replace(result, truncated=True)
         self.stats.truncated += int(truncated)
         return result
 
     async def complete(self, messages: list[Message]) -> JudgeResult:
+        """The judge's answer to `messages`: one call of its own, or the answer to an identical request."""
+        key = tuple((m["role"], m["content"]) for m in messages)
+        remembered = self._answers.get(key)
+        if remembered is not None:
+            self._answers.move_to_end(key)
+            self.stats.deduplicated += 1
+            return _shared(remembered)
+        pending = self._pending.setdefault(asyncio.get_running_loop(), {})
+        task = pending.get(key)
+        if task is not None:
+            self.stats.deduplicated += 1
+            return _shared(await asyncio.shield(task))
+        task = asyncio.ensure_future(self._call(messages))
+        pending[key] = task
+        task.add_done_callback(lambda t: self._settle(pending, key, t))
+        return await asyncio.shield(task)
+
+    def _settle(self, pending: dict, key: tuple, task: asyncio.Task) -> None:
+        pending.pop(key, None)
+        if task.cancelled() or task.exception() is not None:
+            return
+        result = task.result()
+        if result.ok and self.config.temperature == 0 and self.config.cache_size > 0:
+            self._answers[key] = result
+            if len(self._answers) > self.config.cache_size:
+                self._answers.popitem(last=False)
+
+    def _semaphore(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
         if loop not in self._semaphores:
-            self._semaphores[loop] = asyncio.Semaphore(self.config.max_concurrency)
-        semaphore = self._semaphores[loop]
-        cfg, start, error = self.config, time.perf_counter(), None
-        self.stats.calls += 1
-        for attempt in range(cfg.retries + 1):
-            if attempt:
-                self.stats.retries += 1
-                delay = min(cfg.backoff_max, cfg.backoff_base * 2 ** (attempt - 1))
-                await asyncio.sleep(delay * (0.5 + random.random()))
-            try:
-                async with semaphore:
-                    self._in_flight += 1
-                    self.stats.max_in_flight = max(self.stats.max_in_flight, self._in_flight)
-                    try:
-                        response = await asyncio.wait_for(self._request(messages), timeout=cfg.timeout)
-                    finally:
-                        self._in_flight -= 1
-            except Exception as exc:  # noqa: BLE001
-                error = exc
-                if _is_retryable(exc) and attempt < cfg.retries:
-                    continue
-                break
-            return self._success(response, attempt + 1, time.perf_counter() - start)
-        return self._failure(error, attempt + 1, time.perf_counter() - start)
+            self._semaphores[loop] = asyncio.Semaphore(self.config.max_concurrency * len(self.pool))
+        return self._semaphores[loop]
 
-    async def _request(self, messages: list[Message]):
+    async def _call(self, messages: list[Message]) -> JudgeResult:
+        """One judge call: to the least busy replica; on a retryable failure, at once to a replica not yet
+        tried, and when none is left, after a backoff to any (each backoff spends one of `retries`)."""
+        cfg, pool, semaphore = self.config, self.pool, self._semaphore()
+        start, attempts, backoffs, tried = time.perf_counter(), 0, 0, set()
+        self.stats.calls += 1
+        while True:
+            attempts += 1
+            async with semaphore:
+                i = pool.pick(tried)
+                i = pool.pick_any() if i is None else i
+                pool.outstanding[i] += 1
+                self._in_flight += 1
+                self.stats.max_in_flight = max(self.stats.max_in_flight, self._in_flight)
+                try:
+                    answer = await asyncio.wait_for(self._request(pool.bases[i], messages), cfg.timeout)
+                    error = None
+                except Exception as exc:  # noqa: BLE001
+                    error = exc
+                finally:
+                    pool.outstanding[i] -= 1
+                    self._in_flight -= 1
+            if error is None:
+                return self._success(*answer, attempts, time.perf_counter() - start)
+            if not _is_retryable(error):
+                break
+            pool.fail(i, self._describe(error))
+            tried.add(i)
+            if pool.pick(tried) is not None:
+                self.stats.failovers += 1
+                continue
+            if backoffs == cfg.retries:
+                break
+            backoffs += 1
+            self.stats.retries += 1
+            tried = set()
+            delay = min(cfg.backoff_max, cfg.backoff_base * 2 ** (backoffs - 1))
+            await asyncio.sleep(delay * (0.5 + random.random()))
+        return self._failure(error, attempts, time.perf_counter() - start)
+
+    async def _request(self, api_base: str | None, messages: list[Message]) -> tuple[str, int, int, float]:
+        """(text, prompt tokens, completion tokens, cost) of one request to one replica."""
+        cfg = self.config
+        if self.direct:
+            payload = dict(
+                model=cfg.model.split("/", 1)[1],
+                messages=messages,
+                max_tokens=cfg.max_tokens,
+                temperature=cfg.temperature,
+            )
+            data = await self._http.chat(
+                api_base, payload, cfg.api_key or os.environ.get("HOSTED_VLLM_API_KEY")
+            )
+            usage = data.get("usage") or {}
+            text = data["choices"][0]["message"].get("content") or ""
+            return text, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0), 0.0
         kwargs = dict(
-            model=self.config.model,
+            model=cfg.model,
             messages=messages,
-            max_tokens=self.config.max_tokens,
-            temperature=self.config.temperature,
-            timeout=self.config.timeout,
+            max_tokens=cfg.max_tokens,
+            temperature=cfg.temperature,
+            timeout=cfg.timeout,
             num_retries=0,  # retries are ours, with backoff and accounting
         )
-        if self.api_base:
-            kwargs["api_base"] = self.api_base
-        if self.config.api_key:
-            kwargs["api_key"] = self.config.api_key
-        elif self.config.model.startswith("hosted_vllm/"):
-            kwargs["api_key"] = os.environ.get("HOSTED_VLLM_API_KEY", "EMPTY")
-        return await self._litellm.acompletion(**kwargs)
-
-    def _success(self, response, attempts: int, seconds: float) -> JudgeResult:
-        text = response.choices[0].message.content or ""
+        if api_base:
+            kwargs["api_base"] = api_base
+        if cfg.api_key:
+            kwargs["api_key"] = cfg.api_key
+        response = await self._litellm.acompletion(**kwargs)
         usage = getattr(response, "usage", None)
-        prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
-        completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
-        cost = float((getattr(response, "_hidden_params", None) or {}).get("response_cost") or 0.0)
+        return (
+            response.choices[0].message.content or "",
+            int(getattr(usage, "prompt_tokens", 0) or 0),
+            int(getattr(usage, "completion_tokens", 0) or 0),
+            float((getattr(response, "_hidden_params", None) or {}).get("response_cost") or 0.0),
+        )
+
+    async def aclose(self) -> None:
+        """Close the HTTP session of the running loop (the process's connections to the judge)."""
+        await self._http.close()
+
+    def _describe(self, exc: BaseException) -> str:
+        if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+            return f"timeout after {self.config.timeout:g}s"
+        return redact(_short(exc), self._secrets)
+
+    def _success(
+        self,
+        text: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cost: float,
+        attempts: int,
+        seconds: float,
+    ) -> JudgeResult:
         self.stats.prompt_tokens += prompt_tokens
         self.stats.completion_tokens += completion_tokens
         self.stats.cost += cost
@@ -286,10 +377,7 @@ class JudgeClient:
 
     def _failure(self, exc: BaseException | None, attempts: int, seconds: float) -> JudgeResult:
         kind = type(exc).__name__ if exc else "Unknown"
-        if isinstance(exc, asyncio.TimeoutError | TimeoutError):
-            message = f"timeout after {self.config.timeout:g}s"
-        else:
-            message = redact(_short(exc), self._secrets) if exc else "unknown error"
+        message = self._describe(exc) if exc else "unknown error"
         unreachable = exc is not None and _is_unreachable(exc)
         self.stats.failures += 1
         self.stats.unreachable += int(unreachable)
@@ -302,3 +390,8 @@ class JudgeClient:
             seconds=seconds,
             unreachable=unreachable,
         )
+
+
+def _shared(result: JudgeResult) -> JudgeResult:
+    """`result` as the answer to an identical request: the same text, no cost or usage of its own."""
+    return replace(result, cost=0.0, prompt_tokens=0, completion_tokens=0, seconds=0.0, shared=True)

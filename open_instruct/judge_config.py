@@ -55,7 +55,7 @@ class JudgeFlag:
         str | None
     )  # the JudgeConfig field it sets (and takes its default from); None: not a client setting
     help: str
-    alias: str  # the dashed name the judge commands accepted first
+    alias: str | None  # the dashed name the judge commands accepted first (flags added later have none)
     type: Callable[[str], Any] = str
     default: Any = None  # only for flags that are not JudgeConfig fields
 
@@ -77,8 +77,8 @@ JUDGE_FLAGS = [
     JudgeFlag(
         "llm_judge_api_base",
         "api_base",
-        "the judge's OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 "
-        "(default: $HOSTED_VLLM_API_BASE)",
+        "the judge's OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1, or several replicas of it "
+        "separated by commas (least busy first, failover) (default: $HOSTED_VLLM_API_BASE)",
         "--judge-api-base",
     ),
     JudgeFlag("llm_judge_timeout", "timeout", "seconds per judge request", "--timeout", positive_float),
@@ -92,9 +92,16 @@ JUDGE_FLAGS = [
     JudgeFlag(
         "llm_judge_max_concurrency",
         "max_concurrency",
-        "judge requests in flight",
+        "judge requests in flight, per replica",
         "--max-concurrency",
         positive_int,
+    ),
+    JudgeFlag(
+        "llm_judge_endpoint_cooldown",
+        "endpoint_cooldown",
+        "seconds a judge replica whose request failed stays out of rotation (with several api bases)",
+        None,
+        positive_float,
     ),
     JudgeFlag(
         "llm_judge_max_tokens",
@@ -145,7 +152,7 @@ def add_judge_flags(p: argparse.ArgumentParser, model_required: bool = True) -> 
         required = model_required and f.name == "llm_judge_model"
         g.add_argument(
             f"--{f.name}",
-            f.alias,
+            *([f.alias] if f.alias else []),
             dest=f.name,
             type=f.type,
             default=default,
@@ -165,6 +172,12 @@ def judge_problem(model: str, api_base: str | None) -> str | None:
     hosted vLLM judge with no address (litellm would otherwise try api.openai.com)."""
     import litellm  # slow import; only when a judge is about to be used
 
+    from open_instruct.judge_endpoints import parse_api_bases
+
+    try:
+        parse_api_bases(api_base)
+    except ValueError as e:
+        return f"--llm_judge_api_base: {e}"
     provider = model.split("/", 1)[0] if "/" in model else ""
     if provider not in litellm.provider_list:
         return (

@@ -91,6 +91,7 @@ class AsyncRunner:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.get_running_loop().shutdown_asyncgens()  # closes the judge's HTTP session
 
         self.run(drain())
         self.loop.call_soon_threadsafe(self.loop.stop)

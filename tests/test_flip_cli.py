@@ -231,3 +231,28 @@ def test_help_explains_the_command():
     assert proc.returncode == 0
     for text in ("--judge-model", "--on-unparsed", "instruction", "Exit status"):
         assert text in proc.stdout
+
+
+def test_several_judge_replicas_share_the_rows_and_one_that_is_down_loses_none(tmp_path, capsys):
+    rows = [{"instruction": f"Write about topic {i}", "response": f"topic {i}"} for i in range(30)]
+    rows += rows[:5]  # the same row again: judged once
+    inp, out = write_jsonl(tmp_path / "in.jsonl", rows), tmp_path / "out.jsonl"
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    with ScriptedJudge(echo_judge) as a, ScriptedJudge(echo_judge) as b:
+        bases = f"{a.api_base},{dead},{b.api_base}"
+        args = score_args(a, inp, out, "--llm_judge_api_base", bases, "--retries", "0")
+        assert main(args) == 0
+    assert all(r["reward"] == 1.0 for r in read_jsonl(out))
+    assert a.requests > 0 and b.requests > 0 and a.requests + b.requests == 30
+    summary = capsys.readouterr().out
+    assert (
+        "judge calls 30 (+5 identical prompts answered by them)" in summary and "failovers 0" not in summary
+    )
+
+
+def test_a_bad_api_base_is_one_line(tmp_path, capsys):
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"instruction": "x", "response": "y"}])
+    args = f"score --input {inp} --output {tmp_path / 'o.jsonl'} --llm_judge_model hosted_vllm/j".split()
+    assert main([*args, "--llm_judge_api_base", "http://a:1/v1,b:2/v1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: --llm_judge_api_base: 'b:2/v1' is not an http(s) URL", err

@@ -9,7 +9,7 @@ import pytest
 from open_instruct.judge_client import JudgeClient, JudgeConfig, cut_middle, redact
 from open_instruct.judge_utils import flip_messages
 from open_instruct.net_utils import free_port
-from open_instruct.testing.scripted_judge import Reply, ScriptedJudge, response_of
+from open_instruct.testing.scripted_judge import Reply, ScriptedJudge, ScriptedJudgeProcess, response_of
 
 OK = json.dumps({"REASONING": "r", "INFERRED INSTRUCTION": "Write a poem."})
 
@@ -137,3 +137,153 @@ def test_redact_and_cut_middle_helpers():
     cut = cut_middle("a" * 50 + "b" * 50, 30)
     assert cut.startswith("a" * 20) and cut.endswith("b" * 10) and "[... 70 characters omitted ...]" in cut
     assert cut_middle("short", 30) == "short"
+
+
+# --------------------------------------------------------------------------------------------------
+# Several replicas (judge_endpoints.py)
+
+
+def replicas_client(judges, **overrides) -> JudgeClient:
+    bases = ",".join(j.api_base for j in judges)
+    return JudgeClient(JudgeConfig("hosted_vllm/scripted", api_base=bases, backoff_base=0.01, **overrides))
+
+
+def many(client: JudgeClient, n: int, tag: str = "r") -> list:
+    async def run():
+        return await asyncio.gather(*(client.complete(flip_messages(f"{tag}{i}")) for i in range(n)))
+
+    return asyncio.run(run())
+
+
+def test_requests_spread_over_replicas_each_capped_at_max_concurrency():
+    with (
+        ScriptedJudge(lambda m, n: Reply(OK, delay=0.2)) as a,
+        ScriptedJudge(lambda m, n: Reply(OK, delay=0.2)) as b,
+    ):
+        client = replicas_client([a, b], max_concurrency=8)
+        results = many(client, 40)
+    assert all(r.ok for r in results)
+    assert a.requests + b.requests == 40 and abs(a.requests - b.requests) <= 4
+    assert a.max_in_flight == b.max_in_flight == 8 and client.stats.max_in_flight == 16
+
+
+def test_a_failing_replica_leaves_rotation_and_its_requests_succeed_on_another():
+    with (
+        ScriptedJudge(lambda m, n: Reply("down", status=503)) as bad,
+        ScriptedJudge(lambda m, n: Reply(OK, delay=0.05)) as good,
+    ):
+        client = replicas_client([bad, good], retries=0, endpoint_cooldown=60)
+        burst = many(client, 30)  # sent together: half go to `bad` before its first failure is known
+        sent_to_bad = bad.requests
+        after = many(client, 30, tag="s")
+    assert all(r.ok for r in burst + after)  # no retries to spend: failover is not a retry
+    assert 0 < sent_to_bad <= 15 and bad.requests == sent_to_bad  # then out of rotation
+    assert good.requests == 60 and client.stats.failovers == sent_to_bad and client.stats.failures == 0
+
+
+def test_a_replica_that_is_not_there_is_skipped_without_failing_the_run():
+    with ScriptedJudge(lambda m, n: Reply(OK)) as good:
+        dead = f"http://127.0.0.1:{free_port()}/v1"
+        client = JudgeClient(
+            JudgeConfig("hosted_vllm/scripted", api_base=f"{dead},{good.api_base}", retries=0)
+        )
+        results = many(client, 10)
+    assert all(r.ok for r in results) and client.stats.unreachable == 0
+    assert client.pool.failures[0] >= 1 and good.requests == 10
+
+
+def test_a_replica_returns_to_rotation_after_its_cooldown():
+    def flaky(m, n):  # its first request fails, then it serves
+        return Reply("restarting", status=502) if n == 0 else Reply(OK, delay=0.02)
+
+    with ScriptedJudge(flaky) as a, ScriptedJudge(lambda m, n: Reply(OK, delay=0.02)) as b:
+        client = replicas_client([a, b], endpoint_cooldown=0.3, max_concurrency=1)
+        first = many(client, 6)
+        served_while_out = a.requests
+        time.sleep(0.35)
+        later = many(client, 6, tag="s")
+    assert all(r.ok for r in first + later)
+    assert served_while_out == 1 and a.requests > 1  # back in rotation once the cool-down passed
+
+
+def test_a_replica_killed_mid_request_loses_no_reward():
+    with (
+        ScriptedJudgeProcess(lambda m, n: Reply(OK, delay=0.5)) as doomed,
+        ScriptedJudgeProcess(lambda m, n: Reply(OK, delay=0.1)) as survivor,
+    ):
+        client = JudgeClient(
+            JudgeConfig("hosted_vllm/scripted", api_base=f"{doomed.api_base},{survivor.api_base}", retries=0)
+        )
+
+        async def run():
+            calls = asyncio.gather(*(client.complete(flip_messages(f"r{i}")) for i in range(40)))
+            await asyncio.sleep(0.25)  # half of them are held by the doomed replica
+            doomed.kill()
+            return await calls
+
+        results = asyncio.run(run())
+    assert all(r.ok for r in results) and client.stats.failovers >= 1 and client.stats.failures == 0
+
+
+def test_all_replicas_down_fails_after_the_retries():
+    with (
+        ScriptedJudge(lambda m, n: Reply("x", status=500)) as a,
+        ScriptedJudge(lambda m, n: Reply("x", status=500)) as b,
+    ):
+        client = replicas_client([a, b], retries=2)
+        result = asyncio.run(client.complete(flip_messages("x")))
+    # the first round tries both; then both cool down, and each retry goes to the one back first
+    assert not result.ok and result.attempts == 4 and a.requests + b.requests == 4
+    assert client.stats.retries == 2 and client.stats.failures == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# Identical prompts judged once
+
+
+def test_identical_requests_in_flight_share_one_call():
+    with ScriptedJudge(lambda m, n: Reply(OK, delay=0.1)) as judge:
+        client = client_for(judge, temperature=0.7)  # sharing in flight holds at any temperature
+
+        async def run():
+            return await asyncio.gather(*(client.complete(flip_messages("same")) for _ in range(5)))
+
+        results = asyncio.run(run())
+    assert judge.requests == 1 and client.stats.calls == 1 and client.stats.deduplicated == 4
+    assert all(r.ok and r.text == OK for r in results)
+    assert sum(not r.shared for r in results) == 1
+    assert sum(r.completion_tokens for r in results) == len(OK.split())  # usage counted once
+
+
+def test_answers_are_remembered_at_temperature_zero_only():
+    with ScriptedJudge(lambda m, n: Reply(OK)) as judge:
+        greedy = client_for(judge)
+        first = asyncio.run(greedy.complete(flip_messages("same")))
+        again = asyncio.run(greedy.complete(flip_messages("same")))  # a later step, another event loop
+        assert judge.requests == 1 and again.shared and again.text == first.text and again.cost == 0.0
+        sampled = client_for(judge, temperature=0.7)
+        asyncio.run(sampled.complete(flip_messages("same")))
+        asyncio.run(sampled.complete(flip_messages("same")))
+        assert judge.requests == 3
+
+
+def test_a_failed_answer_is_not_remembered():
+    with ScriptedJudge(lambda m, n: Reply("x", status=500) if n == 0 else Reply(OK)) as judge:
+        client = client_for(judge, retries=0)
+        assert not asyncio.run(client.complete(flip_messages("same"))).ok
+        assert asyncio.run(client.complete(flip_messages("same"))).ok and judge.requests == 2
+
+
+def test_the_api_key_is_sent_as_a_bearer_token(monkeypatch):
+    monkeypatch.setenv("HOSTED_VLLM_API_KEY", "k-from-env")
+    with ScriptedJudge(lambda m, n: Reply(OK)) as judge:
+        asyncio.run(client_for(judge).complete(flip_messages("a")))
+        asyncio.run(client_for(judge, api_key="k-given").complete(flip_messages("b")))
+    assert judge.authorizations == ["Bearer k-from-env", "Bearer k-given"]
+
+
+def test_bad_credentials_fail_at_once_and_count_as_unreachable():
+    with ScriptedJudge(lambda m, n: Reply("no", status=401)) as judge:
+        client = client_for(judge, retries=3)
+        result = asyncio.run(client.complete(flip_messages("x")))
+    assert not result.ok and result.unreachable and judge.requests == 1 and "HTTP 401" in result.error

@@ -12,8 +12,8 @@ A handler decides each reply from the request's messages:
 `Reply(status=500)` answers an error; `Reply(delay=...)` holds the request (a hang, past a timeout).
 At most `max_concurrency` requests are served at once; the rest wait, as on a real server.
 `ScriptedJudge` runs in a thread of the calling process (its counters can be read directly);
-`scripted_judge_process` runs one in a child process, so that timing the client is not skewed by the
-server sharing its interpreter.
+`ScriptedJudgeProcess` (and `scripted_judge_process`) runs one in a child process, so that timing the
+client is not skewed by the server sharing its interpreter, and so that it can be killed mid-request.
 """
 
 import asyncio
@@ -78,6 +78,7 @@ class ScriptedJudge:
         self.in_flight = 0
         self.max_in_flight = 0
         self.received: list[list[dict]] = []
+        self.authorizations: list[str | None] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
@@ -92,6 +93,7 @@ class ScriptedJudge:
         n = self.requests
         self.requests += 1
         self.received.append(body["messages"])
+        self.authorizations.append(request.headers.get("Authorization"))
         async with self._semaphore:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -178,23 +180,39 @@ class ScriptedJudge:
         self.stop()
 
 
+class ScriptedJudgeProcess:
+    """A scripted judge in a forked child process (its own interpreter, as a real server); `kill()` ends it
+    abruptly, as a lost node would, with its requests in flight."""
+
+    def __init__(self, handler: Handler, max_concurrency: int = 64):
+        self.port = free_port()
+        self.api_base = f"http://127.0.0.1:{self.port}/v1"
+        ready = multiprocessing.get_context("fork").Event()
+
+        def serve() -> None:
+            judge = ScriptedJudge(handler, max_concurrency, self.port).start()
+            ready.set()
+            judge._thread.join()
+
+        self.process = multiprocessing.get_context("fork").Process(target=serve, daemon=True)
+        self.process.start()
+        if not ready.wait(15):
+            self.kill()
+            raise RuntimeError("scripted judge process did not start")
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.join(5)
+
+    def __enter__(self) -> "ScriptedJudgeProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
+
+
 @contextlib.contextmanager
 def scripted_judge_process(handler: Handler, max_concurrency: int = 64):
     """Serve `handler` from a forked child process; yields the api base URL."""
-    port = free_port()
-    ready = multiprocessing.get_context("fork").Event()
-
-    def serve() -> None:
-        judge = ScriptedJudge(handler, max_concurrency, port).start()
-        ready.set()
-        judge._thread.join()
-
-    proc = multiprocessing.get_context("fork").Process(target=serve, daemon=True)
-    proc.start()
-    try:
-        if not ready.wait(15):
-            raise RuntimeError("scripted judge process did not start")
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.kill()
-        proc.join(5)
+    with ScriptedJudgeProcess(handler, max_concurrency) as judge:
+        yield judge.api_base
