@@ -84,15 +84,27 @@ def gpu_memory() -> float | None:
 
 
 def check_judge(trainer) -> str | None:
-    """One completion of one token through the run's own judge client settings; None when it answered."""
+    """One completion of one token from every replica of the judge, through the run's own client settings;
+    None when all of them answered."""
     from open_instruct.judge_client import JudgeClient
 
     judge = trainer.judge
     if judge is None:
         return None
-    ping = JudgeClient(replace(judge.config, max_tokens=1, retries=0, timeout=min(judge.config.timeout, 60)))
-    result = asyncio.run(ping.complete([{"role": "user", "content": "Reply with OK."}]))
-    return None if result.ok else f"judge {judge.endpoint} did not answer: {result.error}"
+    settings = replace(judge.config, max_tokens=1, retries=0, timeout=min(judge.config.timeout, 60))
+    pings = [JudgeClient(replace(settings, api_base=base)) for base in judge.api_bases] or [
+        JudgeClient(settings)
+    ]
+
+    async def ask_all():
+        return await asyncio.gather(
+            *(p.complete([{"role": "user", "content": "Reply with OK."}]) for p in pings)
+        )
+
+    for ping, result in zip(pings, asyncio.run(ask_all()), strict=True):
+        if not result.ok:
+            return f"judge {ping.endpoint} did not answer: {result.error}"
+    return None
 
 
 def cluster_plan(cfg: GRPOConfig) -> tuple[list, str, cluster.Layout, str | None, list[str]]:
@@ -156,7 +168,9 @@ def run(cfg: GRPOConfig, trainer, problems: list[str]) -> int:
     elif launcher_judge:
         judge = f"{trainer.judge.endpoint}: not started (dry run); the launch script would serve {launcher_judge} there"
     else:
-        judge = trainer.judge.endpoint + ("" if judge_down else " (answered)")
+        replicas = len(trainer.judge.api_bases)
+        answered = f" (all {replicas} answered)" if replicas > 1 else " (answered)"
+        judge = trainer.judge.endpoint + ("" if judge_down else answered)
     per_rank = cfg.batch_size / world
     seq = cfg.max_prompt_token_length + cfg.response_length
     # the whole step is packed at once and dealt out evenly (packing.plan_step); worst case: every sample is

@@ -62,6 +62,14 @@ def test_layouts():
         "JUDGE_HEAD_GPUS": "2",
         "JUDGE_REPLICAS": "1",
     }
+    # Two judge nodes (the head and one more), 8 copies of the judge on each; the 3 training nodes go to Ray.
+    assert layout(JUDGE_NODES="2") == {
+        "NUM_NODES": "5",
+        "RAY_GPUS": "24",
+        "HEAD_RAY_GPUS": "0",
+        "JUDGE_HEAD_GPUS": "8",
+        "JUDGE_REPLICAS": "8",
+    }
     # CPU only: no GPU anywhere, the judge on the head node's CPUs.
     assert layout(TRAIN_NODES="1", JUDGE_NODES="0", GPUS_PER_NODE="0")["RAY_GPUS"] == "0"
 
@@ -71,7 +79,8 @@ def test_layouts():
     [
         ({"TRAIN_NODES": "0"}, "TRAIN_NODES must be at least 1"),
         ({"TRAIN_NODES": "three"}, "TRAIN_NODES must be a whole number"),
-        ({"JUDGE_NODES": "2"}, "JUDGE_NODES must be 0"),
+        ({"JUDGE_NODES": "two"}, "JUDGE_NODES must be a whole number"),
+        ({"RAY_PORT": "8003"}, "RAY_PORT 8003 is one of the judge's ports (JUDGE_PORT to"),
         ({"JUDGE_NODES": "0", "JUDGE_GPUS": "8"}, "leaves none to train"),
         ({"JUDGE_GPUS": "3", "JUDGE_REPLICAS": "3"}, "needs JUDGE_GPUS x JUDGE_REPLICAS = 9 GPUs"),
         ({"RAY_PORT": "8000"}, "two different ports"),
@@ -169,6 +178,16 @@ def test_beaker_spec_for_the_paper_preset():
     assert all(set(e) in ({"name", "value"}, {"name", "secret"}) for e in task["envVars"])
 
 
+def test_beaker_spec_with_two_judge_nodes_has_a_replica_for_each():
+    out = make_spec("--beaker_image", "me/flip", "--beaker_cluster", "ai2/a", "--judge_nodes", "2")
+    assert out.returncode == 0, out.stderr
+    task = yaml.safe_load(out.stdout)["tasks"][0]
+    assert task["replicas"] == 5  # 3 train, the head and one more judge node
+    plain = {e["name"]: e["value"] for e in task["envVars"] if "value" in e}
+    assert plain["JUDGE_NODES"] == "2" and plain["JUDGE_REPLICAS"] == "8"
+    assert "2 judge node(s) x 8 copies of the judge" in out.stderr + out.stdout
+
+
 def test_beaker_spec_single_node_with_mounts(tmp_path):
     spec_file = tmp_path / "spec.yaml"
     out = make_spec(
@@ -204,7 +223,7 @@ def test_beaker_spec_single_node_with_mounts(tmp_path):
     "args, message",
     [
         (["--train_nodes", "-1"], "TRAIN_NODES must be a whole number"),
-        (["--judge_nodes", "3"], "JUDGE_NODES must be 0"),
+        (["--judge_nodes", "2", "--judge_replicas", "9"], "needs JUDGE_GPUS x JUDGE_REPLICAS = 9 GPUs"),
         (["--beaker_cluster", ""], "BEAKER_CLUSTER is required"),
         (["--beaker_priority", "asap"], "BEAKER_PRIORITY must be one of"),
         (["--beaker_datasets", "nfs:/x"], "BEAKER_DATASETS"),
@@ -439,6 +458,21 @@ def test_sbatch_dry_run_serves_no_judge(slurm_env):
 
 
 @pytest.mark.slow  # starts a real Ray cluster
+def test_sbatch_gives_the_second_node_to_the_judge_with_two_judge_nodes(slurm_env, scripted_judge):
+    """JUDGE_NODES=2 on 3 nodes: the second node runs `ray_node.sh judge` (in a dry run it serves nothing but
+    joins Ray, where the leader counts it), the third a worker; failed before: JUDGE_NODES above 1 was refused."""
+    env = {**slurm_env, "FAKE_NODES": "3", "JUDGE_NODES": "2", "DRY_RUN": "1"}
+    run = Launch("scripts/slurm/grpo_flip.sbatch", env)
+    rc = run.finish(timeout=300)
+    assert rc == 0, run.log[-3000:]
+    assert "3 nodes, 0 GPUs for Ray" in run.log and "judge nodes localhost, workers localhost" in run.log
+    logs = Path(env["OUTPUT_DIR"]) / "cluster_logs"
+    assert "dry run, the judge is not served" in (logs / "judge_localhost_0.log").read_text()
+    assert (logs / "worker_localhost_1.log").exists()
+    run.assert_nothing_left()
+
+
+@pytest.mark.slow  # starts a real Ray cluster
 def test_a_judge_that_never_answers_times_out_in_one_line(slurm_env):
     env = {
         **slurm_env,
@@ -521,3 +555,57 @@ def test_sbatch_serves_the_real_tiny_judge_on_the_head_node(slurm_env):
     assert "(answered)" in run.log and "trained 1 steps" in run.log
     assert run.started("vllm.entrypoints.openai.api_server") and run.started("--host 0.0.0.0")
     run.assert_nothing_left()
+
+
+@pytest.mark.slow
+def test_two_judge_nodes_serve_the_real_tiny_judge_and_the_trainer_uses_both(slurm_env):
+    """JUDGE_NODES=2 as a cluster runs it, each node a process here with its own address: the head
+    (127.0.0.1) and a judge node (127.0.0.2, so known to Ray) serve the preset's judge with vLLM, a worker
+    trains. The leader finds the judge node through Ray and waits for both copies; the trainer's dry run hears
+    from both, and its one-step run sends rewards to both. Then every node ends and nothing is left."""
+    from open_instruct.testing.ray_cluster import node_ports
+
+    common = {
+        **slurm_env,
+        "TRAIN_NODES": "1",
+        "JUDGE_NODES": "2",
+        "JUDGE_REPLICAS": "1",
+        "DRY_RUN": "first",
+        "JUDGE_TIMEOUT": "600",
+        "HEAD_HOST": "127.0.0.1",
+        "RAY_AUTH_TOKEN": "0123456789abcdef" * 4,
+        "RAY_gcs_rpc_server_reconnect_timeout_s": "5",  # the other nodes notice the head's end in 5 s
+    }
+
+    def node(k: int, ip: str) -> dict:
+        ports = " ".join(node_ports(k))
+        return {**common, "JUDGE_HOST": ip, "RAY_START_ARGS": f"--node-ip-address={ip} {ports}"}
+
+    judge_node = Launch("scripts/cluster/ray_node.sh", node(1, "127.0.0.2"), "judge")
+    worker = Launch("scripts/cluster/ray_node.sh", node(2, "127.0.0.3"), "worker")
+    leader = Launch(
+        "scripts/cluster/ray_node.sh",
+        {**common, "JUDGE_HOST": "127.0.0.1"},
+        "leader",
+        "--total_episodes",
+        "64",
+        "--local_eval_every",
+        "0",
+        "--save_freq",
+        "0",
+    )
+    rc = leader.finish(timeout=900)
+    assert rc == 0, leader.log[-3000:] + judge_node.log[-2000:]
+    port = common["JUDGE_PORT"]
+    urls = f"http://127.0.0.1:{port}/v1,http://127.0.0.2:{port}/v1"
+    assert f"judge ready at {urls} (hosted_vllm/judge)" in leader.log
+    assert "(all 2 answered)" in leader.log and "trained 1 steps" in leader.log
+    out = Path(common["OUTPUT_DIR"])
+    for log in ("judge_server_head_0.log", f"judge_server_{os.uname().nodename}_0.log"):
+        served = (out / log).read_text().count("POST /v1/chat/completions")
+        assert served >= 5, (log, served)  # the dry run's one question, and rewards of the step
+    for other in (judge_node, worker):
+        assert other.finish(timeout=120) == 0, other.log[-3000:]
+        assert "is gone; done" in other.log
+        other.assert_nothing_left()
+    leader.assert_nothing_left()

@@ -5,6 +5,31 @@ conftest.py under the module name `conftest`, so `from conftest import ...` find
 import os
 
 
+def node_ports(k: int) -> list[str]:
+    """`ray start` flags giving node k ports of its own: nodes on one machine would collide on Ray's defaults."""
+    from open_instruct.net_utils import free_port
+
+    ports = {
+        f"--{name}": free_port()
+        for name in (
+            "node-manager-port",
+            "object-manager-port",
+            "metrics-export-port",
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "runtime-env-agent-port",
+        )
+    }
+    low = 20_000 + 500 * k  # worker processes: a range of their own per node
+    return [
+        "--disable-usage-stats",
+        f"--object-store-memory={200 * 2**20}",
+        f"--min-worker-port={low}",
+        f"--max-worker-port={low + 499}",
+        *(f"{flag}={port}" for flag, port in ports.items()),
+    ]
+
+
 class SimulatedCluster:
     """A real Ray cluster of several nodes on this machine, for the code that multi-GPU clusters run. The
     head node declares no GPU (the driver joins there, like the Slurm launcher's judge node); each worker
@@ -50,29 +75,7 @@ class SimulatedCluster:
             self._wait(1 + k)
 
     def _node_args(self, k: int) -> list[str]:
-        """Ports of a node's own: nodes on one machine would collide on Ray's defaults."""
-        from open_instruct.net_utils import free_port
-
-        ports = {
-            f"--{name}": free_port()
-            for name in (
-                "node-manager-port",
-                "object-manager-port",
-                "metrics-export-port",
-                "dashboard-agent-listen-port",
-                "dashboard-agent-grpc-port",
-                "runtime-env-agent-port",
-            )
-        }
-        low = 20_000 + 500 * k  # worker processes: a range of their own per node
-        return [
-            "--block",
-            "--disable-usage-stats",
-            f"--object-store-memory={200 * 2**20}",
-            f"--min-worker-port={low}",
-            f"--max-worker-port={low + 499}",
-            *(f"{flag}={port}" for flag, port in ports.items()),
-        ]
+        return ["--block", *node_ports(k)]
 
     def _start(self, args: list[str]) -> None:
         import subprocess

@@ -6,7 +6,8 @@
 
 The spec has one task, replicated TRAIN_NODES + JUDGE_NODES times with leader selection and host networking.
 Every replica runs `scripts/cluster/ray_node.sh beaker`: the leader replica (rank 0) starts the Ray head, the
-judge server and the trainer, the others join it as Ray workers; the failure of any replica ends the run.
+judge servers and the trainer, ranks 1 to JUDGE_NODES - 1 serve more copies of the judge, the others join it
+as Ray workers; the failure of any replica ends the run.
 
 Each variable is read from a flag of the same name in lower case, else from the environment, else its
 default: the cluster's (scripts/cluster/cluster_env.sh, checked there; a bad value exits with status 2) and
@@ -123,7 +124,12 @@ def build_spec(cluster: dict[str, str], beaker: dict[str, str], trainer_args: li
         raise SpecError(f"BEAKER_PREEMPTIBLE must be 0 or 1, not '{beaker['BEAKER_PREEMPTIBLE']}'")
     replicas = int(cluster["TRAIN_NODES"]) + int(cluster["JUDGE_NODES"])
     name = f"grpo_{cluster['JUDGE_TYPE']}_{cluster['PRESET']}"
-    judge = "a judge node" if cluster["JUDGE_NODES"] == "1" else "the judge on the head node"
+    judge_nodes = int(cluster["JUDGE_NODES"])
+    judge = (
+        "the judge on the head node"
+        if judge_nodes == 0
+        else f"{judge_nodes} judge node(s) x {cluster['JUDGE_REPLICAS']} copies of the judge"
+    )
     task = {
         "name": name,
         "image": {"beaker": beaker["BEAKER_IMAGE"]},

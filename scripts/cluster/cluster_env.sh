@@ -8,22 +8,24 @@
 #
 # Any of them can be set in the environment. A value that cannot work stops here with one line, exit status 2.
 #
-# Layout: the head node (the first Slurm node, Beaker's leader replica) runs the Ray head, the judge server
-# and the trainer's driver; every other node is a Ray worker. With JUDGE_NODES=1 the head node is set aside
-# for the judge (none of its GPUs goes to Ray); with JUDGE_NODES=0 it trains too and keeps
-# JUDGE_GPUS x JUDGE_REPLICAS of its GPUs for the judge.
+# Layout: the head node (the first Slurm node, Beaker's leader replica) runs the Ray head, judge servers
+# and the trainer's driver. With JUDGE_NODES=0 it trains too and keeps JUDGE_GPUS x JUDGE_REPLICAS of its GPUs
+# for the judge; with JUDGE_NODES=N >= 1 it and the next N-1 nodes serve the judge only (none of their GPUs
+# goes to Ray). Every other node is a Ray worker. Each copy of the judge is a server of its own, on
+# JUDGE_PORT, JUDGE_PORT+1, ... of its node; the trainer gets all of them and sends each request to the
+# least busy (a copy that fails leaves the rotation for a while).
 
 # ---- variables (name, default, meaning; --help prints this block)
 JUDGE_TYPE="${JUDGE_TYPE:-flip}"          # flip or llmjudge: which scripts/train/grpo_<type>.sh runs
 PRESET="${PRESET:-paper}"                 # a preset in configs/train/grpo/: paper, single_gpu, tiny
 TRAIN_NODES="${TRAIN_NODES:-3}"           # nodes whose GPUs go to Ray: learners and vLLM engines
-JUDGE_NODES="${JUDGE_NODES:-1}"           # 1: a node set aside for the judge; 0: it shares the head node
+JUDGE_NODES="${JUDGE_NODES:-1}"           # nodes set aside for the judge (the head first); 0: it shares the head
 GPUS_PER_NODE="${GPUS_PER_NODE:-8}"       # GPUs on every node (0: CPU only, the judge runs on CPU)
 JUDGE_GPUS="${JUDGE_GPUS:-1}"             # GPUs per copy of the judge: its tensor parallel size
-JUDGE_REPLICAS="${JUDGE_REPLICAS:-}"      # copies of the judge behind one endpoint (vLLM data parallel);
+JUDGE_REPLICAS="${JUDGE_REPLICAS:-}"      # copies of the judge per judge node, a server each on its own port;
                                           # none: as many as fit on a judge node, 1 on a shared head node
 RAY_PORT="${RAY_PORT:-6379}"              # port of the Ray head (its GCS)
-JUDGE_PORT="${JUDGE_PORT:-8000}"          # port of the judge's OpenAI-compatible server
+JUDGE_PORT="${JUDGE_PORT:-8000}"          # port of the first copy of the judge on a node (the next: +1, ...)
 JUDGE_HOST="${JUDGE_HOST:-0.0.0.0}"       # address the judge listens on (0.0.0.0: every interface)
 JUDGE_SERVED_NAME="${JUDGE_SERVED_NAME:-judge}"  # name the judge answers to (litellm: hosted_vllm/<name>)
 JUDGE_BASE_URL="${JUDGE_BASE_URL:-}"      # a judge already running elsewhere (with JUDGE_MODEL): none served
@@ -53,8 +55,6 @@ done
 [[ "$PRESET" =~ ^[A-Za-z0-9_.-]+$ && -f "$(dirname "${BASH_SOURCE[0]}")/../../configs/train/grpo/$PRESET.yaml" ]] \
   || cluster_env_fail "PRESET must name a file in configs/train/grpo/ (paper, single_gpu, tiny), not '$PRESET'"
 (( TRAIN_NODES >= 1 )) || cluster_env_fail "TRAIN_NODES must be at least 1 (the nodes that train)"
-(( JUDGE_NODES <= 1 )) \
-  || cluster_env_fail "JUDGE_NODES must be 0 (the judge on the head node) or 1 (a node for it), not $JUDGE_NODES"
 (( RAY_PORT >= 1 && RAY_PORT <= 65535 && JUDGE_PORT >= 1 && JUDGE_PORT <= 65535 && RAY_PORT != JUDGE_PORT )) \
   || cluster_env_fail "RAY_PORT and JUDGE_PORT must be two different ports (1-65535)"
 [[ "$DRY_RUN" =~ ^(0|1|first)$ ]] || cluster_env_fail "DRY_RUN must be 0, 1 or first, not '$DRY_RUN'"
@@ -69,13 +69,13 @@ fi
 NUM_NODES=$(( TRAIN_NODES + JUDGE_NODES ))   # nodes in the allocation
 if [[ -n "$JUDGE_BASE_URL" ]] || (( GPUS_PER_NODE == 0 )); then
   JUDGE_REPLICAS="${JUDGE_REPLICAS:-1}"
-  JUDGE_HEAD_GPUS=0                          # GPUs of the head node that the judge takes
+  JUDGE_HEAD_GPUS=0                          # GPUs the judge takes on a judge node (or the shared head)
 else
   (( JUDGE_GPUS >= 1 )) || cluster_env_fail "JUDGE_GPUS must be at least 1 on GPU nodes"
-  if (( JUDGE_NODES == 1 )); then JUDGE_REPLICAS="${JUDGE_REPLICAS:-$(( GPUS_PER_NODE / JUDGE_GPUS ))}"; fi
+  if (( JUDGE_NODES >= 1 )); then JUDGE_REPLICAS="${JUDGE_REPLICAS:-$(( GPUS_PER_NODE / JUDGE_GPUS ))}"; fi
   JUDGE_REPLICAS="${JUDGE_REPLICAS:-1}"
   JUDGE_HEAD_GPUS=$(( JUDGE_GPUS * JUDGE_REPLICAS ))
-  if (( JUDGE_NODES == 1 )); then
+  if (( JUDGE_NODES >= 1 )); then
     (( JUDGE_HEAD_GPUS >= 1 && JUDGE_HEAD_GPUS <= GPUS_PER_NODE )) \
       || cluster_env_fail "the judge needs JUDGE_GPUS x JUDGE_REPLICAS = $JUDGE_HEAD_GPUS GPUs; a node has $GPUS_PER_NODE"
   else
@@ -83,8 +83,10 @@ else
       "$GPUS_PER_NODE GPUs and leaves none to train: lower JUDGE_GPUS or JUDGE_REPLICAS, or set JUDGE_NODES=1"
   fi
 fi
-if (( JUDGE_NODES == 1 )); then HEAD_RAY_GPUS=0; else HEAD_RAY_GPUS=$(( GPUS_PER_NODE - JUDGE_HEAD_GPUS )); fi
-RAY_GPUS=$(( (NUM_NODES - 1) * GPUS_PER_NODE + HEAD_RAY_GPUS ))  # GPUs the Ray cluster must show
+(( RAY_PORT < JUDGE_PORT || RAY_PORT >= JUDGE_PORT + JUDGE_REPLICAS )) || cluster_env_fail "RAY_PORT $RAY_PORT is" \
+  "one of the judge's ports (JUDGE_PORT to JUDGE_PORT + JUDGE_REPLICAS - 1 = $(( JUDGE_PORT + JUDGE_REPLICAS - 1 )))"
+if (( JUDGE_NODES >= 1 )); then HEAD_RAY_GPUS=0; else HEAD_RAY_GPUS=$(( GPUS_PER_NODE - JUDGE_HEAD_GPUS )); fi
+RAY_GPUS=$(( (TRAIN_NODES - (JUDGE_NODES == 0)) * GPUS_PER_NODE + HEAD_RAY_GPUS ))  # GPUs the Ray cluster must show
 
 # A token that every Ray process of this run shares (Ray turns away any process without it). Called once per
 # run, before any node starts, so that all of them inherit the same one; never printed.

@@ -3,13 +3,16 @@
 # same roles, so that the launch logic lives here only.
 #
 #   bash scripts/cluster/ray_node.sh leader [grpo_fast flags...]
-#       On the head node: starts the Ray head and the judge server, waits until every node and GPU has joined
-#       Ray and the judge answers, then runs the trainer (scripts/train/grpo_$JUDGE_TYPE.sh, preset $PRESET)
-#       on this cluster. Exits with the trainer's status, stopping everything it started.
+#       On the head node: starts the Ray head and its copies of the judge, waits until every node and GPU has
+#       joined Ray and every copy of the judge answers, then runs the trainer (scripts/train/grpo_$JUDGE_TYPE.sh,
+#       preset $PRESET) on this cluster with all of them. Exits with the trainer's status, stopping everything.
+#   bash scripts/cluster/ray_node.sh judge
+#       On the other JUDGE_NODES - 1 judge nodes: serves JUDGE_REPLICAS copies of the judge and joins Ray
+#       without resources to offer (the leader finds the node, and its address, there) until the head is gone.
 #   bash scripts/cluster/ray_node.sh worker
 #       On every other node: joins the Ray head at $HEAD_HOST:$RAY_PORT and serves until the head is gone.
 #   bash scripts/cluster/ray_node.sh beaker [grpo_fast flags...]
-#       A Beaker replica: the leader replica (rank 0) is the leader, the others are workers.
+#       A Beaker replica: rank 0 is the leader, ranks 1 to JUDGE_NODES - 1 judge nodes, the others workers.
 #
 # HEAD_HOST is the head node's address as the other nodes reach it (default: this host's name). The other
 # variables: `bash scripts/cluster/cluster_env.sh --help`. The Ray head's and the judge's logs go to $LOG_DIR.
@@ -72,21 +75,52 @@ ray_command() {  # ray_command ARGS...: sets RAY_CMD to `ray start ARGS --block`
   RAY_CMD=("$PY" -m ray.scripts.scripts start "$@" --disable-usage-stats --block "${extra[@]}")
 }
 
-# The head node's GPUs: the first HEAD_RAY_GPUS go to Ray, the next JUDGE_HEAD_GPUS to the judge. Ids come
-# from CUDA_VISIBLE_DEVICES when the scheduler set it (they may not start at 0), else 0..GPUS_PER_NODE-1.
+# This node's GPUs: on the head node the first HEAD_RAY_GPUS go to Ray; the judge copies take the next
+# JUDGE_GPUS each. Ids come from CUDA_VISIBLE_DEVICES when the scheduler set it (they may not start at 0),
+# else 0..GPUS_PER_NODE-1.
 RAY_ENV=()
-JUDGE_ENV=()
-split_head_gpus() {
+GPU_IDS=()
+split_gpus() {
   (( GPUS_PER_NODE > 0 )) || return 0
-  local ids
-  IFS=, read -r -a ids <<< "${CUDA_VISIBLE_DEVICES:-$(seq -s, 0 $(( GPUS_PER_NODE - 1 )))}"
-  (( ${#ids[@]} >= GPUS_PER_NODE )) || die "this node shows ${#ids[@]} GPUs, GPUS_PER_NODE says $GPUS_PER_NODE"
-  RAY_ENV=("CUDA_VISIBLE_DEVICES=$(IFS=,; echo "${ids[*]:0:HEAD_RAY_GPUS}")")
-  JUDGE_ENV=("CUDA_VISIBLE_DEVICES=$(IFS=,; echo "${ids[*]:HEAD_RAY_GPUS:JUDGE_HEAD_GPUS}")")
-  local parallel=""  # vLLM's own flags for a judge on several GPUs
-  if (( JUDGE_GPUS > 1 )); then parallel+=" --tensor-parallel-size $JUDGE_GPUS"; fi
-  if (( JUDGE_REPLICAS > 1 )); then parallel+=" --data-parallel-size $JUDGE_REPLICAS"; fi
-  JUDGE_ENV+=("JUDGE_VLLM_ARGS=${JUDGE_VLLM_ARGS:-}$parallel")
+  IFS=, read -r -a GPU_IDS <<< "${CUDA_VISIBLE_DEVICES:-$(seq -s, 0 $(( GPUS_PER_NODE - 1 )))}"
+  (( ${#GPU_IDS[@]} >= GPUS_PER_NODE )) || die "this node shows ${#GPU_IDS[@]} GPUs, GPUS_PER_NODE says $GPUS_PER_NODE"
+  RAY_ENV=("CUDA_VISIBLE_DEVICES=$(IFS=,; echo "${GPU_IDS[*]:0:HEAD_RAY_GPUS}")")
+}
+
+# serve_judges NAME FIRST_GPU: JUDGE_REPLICAS copies of the preset's judge, each a server of its own on JUDGE_PORT + i
+# (served by scripts/train/ itself), on JUDGE_GPUS GPUs each from GPU_IDS[FIRST_GPU]; logs named after NAME_i.
+# Sets JUDGE_PIDS.
+JUDGE_PIDS=()
+serve_judges() {
+  local name="$1" first="$2" i env parallel=""
+  if (( JUDGE_GPUS > 1 )); then parallel=" --tensor-parallel-size $JUDGE_GPUS"; fi
+  for (( i = 0; i < JUDGE_REPLICAS; i++ )); do
+    env=(SERVE_JUDGE_ONLY=1 JUDGE_HOST="$JUDGE_HOST" JUDGE_PORT=$(( JUDGE_PORT + i ))
+      JUDGE_SERVED_NAME="$JUDGE_SERVED_NAME" JUDGE_LOG_NAME="judge_server_${name}_$i" PRESET="$PRESET"
+      OUTPUT_DIR="$OUTPUT_DIR" JUDGE_VLLM_ARGS="${JUDGE_VLLM_ARGS:-}$parallel")
+    if (( GPUS_PER_NODE > 0 )); then
+      env+=("CUDA_VISIBLE_DEVICES=$(IFS=,; echo "${GPU_IDS[*]:first + i * JUDGE_GPUS:JUDGE_GPUS}")")
+    fi
+    start_bg 30 "$LOG_DIR/judge_${name}_$i.log" env "${env[@]}" bash "scripts/train/grpo_$JUDGE_TYPE.sh"
+    JUDGE_PIDS+=("$LAST_PID")
+  done
+}
+
+# judge_urls HOST: the api bases of HOST's judge copies, comma-separated
+judge_urls() {
+  local i urls=()
+  for (( i = 0; i < JUDGE_REPLICAS; i++ )); do urls+=("http://$1:$(( JUDGE_PORT + i ))/v1"); done
+  (IFS=,; echo "${urls[*]}")
+}
+
+# Until the Ray head is gone (after this node's `ray start` ended): the normal end of a run for a node that is
+# not the head. The head may let its nodes go a moment before its own port closes, hence a short grace.
+head_gone() {
+  for _ in $(seq 30); do
+    if ! timeout 2 bash -c "exec 3<>/dev/tcp/$HEAD_HOST/$RAY_PORT" 2>/dev/null; then return 0; fi
+    sleep 1
+  done
+  return 1
 }
 
 trainer() {  # trainer FLAGS...: scripts/train/grpo_$JUDGE_TYPE.sh on this cluster and judge; returns its status
@@ -99,28 +133,32 @@ leader() {
   on_signals
   ensure_ray_token
   mkdir -p "$LOG_DIR"
-  split_head_gpus
+  split_gpus
   echo "[cluster] head $HEAD_HOST: $NUM_NODES nodes, $RAY_GPUS GPUs for Ray; preset $PRESET, judge type" \
     "$JUDGE_TYPE; logs in $LOG_DIR"
   ray_command --head --port "$RAY_PORT" --include-dashboard=false  # the trainer needs no dashboard
   start_bg 15 "$LOG_DIR/ray_head.log" env "${RAY_ENV[@]}" "${RAY_CMD[@]}"
-  local head_pid="$LAST_PID" judge_watch=() rc=0
+  local head_pid="$LAST_PID" judge_watch=() rc=0 pid host
   if [[ -z "$JUDGE_BASE_URL" && "$DRY_RUN" == 1 ]]; then
     echo "[cluster] dry run: the judge is not served (the trainer's dry run reports what would be)"
-  elif [[ -z "$JUDGE_BASE_URL" ]]; then  # the preset's judge, served by scripts/train/ itself
-    start_bg 30 "$LOG_DIR/judge.log" env "${JUDGE_ENV[@]}" SERVE_JUDGE_ONLY=1 JUDGE_HOST="$JUDGE_HOST" \
-      JUDGE_PORT="$JUDGE_PORT" JUDGE_SERVED_NAME="$JUDGE_SERVED_NAME" PRESET="$PRESET" OUTPUT_DIR="$OUTPUT_DIR" \
-      bash "scripts/train/grpo_$JUDGE_TYPE.sh"
-    judge_watch=(--watch "$LAST_PID")
-    JUDGE_BASE_URL="http://$HEAD_HOST:$JUDGE_PORT/v1"
+  elif [[ -z "$JUDGE_BASE_URL" ]]; then  # the preset's judge: JUDGE_REPLICAS copies here, more on judge nodes
+    serve_judges head "$HEAD_RAY_GPUS"
+    for pid in "${JUDGE_PIDS[@]}"; do judge_watch+=(--watch "$pid"); done
+    JUDGE_BASE_URL="$(judge_urls "$HEAD_HOST")"
     JUDGE_MODEL="hosted_vllm/$JUDGE_SERVED_NAME"
   fi
   await_ready ray "$HEAD_HOST:$RAY_PORT" --nodes "$NUM_NODES" --gpus "$RAY_GPUS" \
     --timeout "$RAY_TIMEOUT" --watch "$head_pid" --log "$LOG_DIR" || exit 1
   echo "[cluster] Ray cluster ready at $HEAD_HOST:$RAY_PORT"
+  if (( JUDGE_NODES > 1 )) && [[ "$DRY_RUN" != 1 ]]; then  # the judge nodes, by the address Ray knows them at
+    local hosts
+    hosts="$("$PY" scripts/cluster/wait_ready.py judge_nodes "$HEAD_HOST:$RAY_PORT" --count $(( JUDGE_NODES - 1 )) \
+      --timeout "$RAY_TIMEOUT")" || exit 1
+    for host in $hosts; do JUDGE_BASE_URL+=",$(judge_urls "$host")"; done
+  fi
   if [[ -n "$JUDGE_BASE_URL" ]]; then
     await_ready judge "$JUDGE_BASE_URL" --timeout "$JUDGE_TIMEOUT" "${judge_watch[@]}" \
-      --log "$LOG_DIR/judge.log and $OUTPUT_DIR/judge_server.log" || exit 1
+      --log "$LOG_DIR/judge_*.log and $OUTPUT_DIR/judge_server*.log" || exit 1
     echo "[cluster] judge ready at $JUDGE_BASE_URL ($JUDGE_MODEL)"
   fi
   if [[ "$DRY_RUN" != 0 ]]; then  # flags, data, judge and Ray resources checked before any model loads
@@ -133,24 +171,39 @@ leader() {
 
 worker() {
   on_signals
-  [[ "$RAY_AUTH_MODE" == disabled || -n "${RAY_AUTH_TOKEN:-}" ]] \
-    || die "RAY_AUTH_TOKEN is not set: a worker needs the head's token (or RAY_AUTH_MODE=disabled everywhere)"
-  export RAY_AUTH_MODE
-  await_ready port "$HEAD_HOST" "$RAY_PORT" --timeout "$RAY_TIMEOUT" || exit 1
-  ray_command --address "$HEAD_HOST:$RAY_PORT"
+  join_ray
   start_bg 10 - "${RAY_CMD[@]}"  # a worker holds nothing worth a long drain
   local rc=0
   wait_job "$LAST_PID" || rc=$?
-  # Ray on a worker ends when it loses the head: the normal end of a run, not this node's failure. The head
-  # may let its workers go a moment before its own port closes, hence a short grace.
-  for _ in $(seq 30); do
-    if ! timeout 2 bash -c "exec 3<>/dev/tcp/$HEAD_HOST/$RAY_PORT" 2>/dev/null; then
-      echo "[cluster] worker $(hostname): the Ray head at $HEAD_HOST:$RAY_PORT is gone; done"
-      exit 0
-    fi
-    sleep 1
-  done
+  head_gone && { echo "[cluster] worker $(hostname): the Ray head at $HEAD_HOST:$RAY_PORT is gone; done"; exit 0; }
   die "Ray on worker $(hostname) stopped (status $rc) while the head is up"
+}
+
+judge() {
+  on_signals
+  mkdir -p "$LOG_DIR"
+  split_gpus
+  if [[ "$DRY_RUN" == 1 ]]; then
+    echo "[cluster] judge node $(hostname): dry run, the judge is not served"
+  else
+    serve_judges "$(hostname)" 0
+  fi
+  # In Ray with nothing to schedule on, only a marker: the leader reads this node's address from Ray.
+  join_ray --num-cpus=0 --num-gpus=0 --resources='{"flip_judge_node": 1}'
+  start_bg 10 - "${RAY_CMD[@]}"
+  echo "[cluster] judge node $(hostname): $JUDGE_REPLICAS judge copies from port $JUDGE_PORT; in Ray"
+  local rc=0
+  wait_job "$LAST_PID" || rc=$?
+  head_gone && { echo "[cluster] judge node $(hostname): the Ray head at $HEAD_HOST:$RAY_PORT is gone; done"; exit 0; }
+  die "Ray on judge node $(hostname) stopped (status $rc) while the head is up"
+}
+
+join_ray() {  # join_ray [ray start flags...]: wait for the head, then set RAY_CMD to join it
+  [[ "$RAY_AUTH_MODE" == disabled || -n "${RAY_AUTH_TOKEN:-}" ]] \
+    || die "RAY_AUTH_TOKEN is not set: a node needs the head's token (or RAY_AUTH_MODE=disabled everywhere)"
+  export RAY_AUTH_MODE
+  await_ready port "$HEAD_HOST" "$RAY_PORT" --timeout "$RAY_TIMEOUT" || exit 1
+  ray_command --address "$HEAD_HOST:$RAY_PORT" "$@"
 }
 
 beaker() {
@@ -159,10 +212,10 @@ beaker() {
   HEAD_HOST="${BEAKER_LEADER_REPLICA_HOSTNAME:?Beaker did not name a leader: the spec needs leaderSelection}"
   [[ "${BEAKER_REPLICA_COUNT:-$NUM_NODES}" == "$NUM_NODES" ]] \
     || die "$BEAKER_REPLICA_COUNT replicas, but TRAIN_NODES + JUDGE_NODES = $NUM_NODES"
-  if [[ "$rank" == 0 ]]; then leader "$@"; else worker; fi
+  if [[ "$rank" == 0 ]]; then leader "$@"; elif (( rank < JUDGE_NODES )); then judge; else worker; fi
 }
 
 case "${1:-}" in
-  leader|worker|beaker) role="$1"; shift; "$role" "$@" ;;
-  *) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  leader|judge|worker|beaker) role="$1"; shift; "$role" "$@" ;;
+  *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -1,6 +1,7 @@
 # Shared body of grpo_flip.sbatch and grpo_llmjudge.sbatch (sourced from the repository root; JUDGE_TYPE is set
 # by the caller). The first node of the allocation is the head: one job step there runs the Ray head, the
-# judge and the trainer (scripts/cluster/ray_node.sh leader); one step on every other node runs a Ray worker.
+# judge and the trainer (scripts/cluster/ray_node.sh leader); the next JUDGE_NODES - 1 nodes serve more copies
+# of the judge (ray_node.sh judge); one step on every other node runs a Ray worker.
 # When the leader ends, or the job is cancelled, every step is stopped.
 set -euo pipefail
 
@@ -56,10 +57,17 @@ trap stop_steps EXIT
 trap 'exit 143' TERM
 trap 'exit 130' INT
 
-echo "[slurm] job ${SLURM_JOB_ID:-?}: head $HEAD_HOST, workers ${NODES[*]:1}; step logs in $LOG_DIR"
-for node in "${NODES[@]:1}"; do
-  "${SRUN[@]}" -w "$node" bash scripts/cluster/ray_node.sh worker > "$LOG_DIR/worker_$node.log" 2>&1 &
+JUDGE_HOSTS=("${NODES[@]:1:JUDGE_NODES > 1 ? JUDGE_NODES - 1 : 0}")
+WORKER_HOSTS=("${NODES[@]:1 + ${#JUDGE_HOSTS[@]}}")
+echo "[slurm] job ${SLURM_JOB_ID:-?}: head $HEAD_HOST, judge nodes ${JUDGE_HOSTS[*]:-none more}," \
+  "workers ${WORKER_HOSTS[*]:-none}; step logs in $LOG_DIR"
+i=0
+for node in "${JUDGE_HOSTS[@]}" "${WORKER_HOSTS[@]}"; do  # the same name may come twice (a test's stand-in)
+  role=worker
+  (( i < ${#JUDGE_HOSTS[@]} )) && role=judge
+  "${SRUN[@]}" -w "$node" bash scripts/cluster/ray_node.sh "$role" > "$LOG_DIR/${role}_${node}_$i.log" 2>&1 &
   WORKER_PIDS+=("$!")
+  i=$(( i + 1 ))
 done
 "${SRUN[@]}" -w "$HEAD_HOST" bash scripts/cluster/ray_node.sh leader "$@" &
 LEADER_PID=$!

@@ -67,12 +67,13 @@ fi
 if [[ -z "${JUDGE_BASE_URL:-}" ]]; then
   PORT="${JUDGE_PORT:-$("$PY" -c 'from open_instruct.net_utils import free_port; print(free_port())')}"
   SERVED="${JUDGE_SERVED_NAME:-judge}"
-  echo "[grpo] serving judge $JUDGE_SERVE_MODEL on port $PORT (log: $OUTPUT_DIR/judge_server.log)"
-  SERVED_MODEL_NAME="$SERVED" JUDGE_LOG="$OUTPUT_DIR/judge_server.log" \
-    bash scripts/serve_judge.sh "$JUDGE_SERVE_MODEL" "$PORT" -- "${JUDGE_EXTRA_ARGS[@]}" > "$OUTPUT_DIR/judge_server.out" 2>&1 &
+  JUDGE_LOG_BASE="$OUTPUT_DIR/${JUDGE_LOG_NAME:-judge_server}"  # a cluster names each copy of the judge's logs
+  echo "[grpo] serving judge $JUDGE_SERVE_MODEL on port $PORT (log: $JUDGE_LOG_BASE.log)"
+  SERVED_MODEL_NAME="$SERVED" JUDGE_LOG="$JUDGE_LOG_BASE.log" \
+    bash scripts/serve_judge.sh "$JUDGE_SERVE_MODEL" "$PORT" -- "${JUDGE_EXTRA_ARGS[@]}" > "$JUDGE_LOG_BASE.out" 2>&1 &
   JUDGE_PID=$!
-  until grep -q "judge ready" "$OUTPUT_DIR/judge_server.out" 2>/dev/null; do
-    kill -0 "$JUDGE_PID" 2>/dev/null || { tail -5 "$OUTPUT_DIR/judge_server.out" >&2; echo "error: the judge server did not start" >&2; exit 1; }
+  until grep -q "judge ready" "$JUDGE_LOG_BASE.out" 2>/dev/null; do
+    kill -0 "$JUDGE_PID" 2>/dev/null || { tail -5 "$JUDGE_LOG_BASE.out" >&2; echo "error: the judge server did not start" >&2; exit 1; }
     sleep 1
   done
   JUDGE_BASE_URL="http://127.0.0.1:$PORT/v1"
