@@ -26,8 +26,15 @@ to be idle before it starts, and a warning is printed when they were not. Start-
 model loading) and the first --warmup steps are left out; the table shows medians over the remaining steps.
 Printed: our seconds per step over TRL's (target: at most 1.0).
 
+Judge-bound (`--reward flip`): the reward is FLIP instead, from a scripted judge in its own process that
+serves 32 requests at once with 0.25 s latency (--judge-latency), the same judge for both sides. Ours calls
+it through its trainer (`--llm_judge_model hosted_vllm/scripted`), TRL through our TRL reward function
+(open_instruct.integrations.trl.flip_reward). Our rewards are judged while the step's other chunks still
+generate; TRL judges after generating. Target: at most 0.8.
+
     python benchmarks/grpo_step.py [--steps 12] [--warmup 2] [--prompts 4] [--samples 16]
                                    [--response-length 24] [--lr 2e-3] [--repeats 1] [--work-dir DIR]
+                                   [--reward word-share|flip] [--judge-latency 0.25]
 """
 
 import argparse
@@ -63,11 +70,15 @@ TEMPERATURE = 1.0
 MAX_PROMPT_TOKENS = 256
 
 
-def write_prompts(path: Path, n: int) -> None:
-    """n prompts in our RLVR schema; the `dataset` column names the verifier."""
+def write_prompts(path: Path, n: int, reward: str) -> None:
+    """n prompts in our RLVR schema; the `dataset` column names the verifier (FLIP's truth is the prompt)."""
     texts = [BASE_PROMPTS[i] if i < len(BASE_PROMPTS) else f"Write line {i}." for i in range(n)]
     rows = [
-        {"messages": [{"role": "user", "content": t}], "ground_truth": TARGET_WORD, "dataset": "word-share"}
+        {
+            "messages": [{"role": "user", "content": t}],
+            "ground_truth": TARGET_WORD if reward == "word-share" else t,
+            "dataset": "word-share" if reward == "word-share" else "general-flip",
+        }
         for t in texts
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -172,9 +183,29 @@ def ray_head(cpus: int):
         proc.wait(timeout=60)
 
 
+def scripted_flip_judge(latency: float):
+    """The judge-bound runs' judge: it reads the response and infers its first words as the instruction, so
+    rewards vary within a group."""
+    from open_instruct.testing.scripted_judge import Reply, ScriptedJudgeProcess, response_of
+
+    def handler(messages, n):
+        inferred = " ".join(response_of(messages).split()[:8]) or "Say something."
+        return Reply(json.dumps({"INFERRED INSTRUCTION": inferred}), delay=latency)
+
+    return ScriptedJudgeProcess(handler, max_concurrency=32)
+
+
 def run_ours(
     args, model: Path, data: Path, work: Path, name: str, layout: list[str]
 ) -> tuple[list[dict], float]:
+    if args.judge_api_base:
+        layout = [
+            *layout,
+            "--llm_judge_model",
+            "hosted_vllm/scripted",
+            "--llm_judge_api_base",
+            args.judge_api_base,
+        ]
     actors = 1 + int(layout[layout.index("--vllm_num_engines") + 1])  # a learner and the engines
     if actors > len(os.sched_getaffinity(0)):
         with ray_head(actors) as address:
@@ -218,7 +249,8 @@ def run_trl(args, model: Path, data: Path, work: Path) -> tuple[list[dict], floa
             f"{sys.executable} {Path(__file__).resolve()} --_trl-worker --model {model} --data "
             f"{data} --result {result} --steps {args.steps} --prompts {args.prompts} --samples "
             f"{args.samples} --response-length {args.response_length} --lr {args.lr}"
-        ).split()
+        ).split(),
+        *(["--judge-api-base", args.judge_api_base] if args.judge_api_base else []),
     ]
     wall = run_logged(cmd, work / "trl.log", "TRL")
     return json.loads(result.read_text()), wall
@@ -250,6 +282,12 @@ def trl_worker(args) -> None:
         )
         return [r.score for r in results]
 
+    if args.judge_api_base:  # judge-bound: FLIP through our TRL reward function
+        from open_instruct.integrations.trl import flip_reward
+
+        reward_funcs = flip_reward("hosted_vllm/scripted", args.judge_api_base)
+    else:
+        reward_funcs = word_share
     timer = {s: 0.0 for s in STAGES}
 
     class TimedGRPOTrainer(GRPOTrainer):
@@ -329,7 +367,7 @@ def trl_worker(args) -> None:
     trainer = TimedGRPOTrainer(
         model=model,
         processing_class=tokenizer,
-        reward_funcs=word_share,
+        reward_funcs=reward_funcs,
         args=config,
         train_dataset=train_data,
         callbacks=[StepTimer()],
@@ -371,6 +409,16 @@ def main() -> None:
         "repeat's ratio is printed too (timings here vary 10-20%% from run to run)",
     )
     p.add_argument("--work-dir", help="keep models, logs and outputs here (default: a temporary directory)")
+    p.add_argument(
+        "--reward",
+        choices=["word-share", "flip"],
+        default="word-share",
+        help="word-share: a cheap verifiable reward; flip: judge-bound, FLIP from a scripted judge",
+    )
+    p.add_argument(
+        "--judge-latency", type=float, default=0.25, help="seconds per judge request (--reward flip)"
+    )
+    p.add_argument("--judge-api-base", help=argparse.SUPPRESS)
     p.add_argument("--_trl-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
@@ -385,6 +433,14 @@ def main() -> None:
         p.error("--repeats must be at least 1")
 
     start = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        if args.reward == "flip":
+            args.judge_api_base = stack.enter_context(scripted_flip_judge(args.judge_latency)).api_base
+        runs, warnings = run_all(args)
+    report(args, runs, warnings, start)
+
+
+def run_all(args) -> tuple[dict, list]:
     with tempfile.TemporaryDirectory(prefix="grpo-step-bench-") as tmp:
         work = Path(args.work_dir or tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -392,13 +448,18 @@ def main() -> None:
 
         model = build_tiny_model(work / "tiny-policy", seed=SEED)
         data = work / "prompts.jsonl"
-        write_prompts(data, args.prompts)
+        write_prompts(data, args.prompts, args.reward)
         setting = (
             f"{args.prompts} prompts x {args.samples} samples, {args.response_length} tokens, lr {args.lr}"
         )
+        reward = (
+            f"share of words == {TARGET_WORD!r}"
+            if args.reward == "word-share"
+            else f"FLIP from a scripted judge, 32 at once, {args.judge_latency}s latency (judge-bound)"
+        )
         print(
             f"grpo step benchmark: {setting}, {args.steps} steps per side ({args.warmup} warm-up); "
-            f"reward: share of words == {TARGET_WORD!r}",
+            f"reward: {reward}",
             flush=True,
         )
         # runs[name][r]: the per-step records of repeat r. Repeats go round every side in turn, so a slow
@@ -416,6 +477,11 @@ def main() -> None:
             steps, trl_wall = run_trl(args, model, data, work / f"rep{rep}")
             runs["TRL"].append(steps)
             print(f"  TRL{tag} done in {trl_wall:.0f}s (start-up included)", flush=True)
+    return runs, warnings
+
+
+def report(args, runs: dict, warnings: list, start: float) -> None:
+    target = 1.0 if args.reward == "word-share" else 0.8
     med = {name: steady(reps, args.warmup) for name, reps in runs.items()}
     trl = med["TRL"]
 
@@ -466,7 +532,7 @@ def main() -> None:
             per_repeat = f" (repeats: {' '.join(f'{x:.2f}' for x in ratios)})"
         print(
             f"grpo step time, {what}: ours {r['step']:.3g}s, TRL {trl['step']:.3g}s, "
-            f"ratio {r['step'] / trl['step']:.2f}{per_repeat} (target <= 1.0); overlap: step / sum of stages "
+            f"ratio {r['step'] / trl['step']:.2f}{per_repeat} (target <= {target:g}); overlap: step / sum of stages "
             f"{r['step'] / sum(r[s] for s in STAGES):.2f}"
         )
     print(f"(whole benchmark: {time.perf_counter() - start:.0f}s)")
