@@ -1,6 +1,7 @@
 """What every command shares: a user mistake is one line on stderr and exit status 2, never a traceback;
 a run that had to stop (a judge outage, an actor that died, a wait past its timeout) is one line and exit
-status 1; Ctrl-C is exit status 130."""
+status 1; a run stopped by SIGTERM with its state saved (preempted, resumable) is one line and exit status 75;
+Ctrl-C is exit status 130."""
 
 import sys
 from collections.abc import Callable
@@ -12,6 +13,13 @@ class UserError(Exception):
 
 class RunFailure(Exception):
     """The run could not go on, for a reason outside the user's input; worded for the user, with what to do."""
+
+
+class Preempted(Exception):
+    """The run stopped on SIGTERM with its state saved: rerunning the same command resumes (exit status 75)."""
+
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a temporary failure, worth running again
 
 
 def first_line(error: BaseException | str, limit: int = 300) -> str:
@@ -35,6 +43,9 @@ def run_command(body: Callable[[], int]) -> int:
     except RunFailure as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except Preempted as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return EXIT_PREEMPTED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -92,7 +92,14 @@ def output_row(row: Row, result) -> dict:
     }
 
 
+def refuse_overwriting_input(args: argparse.Namespace) -> None:
+    """--output naming the --input file would destroy the input before it is read in full."""
+    if Path(args.output).resolve() == Path(args.input).resolve():
+        raise UserError(f"--output {args.output} is the --input file: write the scored rows to another file")
+
+
 def cmd_score(args: argparse.Namespace) -> int:
+    refuse_overwriting_input(args)
     rows = read_rows(Path(args.input))
     client = make_client(args)
     verifier = build_verifier(
@@ -159,6 +166,7 @@ def read_bon_rows(path: Path, methods: list[str]) -> list[BonRow]:
 
 
 def cmd_bon(args: argparse.Namespace) -> int:
+    refuse_overwriting_input(args)
     methods = list(dict.fromkeys(args.method or ["flip"]))
     rows = read_bon_rows(Path(args.input), methods)
     client = make_client(args)

@@ -179,6 +179,18 @@ class GRPOConfig:
         "from the newest complete state (0: never)",
     )
     # ---- resilience
+    preemption_grace_s: float = opt(
+        120.0,
+        "on SIGTERM (a preemption, a time limit, scancel) once training has started: seconds to finish the step "
+        "in progress, save the full state of the last finished step and exit with status 75 (rerun to resume); "
+        "a second SIGTERM, or the grace running out, stops at once with the previous state intact. Ask the "
+        "scheduler for the signal at least this early (Slurm: --signal=B:TERM@180, as the sbatch files do)",
+    )
+    keep_last_n_states: int = opt(
+        2,
+        "complete training states kept under output_dir/state (--checkpoint_state_freq); when the newest is "
+        "damaged, a resume falls back to the one before",
+    )
     max_judge_failure_rate: float = opt(
         0.5,
         "stop (saving the state) when more than this share of a step's "
@@ -438,6 +450,8 @@ def validate(cfg: GRPOConfig) -> list[str]:
             "the published recipe's is 2.0) or train on-policy with --async_steps 0",
         ),
         (cfg.checkpoint_state_freq >= 0, "--checkpoint_state_freq must be 0 or more"),
+        (cfg.preemption_grace_s > 0, "--preemption_grace_s must be positive (seconds)"),
+        (cfg.keep_last_n_states >= 1, "--keep_last_n_states must be at least 1"),
         (
             cfg.total_episodes >= cfg.batch_size,
             f"--total_episodes ({cfg.total_episodes}) is less than one step ({cfg.batch_size} samples)",

@@ -17,7 +17,8 @@ With --async_steps k, rollouts for step s start once the weights of step s-1-k a
 producer thread, so generation runs up to k steps ahead of training.
 
 Surviving: with --checkpoint_state_freq N the full state is saved every N steps (train_state.py) and the
-same command resumes from it. A step where more than --max_judge_failure_rate of the judge calls failed
+same command resumes from it; on SIGTERM (a preemption) the state of the last finished step is saved and the
+run exits with status 75 (stop_signals.py). A step where more than --max_judge_failure_rate of the judge calls failed
 stops the run (state saved) instead of training on what is left. Every wait on an actor has a timeout
 (--backend_timeout), and an actor that dies ends the run with one line saying what to do.
 """
@@ -29,7 +30,6 @@ import os
 import queue
 import re
 import shutil
-import signal
 import statistics
 import sys
 import threading
@@ -38,9 +38,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from open_instruct import train_state
-from open_instruct.cli_utils import RunFailure, UserError, first_line, run_command
+from open_instruct.cli_utils import Preempted, RunFailure, UserError, first_line, run_command
 from open_instruct.grpo_config import GRPOConfig, parse_args
 from open_instruct.rollouts import AsyncRunner, Rollout, rollout_and_score
+from open_instruct.run_lock import RunLock
+from open_instruct.stop_signals import STOP
 from open_instruct.train_metrics import MetricsLog, plot, step_metrics
 from open_instruct.train_state import PromptSampler
 
@@ -134,7 +136,7 @@ class Trainer:
 
         cfg = self.cfg
         where = cluster.init_ray(cfg)
-        handle_stop_signals()
+        STOP.install()
         plan, nodes, shortfall = cluster.plan_for_cluster(cfg)
         if shortfall:
             raise UserError(f"{shortfall} ({where})")
@@ -203,16 +205,27 @@ class Trainer:
     def save_state(self, step: int, sampler_state: dict, wandb_run_id: str | None) -> Path:
         """The full training state after `step`, written atomically (train_state.py)."""
         import ray
+        from ray.exceptions import RayTaskError
 
         tmp = train_state.begin(self.out, step)
         with actor_errors(f"saving the state of step {step}", self.cfg):
-            ray.get(
-                [lr.save_state.remote(str(tmp / "learner")) for lr in self.learners], timeout=self.timeout
-            )
+            try:
+                ray.get(
+                    [lr.save_state.remote(str(tmp / "learner")) for lr in self.learners], timeout=self.timeout
+                )
+            except RayTaskError as e:  # a learner could not write its shard: most often a full disk
+                if not isinstance(getattr(e, "cause", None), OSError):
+                    raise
+                raise train_state.save_failed(
+                    train_state.state_root(self.out), tmp, step, first_line(e.cause)
+                ) from None
         config = asdict(self.cfg)
         identity = {k: config[k] for k in train_state.IDENTITY_FLAGS}
         return train_state.commit(
-            self.out, tmp, train_state.TrainerState(step, sampler_state, identity, wandb_run_id)
+            self.out,
+            tmp,
+            train_state.TrainerState(step, sampler_state, identity, wandb_run_id),
+            keep=self.cfg.keep_last_n_states,
         )
 
     def check_judge_health(self, ro: Rollout) -> str | None:
@@ -322,16 +335,45 @@ class Trainer:
             total=self.steps,
         )
         last_position = sampler_state
+
+        def preempted(done: int) -> Preempted:
+            """Stop on SIGTERM after step `done`, with its state saved (unless it is on disk already)."""
+            nonlocal saved_step
+            if done > saved_step and last_position is not None:
+                self.save_state(done, last_position, log.wandb_run_id)
+                saved_step = done
+            if not saved_step:
+                return Preempted(
+                    "SIGTERM before the first step finished: nothing to save; rerun to start over"
+                )
+            path = train_state.state_root(self.out) / f"step_{saved_step}"
+            return Preempted(
+                f"SIGTERM: the state of step {saved_step} is in {path}; rerun the same command to resume"
+            )
+
+        def next_rollout(step: int) -> Rollout | None:
+            """The rollout of `step`, or None when a stop was asked for while waiting for it."""
+            deadline = time.monotonic() + self.timeout
+            while not STOP.requested.is_set():
+                try:
+                    ro = batches.get(timeout=0.5)
+                except queue.Empty:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"no rollout within {self.timeout:.0f}s") from None
+                    continue
+                if isinstance(ro, BaseException):
+                    raise ro
+                return ro
+            return None
+
+        STOP.arm(cfg.preemption_grace_s)
         try:
             for step in bar:
                 step_start = time.perf_counter()
                 with actor_errors(f"generating and scoring step {step}", cfg):
-                    try:
-                        ro = batches.get(timeout=self.timeout)
-                    except queue.Empty:
-                        raise TimeoutError(f"no rollout within {self.timeout:.0f}s") from None
-                    if isinstance(ro, BaseException):
-                        raise ro
+                    ro = next_rollout(step)
+                if ro is None:
+                    raise preempted(step - 1)
                 outage = self.check_judge_health(ro)
                 if outage:
                     if step - 1 > saved_step and last_position is not None:  # keep what was trained
@@ -357,11 +399,14 @@ class Trainer:
                 if cfg.checkpoint_state_freq and step % cfg.checkpoint_state_freq == 0:
                     self.save_state(step, ro.sampler_state, log.wandb_run_id)
                     saved_step = step
+                if STOP.requested.is_set():
+                    raise preempted(step)
                 if cfg.save_freq and step % cfg.save_freq == 0 and step < self.steps:
                     self.save(self.out / "checkpoints" / f"step_{step}")
                 if cfg.local_eval_every and step % cfg.local_eval_every == 0:
                     self.evaluate(step)
         finally:
+            STOP.disarm()
             stop.set()
             with cond:
                 cond.notify_all()
@@ -453,20 +498,8 @@ def print_summary(cfg: GRPOConfig, s: dict) -> None:
     )
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def handle_stop_signals() -> None:
-    """SIGTERM (a launcher or scheduler stopping us) and SIGINT both end in a clean shutdown. Installed
-    again after ray.init, whose own SIGTERM handler would abort; SIGINT is set explicitly because a shell
-    starts background jobs with it ignored."""
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
-
-
 def main(argv: list[str] | None = None) -> int:
-    handle_stop_signals()
+    STOP.install()
 
     def body() -> int:
         cfg, ignored = parse_args(argv)  # a flag mistake is a UserError: one line, exit 2
@@ -482,8 +515,9 @@ def main(argv: list[str] | None = None) -> int:
             trainer.setup(problems)
             return dry_run.run(cfg, trainer, problems)
         trainer.setup()  # data and flags are checked before any model or actor starts
-        trainer.start_actors()
-        print_summary(cfg, trainer.train())
+        with RunLock(cfg.output_dir):  # one run per output directory
+            trainer.start_actors()
+            print_summary(cfg, trainer.train())
         return 0
 
     try:

@@ -183,7 +183,7 @@ class JudgeClient:
         bases = parse_api_bases(config.api_base) or (
             parse_api_bases(os.environ.get("HOSTED_VLLM_API_BASE")) if self.direct else []
         )
-        self.pool = EndpointPool(bases or [None], config.endpoint_cooldown)
+        self.pool = EndpointPool(bases or [None], config.endpoint_cooldown, cap=config.max_concurrency)
         self.stats = JudgeStats()
         self._secrets = [s for s in [config.api_key, *secret_values()] if s]
         self._http = DirectHTTP()

@@ -16,6 +16,7 @@ with two replicas, its per-call bookkeeping on top of litellm's own.
 """
 
 import asyncio
+import json
 import logging
 import time
 import weakref
@@ -40,9 +41,11 @@ def parse_api_bases(value: str | list[str] | tuple[str, ...] | None) -> list[str
 class EndpointPool:
     """Least-outstanding choice among replicas, with a cool-down for one that failed."""
 
-    def __init__(self, bases: list[str], cooldown: float):
+    def __init__(self, bases: list[str], cooldown: float, cap: int | None = None):
+        """`cap`: the most requests outstanding at one replica (the client's per-replica concurrency)."""
         self.bases = list(bases)
         self.cooldown = cooldown
+        self.cap = cap
         self.outstanding = [0] * len(bases)
         self.down_until = [0.0] * len(bases)
         self.failures = [0] * len(bases)
@@ -53,10 +56,17 @@ class EndpointPool:
 
     def available(self, exclude: set[int] = frozenset()) -> list[int]:
         now = time.monotonic()
-        return [i for i in range(len(self.bases)) if i not in exclude and self.down_until[i] <= now]
+        return [
+            i
+            for i in range(len(self.bases))
+            if i not in exclude
+            and self.down_until[i] <= now
+            and (self.cap is None or self.outstanding[i] < self.cap)
+        ]
 
     def pick(self, exclude: set[int] = frozenset()) -> int | None:
-        """A replica in rotation and not in `exclude` with the fewest outstanding requests, or None."""
+        """A replica in rotation, below its cap and not in `exclude`, with the fewest outstanding requests; or
+        None."""
         candidates = self.available(exclude)
         if not candidates:
             return None
@@ -78,6 +88,15 @@ class EndpointPool:
         self.down_until[i] = time.monotonic() + self.cooldown
         if was_up:
             log.warning("judge replica %s out of rotation for %gs: %s", self.bases[i], self.cooldown, reason)
+
+
+# The most a judge answer may be: a chat completion of a few thousand tokens is tens of KiB; anything near
+# this is a proxy or a server gone wrong, read no further.
+MAX_ANSWER_BYTES = 8 * 2**20
+
+
+class BadAnswer(Exception):
+    """A judge server answered something that is not a chat completion (too big, not JSON, no choices)."""
 
 
 class HTTPStatusError(Exception):
@@ -121,9 +140,19 @@ class DirectHTTP:
             async with self._session().post(
                 f"{api_base}/chat/completions", json=payload, headers=headers
             ) as response:
+                body = await _read_capped(response)
                 if response.status != 200:
-                    raise HTTPStatusError(response.status, _error_message(await response.text()))
-                return await response.json(content_type=None)
+                    raise HTTPStatusError(response.status, _error_message(body.decode(errors="replace")))
+                try:
+                    data = json.loads(body)
+                except ValueError:
+                    kind = response.headers.get("Content-Type", "no content type")
+                    raise BadAnswer(
+                        f"answered 200 with a body that is not JSON ({kind}): {body[:60].decode(errors='replace')!r}"
+                    ) from None
+                if not (isinstance(data, dict) and isinstance(data.get("choices"), list) and data["choices"]):
+                    raise BadAnswer(f"answered 200 without choices: {body[:60].decode(errors='replace')!r}")
+                return data
         except aiohttp.ClientConnectionError as exc:
             # The builtin type, so the client's retry policy and unreachable check need no aiohttp.
             raise ConnectionError(f"{type(exc).__name__}: {exc}") from exc
@@ -135,6 +164,19 @@ class DirectHTTP:
             await session.close()
 
 
+async def _read_capped(response) -> bytes:
+    """The body, or BadAnswer past MAX_ANSWER_BYTES (read no further than that)."""
+    if (response.content_length or 0) > MAX_ANSWER_BYTES:
+        raise BadAnswer(f"answered {response.content_length} bytes, more than {MAX_ANSWER_BYTES} (not read)")
+    chunks, size = [], 0
+    async for chunk in response.content.iter_chunked(2**16):
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            raise BadAnswer(f"answered more than {MAX_ANSWER_BYTES} bytes (not read further)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def _close_at_shutdown(session):
     try:
         yield
@@ -144,8 +186,6 @@ async def _close_at_shutdown(session):
 
 def _error_message(body: str) -> str:
     """The message of an OpenAI-style error body (`{"error": {"message": ...}}` or vLLM's `{"message": ...}`)."""
-    import json
-
     try:
         data = json.loads(body)
     except ValueError:

@@ -6,6 +6,7 @@ metrics.jsonl (and wandb); `MetricsLog` owns those files. Keys are documented in
 
 import json
 import os
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -32,6 +33,7 @@ def step_metrics(
         "reward_mean": float(np.mean(scores)) if scores else float("nan"),
         "reward_std": float(np.std(scores)) if scores else float("nan"),
         **{f"reward/{name}": float(np.mean(v)) if v else float("nan") for name, v in per_verifier.items()},
+        "rewarded": len(scores),
         "judge_failures": sum(not r.judge_ok for r in flat),
         "judge_answers": sum(r.judge_ok for r in flat),
         "unparsed": sum(r.judge_ok and not r.parsed for r in flat),
@@ -72,9 +74,16 @@ class MetricsLog:
     ):
         self.path, self.order_path = out / "metrics.jsonl", out / "data_order.jsonl"
         self.history: list[dict] = []
-        if resume_step is None:
-            self.path.write_text("")
-            self.order_path.write_text("")
+        if resume_step is None:  # a fresh run; an earlier run's logs here are kept aside, not emptied
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            for path in (self.path, self.order_path):
+                if path.exists() and path.stat().st_size:
+                    aside = path.with_name(f"{path.stem}.before-{stamp}{path.suffix}")
+                    path.replace(aside)
+                    print(
+                        f"{path} held an earlier run's rows without a saved state to resume: kept as {aside.name}"
+                    )
+                path.write_text("")
         else:
             self.history = train_state.truncate_jsonl(self.path, resume_step)
             train_state.truncate_jsonl(self.order_path, resume_step)

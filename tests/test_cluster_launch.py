@@ -188,6 +188,14 @@ def test_beaker_spec_with_two_judge_nodes_has_a_replica_for_each():
     assert "2 judge node(s) x 8 copies of the judge" in out.stderr + out.stdout
 
 
+def test_a_preemptible_beaker_spec_is_retried_and_so_resumes():
+    out = make_spec("--beaker_image", "me/flip", "--beaker_cluster", "ai2/a", "--beaker_preemptible", "1")
+    spec = yaml.safe_load(out.stdout)
+    assert spec["retry"] == {"allowedTaskRetries": 5} and spec["tasks"][0]["context"]["preemptible"] is True
+    plain = make_spec("--beaker_image", "me/flip", "--beaker_cluster", "ai2/a")
+    assert "retry" not in yaml.safe_load(plain.stdout)
+
+
 def test_beaker_spec_single_node_with_mounts(tmp_path):
     spec_file = tmp_path / "spec.yaml"
     out = make_spec(
@@ -267,8 +275,9 @@ def slurm_env(tmp_path, flip_world):
         '#!/usr/bin/env bash\nwhile [[ $# -gt 0 && "$1" == -* ]]; do\n'
         '  case "$1" in -w|-N|-n|-c) shift 2 ;; *) shift ;; esac\ndone\nexec "$@"\n'
     )
-    (bin_dir / "scontrol").write_text(
-        '#!/usr/bin/env bash\n[[ "$1 $2" == "show hostnames" ]] || exit 1\n'
+    (bin_dir / "scontrol").write_text(  # lists the nodes; a requeue is written down
+        '#!/usr/bin/env bash\nif [[ "$1" == requeue ]]; then echo "requeue $2" >> "$OUTPUT_DIR/scontrol.log"; exit 0; fi\n'
+        '[[ "$1 $2" == "show hostnames" ]] || exit 1\n'
         'for _ in $(seq "$FAKE_NODES"); do echo localhost; done\n'
     )
     for shim in bin_dir.iterdir():
@@ -530,6 +539,36 @@ def test_sigterm_stops_every_step(slurm_env):
     os.kill(run.proc.pid, signal.SIGTERM)
     rc = run.finish(timeout=120)
     assert rc != 0
+    run.assert_nothing_left()
+
+
+@pytest.mark.slow  # starts a real Ray cluster and trains
+def test_sigterm_mid_run_saves_the_state_and_requeues_the_job(slurm_env, scripted_judge):
+    """A preemption of a running job (Slurm's SIGTERM to the batch script): it reaches the trainer through the
+    leader, the trainer saves the state of its last finished step and exits 75, the job asks to be requeued
+    and returns 75; nothing is left running. Failed before: the batch script exited 143 at once and the
+    trainer was stopped without saving."""
+    env = {
+        **slurm_env,
+        "JUDGE_BASE_URL": scripted_judge.api_base,
+        "JUDGE_MODEL": "hosted_vllm/scripted",
+    }
+    flags = ["--total_episodes", "6400", "--checkpoint_state_freq", "0", "--local_eval_every", "0"]
+    run = Launch("scripts/slurm/grpo_flip.sbatch", env, *flags)
+    metrics = Path(env["OUTPUT_DIR"]) / "metrics.jsonl"
+    deadline = time.monotonic() + 600
+    while not (metrics.exists() and metrics.read_text().strip()) and time.monotonic() < deadline:
+        assert run.proc.poll() is None, run.log[-3000:]
+        time.sleep(0.5)
+    os.kill(run.proc.pid, signal.SIGTERM)
+    rc = run.finish(timeout=300)
+    assert rc == 75, run.log[-3000:]
+    from open_instruct.train_state import latest
+
+    saved = latest(env["OUTPUT_DIR"])[1].step
+    assert saved >= 1 and f"SIGTERM: the state of step {saved} is in" in run.log
+    assert "requeueing job 42" in run.log
+    assert (Path(env["OUTPUT_DIR"]) / "scontrol.log").read_text() == "requeue 42\n"
     run.assert_nothing_left()
 
 

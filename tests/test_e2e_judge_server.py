@@ -121,8 +121,8 @@ def test_reward_server_against_the_real_vllm_judge(tiny_judge_dir, tmp_path):
         wait_for_line(server, "FLIP reward server on", timeout=120)
         url = f"http://127.0.0.1:{port}"
         for _ in range(100):  # the line is printed just before uvicorn binds
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/health").status_code == 200:
+            with contextlib.suppress(httpx.TransportError, ValueError):
+                if httpx.get(f"{url}/health", timeout=2).json().get("status") == "ok":
                     break
             time.sleep(0.1)
         body = {

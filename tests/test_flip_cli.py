@@ -256,3 +256,12 @@ def test_a_bad_api_base_is_one_line(tmp_path, capsys):
     assert main([*args, "--llm_judge_api_base", "http://a:1/v1,b:2/v1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: --llm_judge_api_base: 'b:2/v1' is not an http(s) URL", err
+
+
+@pytest.mark.parametrize("command", ["score", "bon"])
+def test_output_equal_to_input_is_refused(tmp_path, capsys, command):
+    inp = write_jsonl(tmp_path / "rows.jsonl", [{"instruction": "x", "response": "y"}])
+    before = inp.read_text()
+    args = f"{command} --input {inp} --output {tmp_path}/./rows.jsonl --llm_judge_model hosted_vllm/j".split()
+    assert main([*args, "--llm_judge_api_base", "http://127.0.0.1:9/v1"]) == 2
+    assert "is the --input file" in capsys.readouterr().err and inp.read_text() == before

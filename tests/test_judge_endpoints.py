@@ -25,6 +25,14 @@ def test_the_replica_with_fewest_outstanding_requests_is_picked_and_ties_take_tu
     assert pool.pick(exclude={0, 1}) == 2
 
 
+def test_a_replica_at_its_cap_is_not_picked():
+    pool = EndpointPool(["a", "b"], cooldown=10, cap=2)
+    pool.outstanding = [2, 2]
+    assert pool.pick() is None
+    pool.outstanding = [2, 1]
+    assert pool.pick() == 1
+
+
 def test_a_failed_replica_leaves_rotation_for_the_cooldown_then_returns():
     pool = EndpointPool(["a", "b"], cooldown=0.2)
     pool.fail(0, "connection refused")

@@ -122,21 +122,27 @@ def optimizer_tensors(state_dir: Path) -> list[torch.Tensor]:
     return out
 
 
-def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_policy_dir):
-    data = word_data(tmp_path)
-    # Fully on-policy (async 0), so the resumed run must draw exactly what the uninterrupted one drew.
-    flags = [
-        *(
-            f"--dataset_mixer_list {data} 1.0 --num_unique_prompts_rollout 2 --total_episodes "
-            f"{8 * 6} --async_steps 0"
-        ).split()
-    ]
+# Fully on-policy (async 0), so a resumed run must draw exactly what the uninterrupted one drew: 6 steps of
+# 2 prompts, the 8 prompts of `word_data` once over steps 1-4.
+ON_POLICY = "--num_unique_prompts_rollout 2 --total_episodes 48 --async_steps 0"
 
-    ref_out = tmp_path / "uninterrupted"
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_policy_dir):
+    """The 6-step reference run that interrupted runs are compared with."""
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    flags = ["--dataset_mixer_list", str(word_data(tmp)), "1.0", *ON_POLICY.split()]
     ref = subprocess.run(
-        command(tiny_policy_dir, ref_out, *flags), cwd=REPO, capture_output=True, text=True, timeout=600
+        command(tiny_policy_dir, tmp / "out", *flags), cwd=REPO, capture_output=True, text=True, timeout=600
     )
     assert ref.returncode == 0, ref.stderr[-3000:]
+    return tmp / "out"
+
+
+def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_policy_dir, uninterrupted):
+    data = word_data(tmp_path)
+    flags = ["--dataset_mixer_list", str(data), "1.0", *ON_POLICY.split()]
+    ref_out = uninterrupted
 
     out = tmp_path / "crashed"
     proc = subprocess.Popen(
@@ -175,6 +181,111 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path, tiny
     from transformers import AutoModelForCausalLM
 
     assert AutoModelForCausalLM.from_pretrained(out).num_parameters() > 0
+
+
+def steps_logged(out: Path) -> int:
+    path = out / "metrics.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_sigterm_saves_the_last_finished_step_and_the_rerun_continues_like_an_uninterrupted_run(
+    tmp_path, tiny_policy_dir, uninterrupted
+):
+    """A preemption: no periodic state at all (--checkpoint_state_freq 0), SIGTERM after step 2; the trainer
+    saves the state of the last finished step and exits 75, and the rerun draws what the uninterrupted
+    run drew from there on."""
+    flags = [
+        "--dataset_mixer_list",
+        str(word_data(tmp_path)),
+        "1.0",
+        *ON_POLICY.split(),
+        "--checkpoint_state_freq",
+        "0",
+    ]
+    out = tmp_path / "preempted"
+    proc = subprocess.Popen(
+        command(tiny_policy_dir, out, *flags),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None and steps_logged(out) < 2:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 75, stderr[-3000:]
+    saved = latest(out)[1].step
+    assert 2 <= saved < 6 and steps_logged(out) == saved  # the last finished step, nothing after it
+    lines = [line for line in stderr.splitlines() if line.startswith("stopped: ")]
+    assert lines == [f"stopped: SIGTERM: the state of step {saved} is in {out / 'state' / f'step_{saved}'}; "
+                     "rerun the same command to resume"], stderr[-2000:]  # fmt: skip
+    assert "Traceback" not in stderr
+
+    rerun = subprocess.run(
+        command(tiny_policy_dir, out, *flags), cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"resuming from step {saved}" in rerun.stdout
+    assert [m["step"] for m in jsonl(out / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+    assert jsonl(out / "data_order.jsonl") == jsonl(uninterrupted / "data_order.jsonl")
+
+
+def test_a_grace_that_runs_out_stops_at_once_and_the_newest_complete_state_resumes(tmp_path, tiny_policy_dir):
+    """SIGTERM with almost no grace while states are saved every step: the run stops wherever it is, a state
+    save included; whatever it left, the newest complete state loads and the rerun finishes every step."""
+    flags = [
+        "--dataset_mixer_list",
+        str(word_data(tmp_path)),
+        "1.0",
+        *ON_POLICY.split(),
+        "--preemption_grace_s",
+        "0.05",
+    ]
+    out = tmp_path / "cut"
+    proc = subprocess.Popen(
+        command(tiny_policy_dir, out, *flags),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None and saved_step(out) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode in (75, 130), stderr[-3000:]  # saved in time, or stopped by the grace running out
+    kept = latest(out)[1].step
+    assert kept >= 2
+    rerun = subprocess.run(
+        command(tiny_policy_dir, out, *flags), cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"resuming from step {kept}" in rerun.stdout
+    assert [m["step"] for m in jsonl(out / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_second_run_on_the_same_output_dir_is_refused(tmp_path, tiny_policy_dir):
+    flags = ["--dataset_mixer_list", str(word_data(tmp_path)), "1.0", *ON_POLICY.split()]
+    out = tmp_path / "shared"
+    first = subprocess.Popen(
+        command(tiny_policy_dir, out, *flags), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / ".run_lock").exists() and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.05)
+        second = subprocess.run(
+            command(tiny_policy_dir, out, *flags), cwd=REPO, capture_output=True, text=True, timeout=300
+        )
+        last = second.stderr.strip().splitlines()[-1]
+        assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr[-3000:]
+        assert last.startswith("error: ") and f"is in use by another run (pid {first.pid} on" in last
+    finally:
+        kill_tree(first)
 
 
 def outage_after(requests_ok: int):

@@ -71,6 +71,7 @@ def test_step_metrics_by_hand():
     assert m["reward_std"] == pytest.approx(math.sqrt(((0.5) ** 2 + 0.5**2 + 0) / 3))
     assert m["reward/word-share"] == pytest.approx(0.5) and m["reward/general-flip"] == pytest.approx(0.5)
     assert (m["judge_failures"], m["judge_answers"], m["unparsed"], m["judge_cost"]) == (1, 3, 1, 0.25)
+    assert m["rewarded"] == 3  # every sample is rewarded or a failed judge call: 3 + 1 = 4
     assert m["loss"] == pytest.approx(4.0 / 20) and m["kl"] == pytest.approx(2.0 / 20)
     assert m["clip_fraction"] == pytest.approx(2.0 / 20)
     assert m["response_length_mean"] == pytest.approx(20 / 4) and m["stop_rate"] == pytest.approx(3 / 4)
@@ -100,3 +101,15 @@ def test_curves_are_a_png_with_every_panel(tmp_path):
     path = plot(history, tmp_path / "curves.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plot([], tmp_path / "none.png") is None
+
+
+def test_a_fresh_run_keeps_an_earlier_runs_metrics_aside(tmp_path, capsys):
+    from open_instruct.grpo_config import GRPOConfig
+    from open_instruct.train_metrics import MetricsLog
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "reward_mean": 0.5}\n')
+    MetricsLog(GRPOConfig(), tmp_path).close()
+    kept = list(tmp_path.glob("metrics.before-*.jsonl"))
+    assert len(kept) == 1 and kept[0].read_text() == '{"step": 1, "reward_mean": 0.5}\n'
+    assert (tmp_path / "metrics.jsonl").read_text() == ""
+    assert f"kept as {kept[0].name}" in capsys.readouterr().out

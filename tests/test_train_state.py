@@ -6,6 +6,7 @@ import json
 import pytest
 
 from open_instruct import train_state
+from open_instruct.cli_utils import RunFailure, UserError
 from open_instruct.train_state import IDENTITY_FLAGS, PromptSampler, TrainerState, check_identity
 
 
@@ -62,3 +63,64 @@ def test_metrics_after_the_saved_step_are_dropped(tmp_path, tail):
     log.write_text("".join(json.dumps({"step": s}) + "\n" for s in range(1, 5)) + tail)
     assert [r["step"] for r in train_state.truncate_jsonl(log, 2)] == [1, 2]
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2]
+
+
+def save(root, step: int, shard: bytes = b"weights" * 100) -> None:
+    tmp = train_state.begin(root, step)
+    (tmp / "learner" / "global_step").mkdir(parents=True)
+    (tmp / "learner" / "global_step" / "mp_rank_00_model_states.pt").write_bytes(shard)
+    train_state.commit(root, tmp, TrainerState(step, {"pos": step}, {"seed": 1}), keep=3)
+
+
+@pytest.mark.parametrize(
+    "damage, named",
+    [
+        (lambda s: (s / "learner/global_step/mp_rank_00_model_states.pt").unlink(), "mp_rank_00_model_states.pt is missing"),
+        (lambda s: (s / "learner/global_step/mp_rank_00_model_states.pt").write_bytes(b"cut"), "has 3 bytes, 700 were written"),
+        (lambda s: (s / "learner/global_step/mp_rank_00_model_states.pt").write_bytes(b"X" * 700), "does not match its checksum"),
+        (lambda s: (s / "trainer.json").write_text('{"step": 3, "samp'), "trainer.json"),
+        (lambda s: (s / "manifest.json").unlink(), "manifest.json is missing"),
+    ],
+)  # fmt: skip
+def test_a_damaged_newest_state_is_named_and_the_one_before_is_used(tmp_path, damage, named):
+    for step in (1, 2, 3):
+        save(tmp_path, step)
+    damage(tmp_path / "state" / "step_3")
+    said = []
+    path, state = train_state.latest(tmp_path, report=said.append)
+    assert path.name == "step_2" and state.step == 2
+    assert len(said) == 1 and said[0].startswith("step_3 is damaged (") and named in said[0], said
+    assert said[0].endswith("resuming from step_2 instead")
+
+
+def test_no_usable_state_is_refused_never_a_silent_fresh_start(tmp_path):
+    save(tmp_path, 1)
+    (tmp_path / "state" / "step_1" / "trainer.json").write_text("")
+    with pytest.raises(UserError, match=r"no usable saved state \(step_1 is damaged \(trainer.json"):
+        train_state.latest(tmp_path)
+
+
+def test_a_state_never_committed_is_not_resumed_from(tmp_path):
+    save(tmp_path, 1)
+    tmp = train_state.begin(tmp_path, 2)  # interrupted before its commit
+    (tmp / "trainer.json").write_text("{}")
+    assert train_state.latest(tmp_path)[1].step == 1
+
+
+def test_a_full_disk_while_saving_keeps_the_previous_state(tmp_path, monkeypatch):
+    import errno
+
+    save(tmp_path, 1)
+
+    def full(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(train_state, "_write_atomic", full)
+    tmp = train_state.begin(tmp_path, 2)
+    with pytest.raises(RunFailure) as e:
+        train_state.commit(tmp_path, tmp, TrainerState(2, {}, {"seed": 1}))
+    message = str(e.value)
+    assert "\n" not in message and "No space left on device" in message and "GiB free there" in message
+    assert str(tmp_path / "state") in message and "previous state is intact" in message
+    monkeypatch.undo()
+    assert not tmp.exists() and train_state.latest(tmp_path)[1].step == 1

@@ -9,7 +9,8 @@ A handler decides each reply from the request's messages:
     with ScriptedJudge(handler, max_concurrency=32) as judge:
         client = JudgeClient(JudgeConfig("hosted_vllm/scripted", api_base=judge.api_base))
 
-`Reply(status=500)` answers an error; `Reply(delay=...)` holds the request (a hang, past a timeout).
+`Reply(status=500)` answers an error; `Reply(delay=...)` holds the request (a hang, past a timeout);
+`Reply(raw=...)` answers a body that is not a completion; `Reply(stall=True)` starts an answer and never ends it.
 At most `max_concurrency` requests are served at once; the rest wait, as on a real server.
 `ScriptedJudge` runs in a thread of the calling process (its counters can be read directly);
 `ScriptedJudgeProcess` (and `scripted_judge_process`) runs one in a child process, so that timing the
@@ -37,6 +38,10 @@ class Reply:
     text: str = ""
     status: int = 200
     delay: float = 0.0
+    raw: str | None = None
+    """A body sent as it is (text/html), in place of the chat completion: a proxy's error page."""
+    stall: bool = False
+    """Send the headers and half of the answer, then never finish it."""
 
 
 Handler = Callable[[list[dict], int], Reply]
@@ -103,10 +108,17 @@ class ScriptedJudge:
                     await asyncio.sleep(reply.delay)
             finally:
                 self.in_flight -= 1
+        if reply.raw is not None:
+            return web.Response(text=reply.raw, status=reply.status, content_type="text/html")
         if reply.status != 200:
             return web.json_response(
                 {"error": {"message": f"scripted error {reply.status}"}}, status=reply.status
             )
+        if reply.stall:
+            stream = web.StreamResponse(headers={"Content-Type": "application/json"})
+            await stream.prepare(request)
+            await stream.write(b'{"id": "chatcmpl-stalled", "choices": [{"index": 0, "message": {"con')
+            await asyncio.sleep(3600)
         return web.json_response(
             {
                 "id": f"chatcmpl-{n}",
@@ -184,8 +196,8 @@ class ScriptedJudgeProcess:
     """A scripted judge in a forked child process (its own interpreter, as a real server); `kill()` ends it
     abruptly, as a lost node would, with its requests in flight."""
 
-    def __init__(self, handler: Handler, max_concurrency: int = 64):
-        self.port = free_port()
+    def __init__(self, handler: Handler, max_concurrency: int = 64, port: int | None = None):
+        self.port = port or free_port()
         self.api_base = f"http://127.0.0.1:{self.port}/v1"
         ready = multiprocessing.get_context("fork").Event()
 

@@ -34,8 +34,12 @@ BEAKER_VARS = {
     "BEAKER_PRIORITY": ("normal", "urgent, high, normal, low or preemptible"),
     "BEAKER_PREEMPTIBLE": (
         "0",
-        "1: the run may be preempted (a retry resumes from OUTPUT_DIR only if it "
-        "outlives the job: a shared mount, not the result path)",
+        "1: the run may be preempted; it is then retried (BEAKER_RETRIES) and resumes from its saved state, "
+        "which needs OUTPUT_DIR on a shared mount that outlives the job, not the result path",
+    ),
+    "BEAKER_RETRIES": (
+        "",
+        "times Beaker reruns the task after a failure or preemption (none: 5 if preemptible, else 0)",
     ),
     "BEAKER_BUDGET": ("", "budget account (none: the workspace's)"),
     "BEAKER_WORKDIR": (".", "the repository inside the image (.: the image's working directory)"),
@@ -122,6 +126,9 @@ def build_spec(cluster: dict[str, str], beaker: dict[str, str], trainer_args: li
         raise SpecError(f"BEAKER_PRIORITY must be one of {priorities}, not '{beaker['BEAKER_PRIORITY']}'")
     if beaker["BEAKER_PREEMPTIBLE"] not in ("0", "1"):
         raise SpecError(f"BEAKER_PREEMPTIBLE must be 0 or 1, not '{beaker['BEAKER_PREEMPTIBLE']}'")
+    retries = beaker["BEAKER_RETRIES"] or ("5" if beaker["BEAKER_PREEMPTIBLE"] == "1" else "0")
+    if not retries.isdigit():
+        raise SpecError(f"BEAKER_RETRIES must be a whole number, not '{retries}'")
     replicas = int(cluster["TRAIN_NODES"]) + int(cluster["JUDGE_NODES"])
     name = f"grpo_{cluster['JUDGE_TYPE']}_{cluster['PRESET']}"
     judge_nodes = int(cluster["JUDGE_NODES"])
@@ -172,6 +179,8 @@ def build_spec(cluster: dict[str, str], beaker: dict[str, str], trainer_args: li
     }
     if beaker["BEAKER_BUDGET"]:
         spec["budget"] = beaker["BEAKER_BUDGET"]
+    if int(retries):  # a rerun of the same command resumes from the newest state in OUTPUT_DIR
+        spec["retry"] = {"allowedTaskRetries": int(retries)}
     return spec
 
 

@@ -56,6 +56,10 @@ wait_job() {  # wait_job PID: wait for a job of start_bg (a signal to this scrip
   # then kill what it left in its session (Ray's agents can outlive the `ray start` that ran them)
   local rc=0
   wait "$1" || rc=$?
+  while kill -0 "$1" 2>/dev/null; do  # the wait was cut short by a trap that let the job run on
+    rc=0
+    wait "$1" || rc=$?
+  done
   kill -KILL -- "-$1" 2>/dev/null
   return "$rc"
 }
@@ -67,6 +71,18 @@ on_signals() {
   trap stop_all EXIT
   trap 'exit 143' TERM
   trap 'exit 130' INT
+}
+# The leader, once the trainer runs: SIGTERM is passed on to it (it saves its state and exits 75, "preempted,
+# resumable"), and the leader exits with the trainer's status; a second SIGTERM stops everything at once.
+TRAINER_PID=""
+forward_term() {
+  if [[ -n "$TRAINER_PID" && -z "${TERM_FORWARDED:-}" ]] && kill -0 "$TRAINER_PID" 2>/dev/null; then
+    TERM_FORWARDED=1
+    echo "[cluster] SIGTERM: passed on to the trainer, which saves its state before it stops"
+    kill -TERM "$TRAINER_PID" 2>/dev/null
+  else
+    exit 143
+  fi
 }
 
 ray_command() {  # ray_command ARGS...: sets RAY_CMD to `ray start ARGS --block` with this run's extra flags
@@ -124,9 +140,16 @@ head_gone() {
 }
 
 trainer() {  # trainer FLAGS...: scripts/train/grpo_$JUDGE_TYPE.sh on this cluster and judge; returns its status
-  start_bg 90 - env RAY_ADDRESS="$HEAD_HOST:$RAY_PORT" JUDGE_BASE_URL="$JUDGE_BASE_URL" JUDGE_MODEL="${JUDGE_MODEL:-}" \
+  # 180 s to stop: the trainer's --preemption_grace_s (120 s by default) to save, and its own shutdown
+  start_bg 180 - env RAY_ADDRESS="$HEAD_HOST:$RAY_PORT" JUDGE_BASE_URL="$JUDGE_BASE_URL" JUDGE_MODEL="${JUDGE_MODEL:-}" \
     PRESET="$PRESET" OUTPUT_DIR="$OUTPUT_DIR" bash "scripts/train/grpo_$JUDGE_TYPE.sh" "$@"
-  wait_job "$LAST_PID"
+  TRAINER_PID="$LAST_PID"
+  trap forward_term TERM
+  local rc=0
+  wait_job "$LAST_PID" || rc=$?
+  trap 'exit 143' TERM
+  TRAINER_PID=""
+  return "$rc"
 }
 
 leader() {

@@ -41,7 +41,7 @@ stop_steps() {
   # The leader first: it stops the trainer, the judge and the Ray head in order (srun passes SIGTERM on).
   if [[ -n "$LEADER_PID" ]] && running "$LEADER_PID"; then
     kill -TERM "$LEADER_PID"
-    for _ in $(seq 150); do running "$LEADER_PID" || break; sleep 1; done
+    for _ in $(seq 200); do running "$LEADER_PID" || break; sleep 1; done
     running "$LEADER_PID" && kill -KILL "$LEADER_PID"
   fi
   for pid in "${WORKER_PIDS[@]}"; do running "$pid" && kill -TERM "$pid"; done
@@ -56,6 +56,17 @@ stop_steps() {
 trap stop_steps EXIT
 trap 'exit 143' TERM
 trap 'exit 130' INT
+# Once the leader runs: SIGTERM (a preemption, or --signal ahead of the time limit) goes on to it, and the
+# trainer saves its state and exits 75; the job is then requeued (#SBATCH --requeue) and resumes on restart.
+on_term() {
+  if [[ -n "$LEADER_PID" && -z "${TERM_FORWARDED:-}" ]] && running "$LEADER_PID"; then
+    TERM_FORWARDED=1
+    echo "[slurm] SIGTERM: passed on to the head node, where the trainer saves its state"
+    kill -TERM "$LEADER_PID"
+  else
+    exit 143
+  fi
+}
 
 JUDGE_HOSTS=("${NODES[@]:1:JUDGE_NODES > 1 ? JUDGE_NODES - 1 : 0}")
 WORKER_HOSTS=("${NODES[@]:1 + ${#JUDGE_HOSTS[@]}}")
@@ -71,7 +82,13 @@ for node in "${JUDGE_HOSTS[@]}" "${WORKER_HOSTS[@]}"; do  # the same name may co
 done
 "${SRUN[@]}" -w "$HEAD_HOST" bash scripts/cluster/ray_node.sh leader "$@" &
 LEADER_PID=$!
+trap on_term TERM
 rc=0
 wait "$LEADER_PID" || rc=$?  # in the background + wait, so that a signal runs the traps at once
+while running "$LEADER_PID"; do rc=0; wait "$LEADER_PID" || rc=$?; done
 LEADER_PID=""
+if (( rc == 75 )); then  # stopped with its state saved: back in the queue, to resume
+  echo "[slurm] the trainer saved its state and stopped (75): requeueing job ${SLURM_JOB_ID:-?}"
+  scontrol requeue "${SLURM_JOB_ID:?}" || echo "[slurm] requeue refused: rerun the job to resume" >&2
+fi
 exit "$rc"

@@ -46,8 +46,8 @@ cleanup() {
   set +e  # every step of the clean-up runs, whatever the one before it returned
   # The trainer first (SIGTERM: it shuts its Ray cluster down), then the judge server and its engine.
   if [[ -n "$TRAIN_PID" ]] && kill -0 "$TRAIN_PID" 2>/dev/null; then
-    kill -TERM "$TRAIN_PID" 2>/dev/null
-    for _ in $(seq 60); do kill -0 "$TRAIN_PID" 2>/dev/null || break; sleep 1; done
+    kill -TERM "$TRAIN_PID" 2>/dev/null  # it saves its state first (--preemption_grace_s, 120 s by default)
+    for _ in $(seq 170); do kill -0 "$TRAIN_PID" 2>/dev/null || break; sleep 1; done
     kill -KILL "$TRAIN_PID" 2>/dev/null
   fi
   [[ -n "$JUDGE_PID" ]] && kill -TERM "$JUDGE_PID" 2>/dev/null && wait "$JUDGE_PID" 2>/dev/null
@@ -99,4 +99,10 @@ echo "[grpo] preset=$PRESET ($PRESET_FILE) model=${MODEL_NAME_OR_PATH:-as in the
   --llm_judge_model "$JUDGE_MODEL" --llm_judge_api_base "$JUDGE_BASE_URL" \
   --output_dir "$OUTPUT_DIR" --exp_name "$EXP_NAME" "$@" &
 TRAIN_PID=$!
-wait "$TRAIN_PID"  # in the background + wait, so a signal to this script runs the traps at once
+# SIGTERM (a preemption) goes on to the trainer, which saves its state and exits 75 ("rerun to resume"); this
+# script waits for it and exits with its status. A second SIGTERM reaches it too and stops it at once.
+trap 'kill -TERM "$TRAIN_PID" 2>/dev/null' TERM
+rc=0
+wait "$TRAIN_PID" || rc=$?  # in the background + wait, so a signal to this script runs the traps at once
+while kill -0 "$TRAIN_PID" 2>/dev/null; do rc=0; wait "$TRAIN_PID" || rc=$?; done
+exit "$rc"
