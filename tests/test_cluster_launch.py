@@ -611,6 +611,7 @@ def test_two_judge_nodes_serve_the_real_tiny_judge_and_the_trainer_uses_both(slu
         "JUDGE_REPLICAS": "1",
         "DRY_RUN": "first",
         "JUDGE_TIMEOUT": "600",
+        "RAY_TIMEOUT": "300",
         "HEAD_HOST": "127.0.0.1",
         "RAY_AUTH_TOKEN": "0123456789abcdef" * 4,
         "RAY_gcs_rpc_server_reconnect_timeout_s": "5",  # the other nodes notice the head's end in 5 s
@@ -620,8 +621,8 @@ def test_two_judge_nodes_serve_the_real_tiny_judge_and_the_trainer_uses_both(slu
         ports = " ".join(node_ports(k))
         return {**common, "JUDGE_HOST": ip, "RAY_START_ARGS": f"--node-ip-address={ip} {ports}"}
 
+    # Nodes on one machine join Ray one at a time (two starting together could take the same socket names).
     judge_node = Launch("scripts/cluster/ray_node.sh", node(1, "127.0.0.2"), "judge")
-    worker = Launch("scripts/cluster/ray_node.sh", node(2, "127.0.0.3"), "worker")
     leader = Launch(
         "scripts/cluster/ray_node.sh",
         {**common, "JUDGE_HOST": "127.0.0.1"},
@@ -633,8 +634,10 @@ def test_two_judge_nodes_serve_the_real_tiny_judge_and_the_trainer_uses_both(slu
         "--save_freq",
         "0",
     )
-    rc = leader.finish(timeout=900)
-    assert rc == 0, leader.log[-3000:] + judge_node.log[-2000:]
+    judge_node.wait_for("Ray runtime started", timeout=300)
+    worker = Launch("scripts/cluster/ray_node.sh", node(2, "127.0.0.3"), "worker")
+    rc = leader.finish(timeout=700)
+    assert rc == 0, leader.log[-3000:] + judge_node.log[-2000:] + worker.log[-2000:]
     port = common["JUDGE_PORT"]
     urls = f"http://127.0.0.1:{port}/v1,http://127.0.0.2:{port}/v1"
     assert f"judge ready at {urls} (hosted_vllm/judge)" in leader.log
