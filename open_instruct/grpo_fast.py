@@ -14,7 +14,8 @@ One step:
                (packing.py) and the learners update (learner.py);
   5. sync      the learners' weights go to every vLLM engine (weight_sync.py).
 With --async_steps k, rollouts for step s start once the weights of step s-1-k are in the engines, in a
-producer thread, so generation runs up to k steps ahead of training.
+producer thread, so generation runs up to k steps ahead of training; a step's judging goes on while the
+next step generates.
 
 Surviving: with --checkpoint_state_freq N the full state is saved every N steps (train_state.py) and the
 same command resumes from it; on SIGTERM (a preemption) the state of the last finished step is saved and the
@@ -23,6 +24,8 @@ stops the run (state saved) instead of training on what is left. Every wait on a
 (--backend_timeout), and an actor that dies ends the run with one line saying what to do.
 """
 
+import asyncio
+import concurrent.futures
 import contextlib
 import json
 import math
@@ -303,6 +306,9 @@ class Trainer:
         stop = threading.Event()
 
         def produce() -> None:
+            """Hands over each step's rollout as soon as it is generated; its judging goes on in the reward
+            loop while the next step generates (once the weights allow), so a slow judge and the engines
+            work at the same time. The trainer waits for the rewards (next_rollout)."""
             try:
                 for step in range(start_step, self.steps + 1):
                     with cond:  # rollouts for `step` may use weights at most `async_steps` updates old
@@ -313,12 +319,22 @@ class Trainer:
                         return
                     prompts = sampler.take(cfg.num_unique_prompts_rollout)
                     position = sampler.state()
-                    comps, results, gen_s, rew_s = self.runner.run(
+                    generated = threading.Event()
+                    scored = asyncio.run_coroutine_threadsafe(
                         rollout_and_score(
-                            self.engines, prompts, self.rewards, cfg, n, f"{cfg.seed}/train/{step}"
-                        )
+                            self.engines,
+                            prompts,
+                            self.rewards,
+                            cfg,
+                            n,
+                            f"{cfg.seed}/train/{step}",
+                            on_generated=lambda g=generated: g.set(),
+                        ),
+                        self.runner.loop,
                     )
-                    batches.put(Rollout(step, prompts, comps, results, gen_s, rew_s, position))
+                    while not (generated.wait(0.2) or scored.done() or stop.is_set()):
+                        pass
+                    batches.put((step, prompts, scored, position))
             except BaseException as e:  # noqa: BLE001  (handed to the training loop, which re-raises)
                 batches.put(e)
 
@@ -352,18 +368,24 @@ class Trainer:
             )
 
         def next_rollout(step: int) -> Rollout | None:
-            """The rollout of `step`, or None when a stop was asked for while waiting for it."""
+            """The rollout of `step` once it is scored, or None when a stop was asked for while waiting."""
             deadline = time.monotonic() + self.timeout
+            item = None
             while not STOP.requested.is_set():
-                try:
-                    ro = batches.get(timeout=0.5)
-                except queue.Empty:
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"no rollout within {self.timeout:.0f}s") from None
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no rollout within {self.timeout:.0f}s")
+                if item is None:
+                    try:
+                        item = batches.get(timeout=0.5)
+                    except queue.Empty:
+                        continue
+                    if isinstance(item, BaseException):
+                        raise item
+                got, prompts, scored, position = item
+                if not concurrent.futures.wait([scored], timeout=0.5).done:
                     continue
-                if isinstance(ro, BaseException):
-                    raise ro
-                return ro
+                comps, results, gen_s, rew_s = scored.result()  # re-raises what the rollout raised
+                return Rollout(got, prompts, comps, results, gen_s, rew_s, position)
             return None
 
         STOP.arm(cfg.preemption_grace_s)

@@ -30,8 +30,11 @@ class Rollout:
     sampler_state: dict  # the data position once this step's prompts were taken
 
 
-async def rollout_and_score(engines, prompts: list, rewards, cfg: GRPOConfig, n: int, seed_key: str):
-    """Generate n samples per prompt across the engines and score each chunk as soon as it is back.
+async def rollout_and_score(
+    engines, prompts: list, rewards, cfg: GRPOConfig, n: int, seed_key: str, on_generated=None
+):
+    """Generate n samples per prompt across the engines and score each chunk as soon as it is back;
+    `on_generated()` is called once every chunk is back (the engines are free while the rest is judged).
     Returns (completions, results, generation seconds, exposed reward seconds)."""
     start = time.perf_counter()
     # With two chunks per engine, the first chunk's rewards run while the second one generates.
@@ -69,6 +72,8 @@ async def rollout_and_score(engines, prompts: list, rewards, cfg: GRPOConfig, n:
             completions[i] = samples
             reward_tasks += [asyncio.create_task(score(i, j)) for j in range(len(samples))]
     gen_done = time.perf_counter()
+    if on_generated is not None:
+        on_generated()
     await asyncio.gather(*reward_tasks)
     return completions, results, gen_done - start, time.perf_counter() - gen_done
 
