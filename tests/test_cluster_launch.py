@@ -5,6 +5,7 @@ with `ray start`, scripts/train/grpo_*.sh and the trainer, and in the slow test 
 After every run no process it started may be left."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -271,9 +272,15 @@ def slurm_env(tmp_path, flip_world):
     """Stand-ins for srun and scontrol on PATH, and the variables of a small CPU run on the tiny preset."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "srun").write_text(  # run the command here, without srun's own options
+    # srun runs the command here, without srun's own options. With FAKE_RAY_TEMP set, each step gets a Ray
+    # temporary folder of its own, as a real node has its own /tmp: Ray names a node's sockets after those it
+    # finds in that folder, so two nodes starting together in one folder can take the same names.
+    (bin_dir / "srun").write_text(
         '#!/usr/bin/env bash\nwhile [[ $# -gt 0 && "$1" == -* ]]; do\n'
-        '  case "$1" in -w|-N|-n|-c) shift 2 ;; *) shift ;; esac\ndone\nexec "$@"\n'
+        '  case "$1" in -w|-N|-n|-c) shift 2 ;; *) shift ;; esac\ndone\n'
+        'if [[ -n "${FAKE_RAY_TEMP:-}" ]]; then\n'
+        '  export RAY_START_ARGS="${RAY_START_ARGS:-} --temp-dir=$(mktemp -d "$FAKE_RAY_TEMP-XXXXXX")"\nfi\n'
+        'exec "$@"\n'
     )
     (bin_dir / "scontrol").write_text(  # lists the nodes; a requeue is written down
         '#!/usr/bin/env bash\nif [[ "$1" == requeue ]]; then echo "requeue $2" >> "$OUTPUT_DIR/scontrol.log"; exit 0; fi\n'
@@ -470,9 +477,14 @@ def test_sbatch_dry_run_serves_no_judge(slurm_env):
 def test_sbatch_gives_the_second_node_to_the_judge_with_two_judge_nodes(slurm_env, scripted_judge):
     """JUDGE_NODES=2 on 3 nodes: the second node runs `ray_node.sh judge` (in a dry run it serves nothing but
     joins Ray, where the leader counts it), the third a worker; failed before: JUDGE_NODES above 1 was refused."""
-    env = {**slurm_env, "FAKE_NODES": "3", "JUDGE_NODES": "2", "DRY_RUN": "1"}
+    temp = f"/tmp/ray-{os.getpid()}-{free_port()}"  # short: Ray's socket paths must fit in 107 characters
+    env = {**slurm_env, "FAKE_NODES": "3", "JUDGE_NODES": "2", "DRY_RUN": "1", "FAKE_RAY_TEMP": temp}
     run = Launch("scripts/slurm/grpo_flip.sbatch", env)
-    rc = run.finish(timeout=300)
+    try:
+        rc = run.finish(timeout=300)
+    finally:
+        for folder in Path("/tmp").glob(f"{Path(temp).name}-*"):
+            shutil.rmtree(folder, ignore_errors=True)
     assert rc == 0, run.log[-3000:]
     assert "3 nodes, 0 GPUs for Ray" in run.log and "judge nodes localhost, workers localhost" in run.log
     logs = Path(env["OUTPUT_DIR"]) / "cluster_logs"
