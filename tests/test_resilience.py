@@ -139,31 +139,40 @@ def uninterrupted(tmp_path_factory, tiny_policy_dir):
     return tmp / "out"
 
 
+def start_until(
+    policy: Path, out: Path, flags: list[str], ready, stderr=subprocess.DEVNULL
+) -> subprocess.Popen:
+    """The trainer in the background, returned once `ready(out)` holds (it must still be running then)."""
+    proc = subprocess.Popen(
+        command(policy, out, *flags), cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr, text=True
+    )
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None and not ready(out):
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be stopped"
+    return proc
+
+
+def rerun_to_the_end(policy: Path, out: Path, flags: list[str], from_step: int) -> None:
+    """The same command again: it resumes from `from_step` and runs every step once."""
+    rerun = subprocess.run(
+        command(policy, out, *flags), cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"resuming from step {from_step}" in rerun.stdout
+    assert [m["step"] for m in jsonl(out / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+
+
 def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_policy_dir, uninterrupted):
     data = word_data(tmp_path)
     flags = ["--dataset_mixer_list", str(data), "1.0", *ON_POLICY.split()]
     ref_out = uninterrupted
 
     out = tmp_path / "crashed"
-    proc = subprocess.Popen(
-        command(tiny_policy_dir, out, *flags), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and proc.poll() is None and saved_step(out) < 3:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    kill_tree(proc)
+    kill_tree(start_until(tiny_policy_dir, out, flags, lambda o: saved_step(o) >= 3))
     killed_at = latest(out)[1].step
     assert 3 <= killed_at < 6
-
-    rerun = subprocess.run(
-        command(tiny_policy_dir, out, *flags), cwd=REPO, capture_output=True, text=True, timeout=600
-    )
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert f"resuming from step {killed_at}" in rerun.stdout
-
-    # The run continued at the right step: every step once, in order.
-    assert [m["step"] for m in jsonl(out / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+    rerun_to_the_end(tiny_policy_dir, out, flags, killed_at)  # every step once, in order
     # No prompt skipped or repeated: the same prompts as the uninterrupted run, step by step, and the
     # first epoch (steps 1-4) visits each of the 8 prompts once.
     order, ref_order = jsonl(out / "data_order.jsonl"), jsonl(ref_out / "data_order.jsonl")
@@ -203,19 +212,9 @@ def test_sigterm_saves_the_last_finished_step_and_the_rerun_continues_like_an_un
         "0",
     ]
     out = tmp_path / "preempted"
-    proc = subprocess.Popen(
-        command(tiny_policy_dir, out, *flags),
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and proc.poll() is None and steps_logged(out) < 2:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be stopped"
+    proc = start_until(tiny_policy_dir, out, flags, lambda o: steps_logged(o) >= 2, stderr=subprocess.PIPE)
     proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=300)
+    _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 75, stderr[-3000:]
     saved = latest(out)[1].step
     assert 2 <= saved < 6 and steps_logged(out) == saved  # the last finished step, nothing after it
@@ -223,13 +222,7 @@ def test_sigterm_saves_the_last_finished_step_and_the_rerun_continues_like_an_un
     assert lines == [f"stopped: SIGTERM: the state of step {saved} is in {out / 'state' / f'step_{saved}'}; "
                      "rerun the same command to resume"], stderr[-2000:]  # fmt: skip
     assert "Traceback" not in stderr
-
-    rerun = subprocess.run(
-        command(tiny_policy_dir, out, *flags), cwd=REPO, capture_output=True, text=True, timeout=600
-    )
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert f"resuming from step {saved}" in rerun.stdout
-    assert [m["step"] for m in jsonl(out / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+    rerun_to_the_end(tiny_policy_dir, out, flags, saved)
     assert jsonl(out / "data_order.jsonl") == jsonl(uninterrupted / "data_order.jsonl")
 
 
@@ -245,27 +238,13 @@ def test_a_grace_that_runs_out_stops_at_once_and_the_newest_complete_state_resum
         "0.05",
     ]
     out = tmp_path / "cut"
-    proc = subprocess.Popen(
-        command(tiny_policy_dir, out, *flags),
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and proc.poll() is None and saved_step(out) < 2:
-        time.sleep(0.05)
+    proc = start_until(tiny_policy_dir, out, flags, lambda o: saved_step(o) >= 2, stderr=subprocess.PIPE)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode in (75, 130), stderr[-3000:]  # saved in time, or stopped by the grace running out
     kept = latest(out)[1].step
     assert kept >= 2
-    rerun = subprocess.run(
-        command(tiny_policy_dir, out, *flags), cwd=REPO, capture_output=True, text=True, timeout=600
-    )
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert f"resuming from step {kept}" in rerun.stdout
-    assert [m["step"] for m in jsonl(out / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+    rerun_to_the_end(tiny_policy_dir, out, flags, kept)
 
 
 def test_a_second_run_on_the_same_output_dir_is_refused(tmp_path, tiny_policy_dir):
