@@ -17,7 +17,6 @@ benchmarks/results/soak.json:
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from pathlib import Path
 import psutil
 
 from open_instruct.net_utils import free_port
+from open_instruct.testing.ray_cluster import kill_tree
 from open_instruct.testing.scripted_judge import Reply, ScriptedJudgeProcess, response_of
 
 REPO = Path(__file__).resolve().parent.parent
@@ -112,16 +112,6 @@ def growth(samples: list[dict]) -> dict:
     out["driver_fds"] = {"start": first["fds"], "end": last["fds"]}
     out["steps"] = [first["step"], last["step"]]
     return out
-
-
-def kill_tree(proc: subprocess.Popen) -> None:
-    family = [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))]
-    for pid in family:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait(timeout=60)
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ import psutil
 import pytest
 import torch
 
+from open_instruct.testing.ray_cluster import kill_tree
 from open_instruct.testing.scripted_judge import Reply, ScriptedJudge, response_of
 from open_instruct.testing.tiny_models import build_tiny_model
 from open_instruct.train_state import latest
@@ -80,25 +81,6 @@ def saved_step(out: Path) -> int:
     except (FileNotFoundError, json.JSONDecodeError):  # pruned between reading `latest` and its state
         return 0
     return found[1].step if found else 0
-
-
-def kill_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL the trainer and everything it started (its Ray cluster too), as a machine crash would."""
-    family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
-    for pid in family:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait(timeout=30)
-    psutil.wait_procs([p for p in map(_proc, family) if p], timeout=30)
-
-
-def _proc(pid: int):
-    try:
-        return psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return None
 
 
 def optimizer_tensors(state_dir: Path) -> list[torch.Tensor]:

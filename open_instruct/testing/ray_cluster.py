@@ -5,6 +5,24 @@ conftest.py under the module name `conftest`, so `from conftest import ...` find
 import os
 
 
+def kill_tree(proc) -> None:
+    """SIGKILL a process (a subprocess.Popen) and everything it started, its Ray cluster too, as a machine
+    crash would; returns once all of them are gone."""
+    import signal
+
+    import psutil
+
+    family = []
+    for p in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]:
+        try:
+            os.kill(p.pid, signal.SIGKILL)
+            family.append(p)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=60)
+    psutil.wait_procs(family, timeout=30)
+
+
 def node_ports(k: int) -> list[str]:
     """`ray start` flags giving node k ports of its own: nodes on one machine would collide on Ray's defaults."""
     from open_instruct.net_utils import free_port
