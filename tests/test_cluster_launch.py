@@ -267,6 +267,10 @@ def test_beaker_spec_help_lists_every_variable():
 # The Slurm scripts, end to end on this machine (slow: each starts a real Ray cluster)
 
 
+# A run of the tiny preset cut to one step, with no eval and no checkpoint on the way.
+ONE_STEP = ["--total_episodes", "64", "--local_eval_every", "0", "--save_freq", "0"]
+
+
 @pytest.fixture
 def slurm_env(tmp_path, flip_world):
     """Stand-ins for srun and scontrol on PATH, and the variables of a small CPU run on the tiny preset."""
@@ -593,12 +597,7 @@ def test_sbatch_serves_the_real_tiny_judge_on_the_head_node(slurm_env):
     run = Launch(
         "scripts/slurm/grpo_flip.sbatch",
         env,
-        "--total_episodes",
-        "64",
-        "--local_eval_every",
-        "0",
-        "--save_freq",
-        "0",
+        *ONE_STEP,
     )
     rc = run.finish(timeout=900)
     assert rc == 0, run.log[-3000:]
@@ -639,12 +638,7 @@ def test_two_judge_nodes_serve_the_real_tiny_judge_and_the_trainer_uses_both(slu
         "scripts/cluster/ray_node.sh",
         {**common, "JUDGE_HOST": "127.0.0.1"},
         "leader",
-        "--total_episodes",
-        "64",
-        "--local_eval_every",
-        "0",
-        "--save_freq",
-        "0",
+        *ONE_STEP,
     )
     judge_node.wait_for("Ray runtime started", timeout=300)
     worker = Launch("scripts/cluster/ray_node.sh", node(2, "127.0.0.3"), "worker")
