@@ -130,6 +130,27 @@ def cluster_plan(cfg: GRPOConfig) -> tuple[list, str, cluster.Layout, str | None
     return nodes, where, plan, shortfall, placed
 
 
+def eval_lines(cfg: GRPOConfig, plan: cluster.Layout, gpus: float, problems: list[str]) -> list[str]:
+    """Where the downstream evaluations (--oe_eval_tasks) would run; a problem when they could not."""
+    if not cfg.oe_eval_tasks:
+        return []
+    when = "every saved checkpoint and the final model" + (" and step 0" if cfg.eval_on_step_0 else "")
+    free = gpus - plan.needs()["GPU"]
+    if plan.on_gpu and free < 1:
+        problems.append(
+            f"--oe_eval_tasks: the learners and engines take {plan.needs()['GPU']:g} of the {gpus:g} GPUs, leaving none "
+            f"for the evaluations (a Ray task of 1 GPU each): run one engine fewer (--vllm_num_engines "
+            f"{max(cfg.vllm_num_engines - 1, 1)}) or add a node"
+        )
+    where = (
+        f"a Ray task of 1 GPU ({free:g} GPU(s) left free by the plan)" if plan.on_gpu else "a Ray task on CPU"
+    )
+    return [
+        f"  evaluation {','.join(cfg.oe_eval_tasks)} on {when}: python -m open_instruct.evaluate in the "
+        f"background, one at a time, as {where}; results in {cfg.output_dir}/eval/downstream_step_N.json"
+    ]
+
+
 def _count(n: float) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
 
@@ -213,6 +234,7 @@ def run(cfg: GRPOConfig, trainer, problems: list[str]) -> int:
         f"  schedule   {cfg.num_training_steps} steps ({cfg.total_episodes} episodes), async_steps {cfg.async_steps}, "
         f"state every {cfg.checkpoint_state_freq or 'never'}, model every {cfg.save_freq or 'end'}",
     ]
+    lines += eval_lines(cfg, plan, gpus, problems)
     mem, device = (learner_memory(cfg, shape, world) if shape else None), gpu_memory()
     if shape:
         lines += [

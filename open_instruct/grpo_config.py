@@ -164,7 +164,29 @@ class GRPOConfig:
     )
     local_eval_prompts: int = opt(16, "eval prompts per evaluation")
     eval_on_step_0: bool = opt(
-        False, "also evaluate the initial policy before the first step (with --local_eval_every)"
+        False,
+        "also evaluate the initial policy before the first step (with --local_eval_every and --oe_eval_tasks)",
+    )
+    oe_eval_tasks: list[str] = opt(
+        [],
+        "downstream benchmarks run on every saved checkpoint (--save_freq, the final model) and, with "
+        "--eval_on_step_0, the initial model: comma- or space-separated names of open_instruct.evaluate "
+        "(ifeval, bbh_cot, gpqa_cot, minerva_math, math_500, their published oe-eval names, or tasks "
+        "--eval_include_path defines). They run in the background, one at a time, as a Ray task of 1 GPU (none "
+        "on a CPU cluster) that needs a GPU the learners and engines leave free (--dry_run says whether one "
+        "is); results in OUTPUT_DIR/eval/downstream_step_N.json, metrics.jsonl and wandb. Empty: none",
+        alias="eval_tasks",
+    )
+    oe_eval_max_length: int = opt(
+        0, "most tokens generated per answer in the downstream evaluations (0: each task's own)"
+    )
+    eval_include_path: str | None = opt(
+        None, "a folder of your own lm-eval task YAMLs that --oe_eval_tasks may name"
+    )
+    eval_wait_minutes: float = opt(
+        60.0,
+        "after the last step, wait at most this long for the downstream evaluations still queued "
+        "(they are stopped after it, and said so)",
     )
     with_tracking: bool = opt(False, "log to wandb as well (offline when WANDB_API_KEY is unset)")
     wandb_project_name: str = opt("flip-grpo", "wandb project")
@@ -221,7 +243,8 @@ class GRPOConfig:
         return max(1, self.total_episodes // self.batch_size)
 
 
-# Flags from the published scripts that drive AI2's infrastructure. Accepted, reported once, not used.
+# Flags from the published scripts that drive AI2's infrastructure. Accepted, reported once, not used
+# (--oe_eval_tasks and --oe_eval_max_length are real fields above; the other --oe_eval_* flags are Beaker's).
 INFRA_FLAG_PREFIXES = (
     "oe_eval",
     "beaker",
@@ -308,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             base = next((a for a in get_args(kind) if a is not type(None)), kind) if origin else kind
             kw.update(type=base, default=default)
-        parser.add_argument(f"--{f.name}", **kw)
+        aliases = [f"--{f.metadata['alias']}"] if "alias" in f.metadata else []
+        parser.add_argument(f"--{f.name}", *aliases, **kw)
     return parser
 
 
@@ -356,9 +380,11 @@ def read_config(path: str) -> dict[str, Any]:
         raise UserError(f"{path}: a config file is a mapping of flag: value")
     fields = {f.name: f for f in dataclasses.fields(GRPOConfig)}
     values = {}
+    aliases = {f.metadata["alias"]: name for name, f in fields.items() if "alias" in f.metadata}
     for key, value in data.items():
         if key == "launch":
             continue
+        key = aliases.get(key, key)
         if key not in fields or key in ("config", "dry_run"):
             raise UserError(f"{path}: unknown key {key!r} (keys are the trainer's flags without the --)")
         problem = _type_problem(fields[key].type, value)
@@ -457,7 +483,34 @@ def validate(cfg: GRPOConfig) -> list[str]:
             f"--total_episodes ({cfg.total_episodes}) is less than one step ({cfg.batch_size} samples)",
         ),
     ]
-    return [msg for ok, msg in checks if not ok]
+    return [msg for ok, msg in checks if not ok] + eval_problems(cfg)
+
+
+def eval_problems(cfg: GRPOConfig) -> list[str]:
+    """The downstream-evaluation flags' mistakes: an unknown task name (without --eval_include_path, which
+    may define more; the evaluation checks those), a missing folder, lm-eval not installed."""
+    from importlib.util import find_spec
+
+    from open_instruct.cli_utils import UserError
+    from open_instruct.evaluation.downstream_tasks import resolve, split_names
+
+    if not cfg.oe_eval_tasks:
+        return []
+    problems = []
+    if cfg.eval_include_path is None:
+        try:
+            resolve(
+                split_names(cfg.oe_eval_tasks), flag="--oe_eval_tasks", include_flag="--eval_include_path"
+            )
+        except UserError as e:
+            problems.append(str(e))
+    elif not Path(cfg.eval_include_path).is_dir():
+        problems.append(f"--eval_include_path {cfg.eval_include_path}: no such folder")
+    if find_spec("lm_eval") is None:
+        problems.append("--oe_eval_tasks needs lm-eval: pip install 'lm-eval[ifeval,math]'")
+    if cfg.oe_eval_max_length < 0 or cfg.eval_wait_minutes < 0:
+        problems.append("--oe_eval_max_length and --eval_wait_minutes must be 0 or more")
+    return problems
 
 
 if __name__ == "__main__":

@@ -40,13 +40,13 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from open_instruct import train_state
+from open_instruct import downstream_eval, train_state
 from open_instruct.cli_utils import Preempted, RunFailure, UserError, first_line, run_command
 from open_instruct.grpo_config import GRPOConfig, parse_args
 from open_instruct.rollouts import AsyncRunner, Rollout, rollout_and_score
 from open_instruct.run_lock import RunLock
 from open_instruct.stop_signals import STOP
-from open_instruct.train_metrics import MetricsLog, plot, step_metrics
+from open_instruct.train_metrics import MetricsLog, plot, plot_downstream, step_metrics
 from open_instruct.train_state import PromptSampler
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -141,6 +141,7 @@ class Trainer:
         where = cluster.init_ray(cfg)
         STOP.install()
         plan, nodes, shortfall = cluster.plan_for_cluster(cfg)
+        self.on_gpu = plan.on_gpu
         if shortfall:
             raise UserError(f"{shortfall} ({where})")
         self.steps = cfg.num_training_steps
@@ -338,8 +339,12 @@ class Trainer:
             except BaseException as e:  # noqa: BLE001  (handed to the training loop, which re-raises)
                 batches.put(e)
 
-        if cfg.eval_on_step_0 and cfg.local_eval_every and start_step == 1:
-            self.evaluate(0)  # the initial policy, before the producer starts drawing rollouts
+        self.evals = downstream_eval.for_run(cfg, self.out, self.on_gpu)  # None without --oe_eval_tasks
+        if cfg.eval_on_step_0 and start_step == 1:
+            if cfg.local_eval_every:
+                self.evaluate(0)  # the initial policy, before the producer starts drawing rollouts
+            if self.evals:
+                self.evals.submit(0, cfg.model_name_or_path)
         producer = threading.Thread(target=produce, name="rollout-producer", daemon=True)
         producer.start()
         bar = tqdm(
@@ -425,22 +430,50 @@ class Trainer:
                     raise preempted(step)
                 if cfg.save_freq and step % cfg.save_freq == 0 and step < self.steps:
                     self.save(self.out / "checkpoints" / f"step_{step}")
+                    if self.evals:
+                        self.evals.submit(step, self.out / "checkpoints" / f"step_{step}")
+                for row in self.evals.finished() if self.evals else []:
+                    log.log_downstream(row)
                 if cfg.local_eval_every and step % cfg.local_eval_every == 0:
                     self.evaluate(step)
+        except BaseException:
+            log.close()
+            raise
         finally:
             STOP.disarm()
             stop.set()
             with cond:
                 cond.notify_all()
             bar.close()
-            log.close()
             while not batches.empty():  # unblock a producer waiting to hand over a batch
                 batches.get_nowait()
             producer.join(timeout=10)  # a rollout in flight may finish before the loop closes
             self.runner.close()
         self.save(self.out)
+        self.finish_evals(log)
+        log.close()
         plot(log.history, self.out / "training_curves.png")
         return self.summary(log.history)
+
+    def finish_evals(self, log: MetricsLog) -> None:
+        """Evaluate the final model, wait (at most --eval_wait_minutes) for the queue, log and plot it."""
+        if not self.evals:
+            return
+        self.evals.submit(self.steps, self.out)
+        wait = self.cfg.eval_wait_minutes
+        print(f"waiting up to {wait:g} min for {len(self.evals.in_use())} downstream evaluation(s)")
+        left = self.evals.wait(wait * 60)
+        for row in self.evals.finished():
+            log.log_downstream(row)
+        if left:
+            print(
+                f"{left} downstream evaluation(s) still running after --eval_wait_minutes {wait:g}: stopped"
+            )
+        if self.evals.failed:
+            print(
+                f"downstream evaluations failed for step(s) {self.evals.failed}: see {self.out / 'eval'}/*.log"
+            )
+        plot_downstream(log.downstream, self.out / "downstream.png")
 
     # ----------------------------------------------------------------------------------------------
     def save(self, path: Path) -> None:
@@ -457,8 +490,10 @@ class Trainer:
     def _prune_checkpoints(self) -> None:
         keep = self.cfg.keep_last_n_checkpoints
         ckpts = sorted((self.out / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+        in_use = self.evals.in_use() if getattr(self, "evals", None) else set()
         for old in ckpts[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
+            if str(old.resolve()) not in in_use:  # a queued evaluation still needs it: pruned later
+                shutil.rmtree(old, ignore_errors=True)
 
     def evaluate(self, step: int) -> None:
         prompts = self.eval_prompts or self.prompts

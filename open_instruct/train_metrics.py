@@ -74,6 +74,7 @@ class MetricsLog:
     ):
         self.path, self.order_path = out / "metrics.jsonl", out / "data_order.jsonl"
         self.history: list[dict] = []
+        self.downstream: list[dict] = []  # downstream-evaluation rows
         if resume_step is None:  # a fresh run; an earlier run's logs here are kept aside, not emptied
             stamp = time.strftime("%Y%m%d-%H%M%S")
             for path in (self.path, self.order_path):
@@ -84,8 +85,10 @@ class MetricsLog:
                         f"{path} held an earlier run's rows without a saved state to resume: kept as {aside.name}"
                     )
                 path.write_text("")
-        else:
-            self.history = train_state.truncate_jsonl(self.path, resume_step)
+        else:  # downstream-evaluation rows stay in the file, out of the per-step history
+            rows = train_state.truncate_jsonl(self.path, resume_step)
+            self.history = [r for r in rows if "downstream_step" not in r]
+            self.downstream = [r for r in rows if "downstream_step" in r]
             train_state.truncate_jsonl(self.order_path, resume_step)
         self.wandb = None
         if cfg.with_tracking:
@@ -124,6 +127,16 @@ class MetricsLog:
         if self.wandb is not None:
             self.wandb.log(metrics, step=metrics["step"])
 
+    def log_downstream(self, row: dict) -> None:
+        """A downstream evaluation's row (downstream_eval.DownstreamEvals.row): into metrics.jsonl, and wandb
+        against its own step axis, since it arrives after later training steps were logged."""
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        self.downstream.append(row)
+        if self.wandb is not None:
+            self.wandb.define_metric("downstream/*", step_metric="downstream_step")
+            self.wandb.log({k: v for k, v in row.items() if k != "step"})
+
     def close(self) -> None:
         if self.wandb is not None:
             self.wandb.finish()
@@ -155,6 +168,32 @@ def plot(history: list[dict], path: Path) -> Path | None:
     for ax in axes[-1]:
         ax.set_xlabel("step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_downstream(rows: list[dict], path: Path) -> Path | None:
+    """downstream.png: each downstream task's score against the step of the checkpoint evaluated."""
+    tasks = sorted({k for r in rows for k in r if k.startswith("downstream/")})
+    if not tasks:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    rows = sorted(rows, key=lambda r: r["step"])
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], tasks, strict=True):
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o")
+        ax.set_title(key.removeprefix("downstream/"))
+        ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

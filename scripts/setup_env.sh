@@ -32,7 +32,8 @@ else
 fi
 LITELLM_LOCAL_MODEL_COST_MAP=True "$VENV/bin/python" - <<'PY'
 import importlib.metadata as md
-import torch, transformers, vllm, ray, deepspeed, litellm  # noqa: F401  (fail setup, not the first test)
+import torch, transformers, vllm, ray, deepspeed, litellm, lm_eval  # noqa: F401  (fail setup, not the first test)
 print(f"[setup] ok: torch {torch.__version__}, transformers {transformers.__version__}, vllm {vllm.__version__}, "
-      f"ray {ray.__version__}, deepspeed {deepspeed.__version__}, litellm {md.version('litellm')}")
+      f"ray {ray.__version__}, deepspeed {deepspeed.__version__}, litellm {md.version('litellm')}, "
+      f"lm-eval {md.version('lm-eval')}")
 PY

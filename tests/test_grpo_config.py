@@ -21,7 +21,7 @@ PAPER = """--model_name_or_path allenai/Olmo-3-7B-Think-DPO --dataset_mixer_list
  --llm_judge_timeout 3600 --llm_judge_max_tokens 2048 --llm_judge_max_context_length 25000
  --lr_scheduler_type constant --seed 1 --local_eval_every 50 --save_freq 50 --checkpoint_state_freq 50
  --gradient_checkpointing --vllm_enable_prefix_caching --clip_higher 0.272 --mask_truncated_completions True
- --with_tracking --oe_eval_tasks gsm8k,ifeval --try_launch_beaker_eval_jobs_on_weka True --beaker_image x/y"""
+ --with_tracking --oe_eval_tasks minerva_math,ifeval --try_launch_beaker_eval_jobs_on_weka True --beaker_image x/y"""
 
 
 # The trainer's flags of the published scripts/train/grpo_flip.sh (yikee/FLIP, open-instruct/), verbatim, with
@@ -55,12 +55,13 @@ def test_the_published_command_line_parses_verbatim():
     ]
     assert ignored == [
         "apply_verifiable_reward",
-        "oe_eval_max_length",
         "code_api_url",
         "try_launch_beaker_eval_jobs_on_weka",
-        "oe_eval_tasks",
         "oe_eval_beaker_image",
     ]
+    # the downstream evaluations are real here (open_instruct/downstream_eval.py)
+    assert cfg.oe_eval_max_length == 16384 and len(cfg.oe_eval_tasks) == 1
+    assert cfg.oe_eval_tasks[0].startswith("ifeval::hamish_zs_reasoning_deepseek,bbh:cot::")
 
 
 def test_published_recipe_parses_to_its_values():
@@ -71,7 +72,8 @@ def test_published_recipe_parses_to_its_values():
     assert cfg.clip_higher == 0.272 and cfg.truncated_importance_sampling_ratio_cap == 2.0
     assert cfg.kl_estimator == "2" and cfg.deepspeed_stage == 3 and cfg.learning_rate == 1e-6
     assert cfg.batch_size == 24 * 8 and cfg.num_training_steps == 10_000_000 // 192
-    assert ignored == ["oe_eval_tasks", "try_launch_beaker_eval_jobs_on_weka", "beaker_image"]
+    assert ignored == ["try_launch_beaker_eval_jobs_on_weka", "beaker_image"]
+    assert cfg.oe_eval_tasks == ["minerva_math,ifeval"]
 
 
 def test_defaults_are_sane():
@@ -103,6 +105,14 @@ def run(*args):
         (["--model_name_or_path", "m", "--num_samples_per_prompt_rollout", "1"], "must be at least 2"),
         (["--model_name_or_path", "m", "--mask_truncated_completions", "maybe"], "expected true or false"),
         ([], "--model_name_or_path"),
+        (
+            ["--model_name_or_path", "m", "--eval_tasks", "ifeval,mmlu"],
+            "--oe_eval_tasks: unknown task 'mmlu'; known: ifeval, bbh_cot",
+        ),
+        (
+            ["--model_name_or_path", "m", "--oe_eval_tasks", "x", "--eval_include_path", "/no/such"],
+            "--eval_include_path /no/such: no such folder",
+        ),
         (
             ["--model_name_or_path", "m", "--truncated_importance_sampling_ratio_cap", "0"],
             "--async_steps 1 trains on samples from weights up to 1 update(s) old",
@@ -221,6 +231,9 @@ def test_the_paper_preset_is_the_published_recipe():
         "eval_on_step_0",
         "llm_judge_model",
         "config",
+        # downstream evaluations need a GPU the preset's 24 actors leave free (README: Downstream evaluation)
+        "oe_eval_tasks",
+        "oe_eval_max_length",
     }, differ
 
 
@@ -247,3 +260,12 @@ def test_a_bad_config_file_is_one_line_naming_the_file_and_key(tmp_path, text, m
     proc = run("--config", str(bad), "--model_name_or_path", "m")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "bad.yaml" in proc.stderr and message in proc.stderr, proc.stderr
+
+
+def test_eval_tasks_is_an_alias_in_flags_and_config_files(tmp_path):
+    cfg, _ = parse_args(["--model_name_or_path", "m", "--eval_tasks", "ifeval", "math_500"])
+    assert cfg.oe_eval_tasks == ["ifeval", "math_500"]
+    config = tmp_path / "c.yaml"
+    config.write_text("model_name_or_path: m\neval_tasks: [bbh_cot]\noe_eval_max_length: 4096\n")
+    cfg, _ = parse_args(["--config", str(config)])
+    assert cfg.oe_eval_tasks == ["bbh_cot"] and cfg.oe_eval_max_length == 4096

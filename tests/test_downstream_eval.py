@@ -1,0 +1,83 @@
+"""The trainer's downstream-evaluation queue: one at a time in the background, a failure reported in one line
+with its log and never raised, checkpoints kept while queued. The launcher is a stand-in here; the trainer's
+real one is tested end to end in tests/test_grpo_fast.py."""
+
+import json
+import threading
+from pathlib import Path
+
+from open_instruct.downstream_eval import DownstreamEvals
+
+
+def fake_launcher(statuses: dict[int, int], gate: threading.Event | None = None):
+    """Writes the results file the real command would write (score = step / 10), or fails with its status."""
+    seen = []
+
+    def launch(command: list[str], log: Path, cwd: str) -> int:
+        if gate is not None:
+            gate.wait(10)
+        step = int(command[command.index("--step") + 1])
+        seen.append(command)
+        status = statuses.get(step, 0)
+        if status:
+            log.write_text("loading...\nerror: --model x: no such model directory\n")
+            return status
+        out = Path(command[command.index("--output_dir") + 1])
+        result = {"tasks": {"tiny_arith": {"score": step / 10}}}
+        (out / f"downstream_step_{step}.json").write_text(json.dumps(result))
+        return 0
+
+    return launch, seen
+
+
+def test_a_failed_evaluation_is_reported_and_the_next_one_runs(tmp_path, capsys):
+    launch, seen = fake_launcher({1: 1})
+    evals = DownstreamEvals(tmp_path, ["tiny_arith"], max_length=64, include_path="/tasks", launch=launch)
+    for step in (0, 1, 2):
+        evals.submit(step, tmp_path / f"step_{step}")
+    assert evals.wait(30) == 0
+    assert evals.failed == [1]
+    rows = evals.finished()
+    assert [(r["step"], r["downstream/tiny_arith"]) for r in rows] == [(0, 0.0), (2, 0.2)]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "downstream evaluation of step 1 failed (exit status 1)" in err[0]
+    assert "error: --model x: no such model directory" in err[0] and "downstream_step_1.log" in err[0]
+    cmd = seen[0]
+    assert cmd[1:3] == ["-m", "open_instruct.evaluate"] and cmd[cmd.index("--max_length") + 1] == "64"
+    assert cmd[cmd.index("--include_path") + 1] == "/tasks" and cmd[cmd.index("--tasks") + 1] == "tiny_arith"
+
+
+def test_submitting_never_waits_and_queued_checkpoints_are_in_use(tmp_path):
+    gate = threading.Event()
+    launch, _ = fake_launcher({}, gate)
+    evals = DownstreamEvals(tmp_path, ["ifeval"], launch=launch)
+    evals.submit(1, tmp_path / "ckpt1")  # blocks in the launcher until the gate opens
+    evals.submit(2, "org/hub-model")
+    assert evals.in_use() == {str(tmp_path / "ckpt1"), "org/hub-model"}
+    assert evals.finished() == []
+    gate.set()
+    assert evals.wait(30) == 0 and evals.in_use() == set()
+    assert [r["step"] for r in evals.finished()] == [1, 2]
+
+
+def test_a_launcher_that_raises_or_writes_nothing_is_a_failure(tmp_path, capsys):
+    def launch(command, log, cwd):
+        if "--step" in command and command[command.index("--step") + 1] == "3":
+            raise RuntimeError("no GPU left\nmore detail")
+        return 0  # exit 0 but no results file
+
+    evals = DownstreamEvals(tmp_path, ["ifeval"], launch=launch)
+    evals.submit(3, "m")
+    evals.submit(4, "m")
+    assert evals.wait(30) == 0 and evals.failed == [3, 4]
+    err = capsys.readouterr().err
+    assert "step 3 failed (no GPU left)" in err and "step 4 failed (no downstream_step_4.json written)" in err
+
+
+def test_the_wait_is_bounded(tmp_path):
+    gate = threading.Event()
+    launch, _ = fake_launcher({}, gate)
+    evals = DownstreamEvals(tmp_path, ["ifeval"], launch=launch)
+    evals.submit(5, "m")
+    assert evals.wait(0.2) == 1  # still running: the trainer says so and goes on
+    gate.set()
