@@ -143,6 +143,12 @@ def test_the_published_command_line_dry_run_lists_every_problem():
     for line, start in zip(problems, expected, strict=True):
         assert line.startswith(start), (line, start)
     assert f"dry run: {len(expected)} problem(s)" in proc.stdout
+    # --oe_eval_tasks is used, not ignored: where the evaluations would run (this machine has no GPU)
+    assert "evaluation ifeval::hamish_zs_reasoning_deepseek,bbh:cot::" in proc.stdout
+    assert (
+        "and step 0: python -m open_instruct.evaluate in the background, one at a time, as a Ray task on CPU"
+        in proc.stdout
+    )
 
 
 def test_single_gpu_preset_dry_run_starts_no_judge(tmp_path):
@@ -210,8 +216,16 @@ def test_too_few_gpus_is_a_problem_not_a_hang(tmp_path, tiny_policy_dir, gpu_clu
             },
             "--vllm_num_engines",
             "20",
+            "--oe_eval_tasks",
+            "ifeval",
         )
     assert proc.returncode == 2
+    # the downstream evaluations need a GPU of their own, and the plan leaves none
+    assert (
+        "problem: --oe_eval_tasks: the learners and engines take 28 of the 24 GPUs, leaving none"
+        in proc.stdout
+    )
+    assert "evaluation ifeval on every saved checkpoint and the final model" in proc.stdout
     assert (
         "problem: the run needs 28 GPUs for 8 learner(s) and 20 engine(s) x TP 1, and the Ray cluster has 24"
         in proc.stdout
