@@ -10,6 +10,7 @@ never stops training.
 
 import ctypes
 import json
+import os
 import queue
 import signal
 import subprocess
@@ -110,16 +111,17 @@ class DownstreamEvals:
             self.dir.mkdir(parents=True, exist_ok=True)
             log = self.dir / f"downstream_step_{job.step}.log"
             t0 = time.perf_counter()
+            result = self.dir / f"downstream_step_{job.step}.json"
             try:
                 status = self.launch(self.command(job), log, self.cwd)
                 problem = None if status == 0 else f"exit status {status}"
+                if problem is None and not result.is_file():
+                    problem = f"no {result.name} written"
+                if problem is None:
+                    self.done.put(self.row(job.step, json.loads(result.read_text())))
             except Exception as e:  # noqa: BLE001  (a failed evaluation is reported, never raised)
                 problem = first_line(e)
-            result = self.dir / f"downstream_step_{job.step}.json"
-            if problem is None and not result.is_file():
-                problem = f"no {result.name} written"
             if problem is None:
-                self.done.put(self.row(job.step, json.loads(result.read_text())))
                 print(
                     f"downstream evaluation of step {job.step}: {time.perf_counter() - t0:.0f}s -> {result}"
                 )
@@ -167,8 +169,6 @@ def _last_line(log: Path) -> str:
 
 def for_run(cfg, out: Path, on_gpu: bool) -> "DownstreamEvals | None":
     """The trainer's queue for `cfg` (grpo_config.GRPOConfig), or None without --oe_eval_tasks."""
-    import os
-
     from open_instruct.evaluation.downstream_tasks import split_names
 
     if not cfg.oe_eval_tasks:

@@ -62,16 +62,20 @@ def test_submitting_never_waits_and_queued_checkpoints_are_in_use(tmp_path):
 
 def test_a_launcher_that_raises_or_writes_nothing_is_a_failure(tmp_path, capsys):
     def launch(command, log, cwd):
-        if "--step" in command and command[command.index("--step") + 1] == "3":
+        step = command[command.index("--step") + 1]
+        if step == "3":
             raise RuntimeError("no GPU left\nmore detail")
-        return 0  # exit 0 but no results file
+        if step == "5":  # a results file the trainer cannot read
+            (tmp_path / "eval" / "downstream_step_5.json").write_text("{not json")
+        return 0  # exit 0 but, for step 4, no results file
 
     evals = DownstreamEvals(tmp_path, ["ifeval"], launch=launch)
-    evals.submit(3, "m")
-    evals.submit(4, "m")
-    assert evals.wait(30) == 0 and evals.failed == [3, 4]
+    for step in (3, 4, 5):
+        evals.submit(step, "m")
+    assert evals.wait(30) == 0 and evals.failed == [3, 4, 5]
     err = capsys.readouterr().err
     assert "step 3 failed (no GPU left)" in err and "step 4 failed (no downstream_step_4.json written)" in err
+    assert "step 5 failed (Expecting property name" in err
 
 
 def test_the_wait_is_bounded(tmp_path):
@@ -81,3 +85,4 @@ def test_the_wait_is_bounded(tmp_path):
     evals.submit(5, "m")
     assert evals.wait(0.2) == 1  # still running: the trainer says so and goes on
     gate.set()
+    assert evals.wait(30) == 0
