@@ -157,6 +157,24 @@ class DownstreamEvals:
         with self.lock:
             return len(self.pending)
 
+    def finish(self, log, step: int, model: Path, wait_minutes: float) -> None:
+        """At the end of training: evaluate the final model, wait at most `wait_minutes` for the queue, say
+        what did not finish or failed, log the rows (train_metrics.MetricsLog) and draw downstream.png."""
+        from open_instruct.train_metrics import plot_downstream
+
+        self.submit(step, model)
+        print(f"waiting up to {wait_minutes:g} min for {len(self.in_use())} downstream evaluation(s)")
+        left = self.wait(wait_minutes * 60)
+        for row in self.finished():
+            log.log_downstream(row)
+        if left:
+            print(
+                f"{left} downstream evaluation(s) still running after --eval_wait_minutes {wait_minutes:g}: stopped"
+            )
+        if self.failed:
+            print(f"downstream evaluations failed for step(s) {self.failed}: see {self.dir}/*.log")
+        plot_downstream(log.downstream, self.dir.parent / "downstream.png")
+
 
 def _last_line(log: Path) -> str:
     """The log's last non-empty line (the command's one-line error), or a placeholder."""

@@ -46,7 +46,7 @@ from open_instruct.grpo_config import GRPOConfig, parse_args
 from open_instruct.rollouts import AsyncRunner, Rollout, rollout_and_score
 from open_instruct.run_lock import RunLock
 from open_instruct.stop_signals import STOP
-from open_instruct.train_metrics import MetricsLog, plot, plot_downstream, step_metrics
+from open_instruct.train_metrics import MetricsLog, plot, step_metrics
 from open_instruct.train_state import PromptSampler
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -450,30 +450,11 @@ class Trainer:
             producer.join(timeout=10)  # a rollout in flight may finish before the loop closes
             self.runner.close()
         self.save(self.out)
-        self.finish_evals(log)
+        if self.evals:  # the final model too, then the queue's end (at most --eval_wait_minutes)
+            self.evals.finish(log, self.steps, self.out, self.cfg.eval_wait_minutes)
         log.close()
         plot(log.history, self.out / "training_curves.png")
         return self.summary(log.history)
-
-    def finish_evals(self, log: MetricsLog) -> None:
-        """Evaluate the final model, wait (at most --eval_wait_minutes) for the queue, log and plot it."""
-        if not self.evals:
-            return
-        self.evals.submit(self.steps, self.out)
-        wait = self.cfg.eval_wait_minutes
-        print(f"waiting up to {wait:g} min for {len(self.evals.in_use())} downstream evaluation(s)")
-        left = self.evals.wait(wait * 60)
-        for row in self.evals.finished():
-            log.log_downstream(row)
-        if left:
-            print(
-                f"{left} downstream evaluation(s) still running after --eval_wait_minutes {wait:g}: stopped"
-            )
-        if self.evals.failed:
-            print(
-                f"downstream evaluations failed for step(s) {self.evals.failed}: see {self.out / 'eval'}/*.log"
-            )
-        plot_downstream(log.downstream, self.out / "downstream.png")
 
     # ----------------------------------------------------------------------------------------------
     def save(self, path: Path) -> None:

@@ -86,3 +86,23 @@ def test_the_wait_is_bounded(tmp_path):
     assert evals.wait(0.2) == 1  # still running: the trainer says so and goes on
     gate.set()
     assert evals.wait(30) == 0
+
+
+def test_finish_evaluates_the_final_model_logs_the_rows_and_says_what_failed(tmp_path, capsys):
+    from open_instruct.grpo_config import GRPOConfig
+    from open_instruct.train_metrics import MetricsLog
+
+    gate = threading.Event()
+    launch, _ = fake_launcher({1: 2}, gate)
+    evals = DownstreamEvals(tmp_path, ["tiny_arith"], launch=launch)
+    evals.submit(1, "m")  # still running when training ends
+    log = MetricsLog(GRPOConfig(), tmp_path)
+    threading.Timer(0.5, gate.set).start()
+    evals.finish(log, 2, tmp_path, wait_minutes=1)
+    log.close()
+    assert [(r["step"], r["downstream/tiny_arith"]) for r in log.downstream] == [(2, 0.2)]
+    assert json.loads((tmp_path / "metrics.jsonl").read_text())["downstream_step"] == 2
+    out = capsys.readouterr().out
+    assert "waiting up to 1 min for 2 downstream evaluation(s)" in out
+    assert "downstream evaluations failed for step(s) [1]" in out
+    assert (tmp_path / "downstream.png").is_file()
