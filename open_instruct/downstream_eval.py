@@ -185,6 +185,19 @@ def _last_line(log: Path) -> str:
     return first_line(lines[-1]) if lines else "empty log"
 
 
+def no_gpu_left(cfg, plan, gpus: float) -> str | None:
+    """Why the evaluations could never start on a GPU cluster whose GPUs the plan (cluster.Layout) takes
+    in full, else None: each waits for a GPU of its own, so the run refuses to start rather than queue
+    evaluations that never run."""
+    if not cfg.oe_eval_tasks or not plan.on_gpu or gpus - plan.needs()["GPU"] >= 1:
+        return None
+    return (
+        f"--oe_eval_tasks: the learners and engines take {plan.needs()['GPU']:g} of the {gpus:g} GPUs, leaving "
+        f"none for the evaluations (a Ray task of 1 GPU each): run one engine fewer (--vllm_num_engines "
+        f"{max(cfg.vllm_num_engines - 1, 1)}) or add a node"
+    )
+
+
 def for_run(cfg, out: Path, on_gpu: bool) -> "DownstreamEvals | None":
     """The trainer's queue for `cfg` (grpo_config.GRPOConfig), or None without --oe_eval_tasks."""
     from open_instruct.evaluation.downstream_tasks import split_names

@@ -17,7 +17,7 @@ import math
 import os
 from dataclasses import dataclass, replace
 
-from open_instruct import cluster
+from open_instruct import cluster, downstream_eval
 from open_instruct.cli_utils import first_line
 from open_instruct.grpo_config import GRPOConfig
 
@@ -136,12 +136,8 @@ def eval_lines(cfg: GRPOConfig, plan: cluster.Layout, gpus: float, problems: lis
         return []
     when = "every saved checkpoint and the final model" + (" and step 0" if cfg.eval_on_step_0 else "")
     free = gpus - plan.needs()["GPU"]
-    if plan.on_gpu and free < 1:
-        problems.append(
-            f"--oe_eval_tasks: the learners and engines take {plan.needs()['GPU']:g} of the {gpus:g} GPUs, leaving none "
-            f"for the evaluations (a Ray task of 1 GPU each): run one engine fewer (--vllm_num_engines "
-            f"{max(cfg.vllm_num_engines - 1, 1)}) or add a node"
-        )
+    if problem := downstream_eval.no_gpu_left(cfg, plan, gpus):
+        problems.append(problem)
     where = (
         f"a Ray task of 1 GPU ({free:g} GPU(s) left free by the plan)" if plan.on_gpu else "a Ray task on CPU"
     )

@@ -142,6 +142,7 @@ class Trainer:
         STOP.install()
         plan, nodes, shortfall = cluster.plan_for_cluster(cfg)
         self.on_gpu = plan.on_gpu
+        shortfall = shortfall or downstream_eval.no_gpu_left(cfg, plan, sum(n.gpus for n in nodes))
         if shortfall:
             raise UserError(f"{shortfall} ({where})")
         self.steps = cfg.num_training_steps

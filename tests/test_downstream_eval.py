@@ -106,3 +106,22 @@ def test_finish_evaluates_the_final_model_logs_the_rows_and_says_what_failed(tmp
     assert "waiting up to 1 min for 2 downstream evaluation(s)" in out
     assert "downstream evaluations failed for step(s) [1]" in out
     assert (tmp_path / "downstream.png").is_file()
+
+
+def test_a_gpu_plan_that_leaves_no_gpu_for_the_evaluations_is_refused_before_training():
+    """Failed before: the published layout (8 learners + 16 engines on 24 GPUs) with --oe_eval_tasks started
+    training, and every evaluation waited for a GPU that never came free (then --eval_wait_minutes)."""
+    from open_instruct.cluster import layout
+    from open_instruct.downstream_eval import no_gpu_left
+    from open_instruct.grpo_config import parse_args
+
+    flags = "--model_name_or_path m --num_learners_per_node 8 --vllm_num_engines 16 --oe_eval_tasks ifeval"
+    cfg = parse_args(flags.split())[0]
+    assert no_gpu_left(cfg, layout(cfg, on_gpu=True), 24) == (
+        "--oe_eval_tasks: the learners and engines take 24 of the 24 GPUs, leaving none for the evaluations "
+        "(a Ray task of 1 GPU each): run one engine fewer (--vllm_num_engines 15) or add a node"
+    )
+    assert no_gpu_left(cfg, layout(cfg, on_gpu=True), 25) is None
+    assert no_gpu_left(cfg, layout(cfg, on_gpu=False), 0) is None  # on CPU they share the cores
+    no_evals = parse_args(flags.split()[:-2])[0]
+    assert no_gpu_left(no_evals, layout(no_evals, on_gpu=True), 24) is None

@@ -28,9 +28,13 @@ def ok_judge(messages, n):
 
 
 def dry_run(env_extra: dict, *flags: str) -> subprocess.CompletedProcess:
+    return launch(env_extra, "--dry_run", *flags)
+
+
+def launch(env_extra: dict, *flags: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     return subprocess.run(
-        ["bash", "scripts/train/grpo_flip.sh", "--dry_run", *flags],
+        ["bash", "scripts/train/grpo_flip.sh", *flags],
         cwd=REPO,
         env={**env, "PYTHON": sys.executable, **env_extra},
         capture_output=True,
@@ -200,6 +204,35 @@ def test_a_bad_dataset_row_is_one_problem_line_among_the_others(tmp_path, tiny_p
     assert len(problems) == 2, proc.stdout
     assert "--dataset_mixer_list" in problems[0] and "bad.jsonl" in problems[0] and "messages" in problems[0]
     assert "did not answer" in problems[1]
+
+
+def test_a_run_whose_plan_leaves_no_gpu_for_the_evaluations_stops_before_training(
+    tmp_path, tiny_policy_dir, gpu_cluster
+):
+    """The published layout fills the 24 GPUs; with --oe_eval_tasks the run itself (not only the dry run)
+    stops with one line before loading anything. Failed before: it trained, and every evaluation waited
+    for a GPU that never came free."""
+    with ScriptedJudge(ok_judge) as judge:
+        proc = launch(
+            {
+                "PRESET": "paper",
+                "MODEL_NAME_OR_PATH": str(tiny_policy_dir),
+                "RAY_ADDRESS": gpu_cluster.address,
+                "DATASETS": "data/general_chat_flip_sample.jsonl 1.0",
+                "JUDGE_BASE_URL": judge.api_base,
+                "JUDGE_MODEL": "hosted_vllm/scripted",
+                "OUTPUT_DIR": str(tmp_path / "out"),
+            },
+            "--oe_eval_tasks",
+            "ifeval",
+        )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: --oe_eval_tasks: the learners and engines take 24 of the 24 GPUs, leaving none")
+    ), proc.stderr[-3000:]
+    assert not (tmp_path / "out" / "metrics.jsonl").exists()
 
 
 def test_too_few_gpus_is_a_problem_not_a_hang(tmp_path, tiny_policy_dir, gpu_cluster):
