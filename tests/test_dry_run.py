@@ -43,19 +43,22 @@ def launch(env_extra: dict, *flags: str) -> subprocess.CompletedProcess:
     )
 
 
+def paper_on_gpus(tmp_path: Path, policy: Path, gpu_cluster, judge: ScriptedJudge) -> dict:
+    """The launch script's environment for the paper preset on the simulated 24-GPU cluster."""
+    return {
+        "PRESET": "paper",
+        "MODEL_NAME_OR_PATH": str(policy),
+        "RAY_ADDRESS": gpu_cluster.address,
+        "DATASETS": "data/general_chat_flip_sample.jsonl 1.0",
+        "JUDGE_BASE_URL": judge.api_base,
+        "JUDGE_MODEL": "hosted_vllm/scripted",
+        "OUTPUT_DIR": str(tmp_path / "out"),
+    }
+
+
 def test_paper_preset_plan_on_a_24_gpu_cluster(tmp_path, tiny_policy_dir, gpu_cluster):
     with ScriptedJudge(ok_judge) as judge:
-        proc = dry_run(
-            {
-                "PRESET": "paper",
-                "MODEL_NAME_OR_PATH": str(tiny_policy_dir),
-                "RAY_ADDRESS": gpu_cluster.address,
-                "DATASETS": "data/general_chat_flip_sample.jsonl 1.0",
-                "JUDGE_BASE_URL": judge.api_base,
-                "JUDGE_MODEL": "hosted_vllm/scripted",
-                "OUTPUT_DIR": str(tmp_path / "out"),
-            }
-        )
+        proc = dry_run(paper_on_gpus(tmp_path, tiny_policy_dir, gpu_cluster, judge))
         assert judge.requests == 1, "the judge endpoint was checked with one call"
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = proc.stdout
@@ -214,15 +217,7 @@ def test_a_run_whose_plan_leaves_no_gpu_for_the_evaluations_stops_before_trainin
     for a GPU that never came free."""
     with ScriptedJudge(ok_judge) as judge:
         proc = launch(
-            {
-                "PRESET": "paper",
-                "MODEL_NAME_OR_PATH": str(tiny_policy_dir),
-                "RAY_ADDRESS": gpu_cluster.address,
-                "DATASETS": "data/general_chat_flip_sample.jsonl 1.0",
-                "JUDGE_BASE_URL": judge.api_base,
-                "JUDGE_MODEL": "hosted_vllm/scripted",
-                "OUTPUT_DIR": str(tmp_path / "out"),
-            },
+            paper_on_gpus(tmp_path, tiny_policy_dir, gpu_cluster, judge),
             "--oe_eval_tasks",
             "ifeval",
         )
@@ -238,15 +233,7 @@ def test_a_run_whose_plan_leaves_no_gpu_for_the_evaluations_stops_before_trainin
 def test_too_few_gpus_is_a_problem_not_a_hang(tmp_path, tiny_policy_dir, gpu_cluster):
     with ScriptedJudge(ok_judge) as judge:
         proc = dry_run(
-            {
-                "PRESET": "paper",
-                "MODEL_NAME_OR_PATH": str(tiny_policy_dir),
-                "RAY_ADDRESS": gpu_cluster.address,
-                "DATASETS": "data/general_chat_flip_sample.jsonl 1.0",
-                "JUDGE_BASE_URL": judge.api_base,
-                "JUDGE_MODEL": "hosted_vllm/scripted",
-                "OUTPUT_DIR": str(tmp_path / "out"),
-            },
+            paper_on_gpus(tmp_path, tiny_policy_dir, gpu_cluster, judge),
             "--vllm_num_engines",
             "20",
             "--oe_eval_tasks",
