@@ -106,3 +106,45 @@ def test_the_results_file_is_written_whole(tmp_path, capsys):
     )
     assert saved["lm_eval_version"].startswith("0.4") and not list(path.parent.glob("*.writing"))
     assert "math_500" in table(summary) and "0.5000" in table(summary)
+
+
+def test_the_local_task_scores_right_answers_through_lm_eval(tmp_path, monkeypatch):
+    """The tiny random policy scores 0 end to end, so here a scripted lm-eval model answers: the task's
+    prompt reaches it through the chat template, and lm-eval's filters and exact match score the answers it
+    gets right (sums of i and i + 1 for i < 4: it gets i = 0 and i = 2 right, so 0.5)."""
+    import re
+
+    from lm_eval.api.model import LM
+    from lm_eval.tasks import TaskManager
+
+    from open_instruct.evaluate import run_tasks
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    prompts = []
+
+    class HalfRight(LM):
+        tokenizer_name = "scripted"
+
+        def apply_chat_template(self, chat_history, add_generation_prompt=True) -> str:
+            return "".join(f"<{m['role']}>{m['content']}" for m in chat_history) + "<assistant>"
+
+        def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+            answers = []
+            for r in requests:
+                prompts.append(r.args[0])
+                a, b = map(int, re.search(r"What is (\d+) \+ (\d+)\?", r.args[0]).groups())
+                answers.append(f"{a + b} it is" if a % 2 == 0 else f"{a + b + 1}")
+            return answers
+
+        def loglikelihood(self, requests):
+            raise AssertionError("a generation task asks for no loglikelihoods")
+
+        loglikelihood_rolling = loglikelihood
+
+    tasks = [Selected(TASK_NAME, TASK_NAME, None, None)]
+    manager = TaskManager(include_path=str(write_task(tmp_path / "tasks")))
+    args = Namespace(max_length=None, limit=None)
+    results = run_tasks(HalfRight(), tasks, manager, args)
+    assert headline(tasks[0], results[TASK_NAME]) == ("exact_match,first-number", 0.5)
+    assert results[TASK_NAME]["n"] == 4 and len(prompts) == 4
+    assert prompts[0].startswith("<user>What is 0 + 1? Answer with the number only.")
