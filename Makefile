@@ -23,7 +23,7 @@ demo-score: $(STAMP)
 
 ## test: the whole suite, end-to-end tests included
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 ## test-fast: the suite without the slow end-to-end tests
 test-fast: $(STAMP)
