@@ -121,6 +121,9 @@ class Trainer:
     def __init__(self, cfg: GRPOConfig):
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
+        self.evals: downstream_eval.DownstreamEvals | None = (
+            None  # with --oe_eval_tasks, once training starts
+        )
 
     def setup(self, problems: list[str] | None = None) -> None:
         """Read what the run needs before any model or actor starts (run_inputs.read_inputs): a mistake raises
@@ -472,7 +475,7 @@ class Trainer:
     def _prune_checkpoints(self) -> None:
         keep = self.cfg.keep_last_n_checkpoints
         ckpts = sorted((self.out / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
-        in_use = self.evals.in_use() if getattr(self, "evals", None) else set()
+        in_use = self.evals.in_use() if self.evals else set()
         for old in ckpts[:-keep] if keep > 0 else []:
             if str(old.resolve()) not in in_use:  # a queued evaluation still needs it: pruned later
                 shutil.rmtree(old, ignore_errors=True)

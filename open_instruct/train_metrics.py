@@ -104,6 +104,11 @@ class MetricsLog:
                 id=wandb_run_id,
                 resume="allow",
             )
+            self.wandb.define_metric("downstream/*", step_metric="downstream_step")
+        # Downstream rows for wandb, each sent inside a training step's row (at most one per row): sent on
+        # their own, each would advance wandb's step past the trainer's and the next step would be dropped.
+        self._wandb_downstream: list[dict] = []
+        self._wandb_row_free = False
 
     @property
     def wandb_run_id(self) -> str | None:
@@ -126,6 +131,8 @@ class MetricsLog:
         self.history.append(metrics)
         if self.wandb is not None:
             self.wandb.log(metrics, step=metrics["step"])
+            self._wandb_row_free = True
+            self._send_downstream()
 
     def log_downstream(self, row: dict) -> None:
         """A downstream evaluation's row (downstream_eval.DownstreamEvals.row): into metrics.jsonl, and wandb
@@ -134,11 +141,18 @@ class MetricsLog:
             f.write(json.dumps(row) + "\n")
         self.downstream.append(row)
         if self.wandb is not None:
-            self.wandb.define_metric("downstream/*", step_metric="downstream_step")
-            self.wandb.log({k: v for k, v in row.items() if k != "step"})
+            self._wandb_downstream.append({k: v for k, v in row.items() if k != "step"})
+            self._send_downstream()
+
+    def _send_downstream(self) -> None:
+        if self._wandb_row_free and self._wandb_downstream:
+            self.wandb.log(self._wandb_downstream.pop(0), commit=False)  # into the open training row
+            self._wandb_row_free = False
 
     def close(self) -> None:
         if self.wandb is not None:
+            for fields in self._wandb_downstream:  # training is over: each may have a row of its own
+                self.wandb.log(fields)
             self.wandb.finish()
 
 

@@ -140,3 +140,28 @@ def test_downstream_rows_go_to_metrics_jsonl_not_the_step_history(tmp_path):
     png = plot_downstream(resumed.downstream, tmp_path / "downstream.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plot_downstream([], tmp_path / "none.png") is None
+
+
+def test_downstream_rows_never_make_wandb_drop_a_training_step(tmp_path, monkeypatch):
+    """Two evaluations finishing between steps 1 and 2: each downstream row rides along with a training
+    step's row, so wandb's step never runs ahead of the trainer's. Failed before: each downstream row
+    advanced wandb's step, and step 2 was dropped ("ignoring partial history record" in its log)."""
+    from open_instruct.grpo_config import GRPOConfig
+    from open_instruct.train_metrics import MetricsLog
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    log = MetricsLog(GRPOConfig(with_tracking=True), tmp_path)
+    ro = Rollout.__new__(Rollout)
+    ro.step, ro.sampler_state, ro.prompts = 1, {"epoch": 0}, []
+    log.log({"step": 1, "reward_mean": 0.1}, ro)
+    for step in (0, 1):
+        log.log_downstream({"step": step, "downstream_step": step, "downstream/ifeval": 0.5})
+    for step in (2, 3):
+        ro.step = step
+        log.log({"step": step, "reward_mean": 0.1 * step}, ro)
+    log.log_downstream({"step": 3, "downstream_step": 3, "downstream/ifeval": 0.75})
+    log.close()
+    (debug,) = tmp_path.glob("wandb/offline-run-*/logs/debug-internal.log")
+    assert "ignoring partial history record" not in debug.read_text()
