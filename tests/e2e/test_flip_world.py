@@ -15,8 +15,7 @@ import pytest
 
 from open_instruct.testing import world
 
-REPO = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
 
 # The FLIP reward's rise over a demo run (mean of the last 3 steps minus the first 3). benchmarks/flip_world.py
 # measured it on 3 seeds (benchmarks/results/flip_world.json); the margin sits below the smallest of them.

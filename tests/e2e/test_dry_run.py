@@ -8,19 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from open_instruct.net_utils import free_port
 from open_instruct.testing.scripted_judge import Reply, ScriptedJudge
-from open_instruct.testing.tiny_models import build_tiny_model
 
-REPO = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def tiny_policy_dir(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-policy"), seed=1)
+REPO = Path(__file__).resolve().parents[2]
 
 
 def ok_judge(messages, n):

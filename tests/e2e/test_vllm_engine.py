@@ -1,7 +1,7 @@
 """Tests for the rollout role: vLLM engines in Ray actors, and weight sync into them from a learner (the
 sender's chunking is tested on its own in test_weight_sync.py).
 
-The slow tests share one engine (about 20 s to start on CPU) serving the tiny seed-0 model; every check
+The tests share one engine (about 20 s to start on CPU) serving the tiny seed-0 model; every check
 compares against Hugging Face transformers running the same weights in float32.
 """
 
@@ -101,7 +101,6 @@ def prompts(tokenizer):
     return [_prompt_ids(tokenizer, t) for t in PROMPTS]
 
 
-@pytest.mark.slow
 def test_generate_n_samples_with_aligned_logprobs_matching_hf(engine, prompts, hf_base):
     import ray
 
@@ -124,7 +123,6 @@ def test_generate_n_samples_with_aligned_logprobs_matching_hf(engine, prompts, h
     assert ray.get(engine.generate.remote(prompts, 3, 1.0, 12, None, 124)) != out
 
 
-@pytest.mark.slow
 def test_logprobs_are_of_the_tempered_distribution(engine, prompts, hf_base):
     """Failed before: vLLM reported the untempered logprobs (its default raw mode) of tokens it sampled at
     T = 0.6, so the truncated importance weight compared two distributions."""
@@ -138,7 +136,6 @@ def test_logprobs_are_of_the_tempered_distribution(engine, prompts, hf_base):
             torch.testing.assert_close(torch.tensor(s["logprobs"]), expected, atol=1e-3, rtol=0)
 
 
-@pytest.mark.slow
 def test_stop_string_keeps_tokens_and_logprobs_aligned(engine, prompts, tokenizer):
     import ray
 
@@ -151,7 +148,6 @@ def test_stop_string_keeps_tokens_and_logprobs_aligned(engine, prompts, tokenize
         assert "e" in tokenizer.decode(s["token_ids"][-1:])  # and the token that completed it is kept
 
 
-@pytest.mark.slow
 def test_text_decoded_without_engine_detokenizing_matches_vllm_text(engine, prompts):
     """Without stop strings the engine skips detokenizing and the actor decodes each sample; a stop string
     that never matches makes vLLM detokenize the same seeded samples itself."""
@@ -164,7 +160,6 @@ def test_text_decoded_without_engine_detokenizing_matches_vllm_text(engine, prom
     assert any(s["text"] for g in ours for s in g)
 
 
-@pytest.mark.slow
 def test_weight_sync_makes_engine_generate_like_the_new_model(engine, prompts, tokenizer, hf_base):
     """The key property: after a push, the engine computes with exactly the pushed weights."""
     import ray
@@ -190,7 +185,6 @@ def test_weight_sync_makes_engine_generate_like_the_new_model(engine, prompts, t
         sender.close()
 
 
-@pytest.mark.slow
 def test_rollout_arriving_mid_update_waits_for_it(engine, prompts):
     """Rollouts and weight pushes come from different callers; a rollout must not run on half-loaded layers."""
     import ray
@@ -221,7 +215,6 @@ class _FakeLearner:
         return _hf_greedy(self.model, prompts, max_tokens)
 
 
-@pytest.mark.slow
 def test_driver_helpers_sync_from_learner_actor(engine, prompts, tiny_judge_dir):
     import sys
 
@@ -266,14 +259,12 @@ def _update_during_rollout(engine, prompts, max_tokens: int) -> tuple[bool, bool
     return running, done_early, ray.get(pending)
 
 
-@pytest.mark.slow
 def test_update_waits_for_the_rollout_in_flight_by_default(engine, prompts):
     running, done_early, _ = _update_during_rollout(engine, prompts, 224)
     assert running, "the rollout should still be generating 0.2 s in"
     assert not done_early
 
 
-@pytest.mark.slow
 def test_inflight_updates_land_between_decode_steps(engine, prompts, tiny_judge_dir):
     """Last in this file: it replaces the shared engine (the local cluster has CPUs for one at a time)."""
     import ray
