@@ -213,22 +213,11 @@ def test_sbatch_dry_run_checks_the_cluster_and_exits_zero(slurm_env, scripted_ju
     run.assert_nothing_left()
 
 
-def test_sbatch_dry_run_serves_no_judge(slurm_env):
-    """DRY_RUN=1 with the preset's own judge: nothing is served (failed before: the head node started the judge
-    with vLLM first); the trainer's dry run says what would be served and checks the rest."""
-    run = Launch("scripts/slurm/grpo_llmjudge.sbatch", {**slurm_env, "DRY_RUN": "1"})
-    rc = run.finish(timeout=300)
-    assert rc == 0, run.log[-3000:]
-    assert "dry run: the judge is not served" in run.log and "not started (dry run)" in run.log
-    assert (
-        "serving judge" not in run.log and not (Path(slurm_env["OUTPUT_DIR"]) / "judge_server.out").exists()
-    )
-    run.assert_nothing_left()
-
-
-def test_sbatch_gives_the_second_node_to_the_judge_with_two_judge_nodes(slurm_env, scripted_judge):
+def test_sbatch_gives_the_second_node_to_the_judge_with_two_judge_nodes(slurm_env):
     """JUDGE_NODES=2 on 3 nodes: the second node runs `ray_node.sh judge` (in a dry run it serves nothing but
-    joins Ray, where the leader counts it), the third a worker; failed before: JUDGE_NODES above 1 was refused."""
+    joins Ray, where the leader counts it), the third a worker; failed before: JUDGE_NODES above 1 was refused.
+    DRY_RUN=1 with the preset's judge: no node serves it (failed before: the head node started the judge with
+    vLLM first); the trainer's dry run says what would be served and checks the rest."""
     temp = f"/tmp/ray-{os.getpid()}-{free_port()}"  # short: Ray's socket paths must fit in 107 characters
     env = {**slurm_env, "FAKE_NODES": "3", "JUDGE_NODES": "2", "DRY_RUN": "1", "FAKE_RAY_TEMP": temp}
     run = Launch("scripts/slurm/grpo_flip.sbatch", env)
@@ -241,6 +230,8 @@ def test_sbatch_gives_the_second_node_to_the_judge_with_two_judge_nodes(slurm_en
     assert "3 nodes, 0 GPUs for Ray" in run.log and "judge nodes localhost, workers localhost" in run.log
     logs = Path(env["OUTPUT_DIR"]) / "cluster_logs"
     assert "dry run, the judge is not served" in (logs / "judge_localhost_0.log").read_text()
+    assert "dry run: the judge is not served" in run.log and "not started (dry run)" in run.log
+    assert "serving judge" not in run.log and not (Path(env["OUTPUT_DIR"]) / "judge_server.out").exists()
     assert (logs / "worker_localhost_1.log").exists()
     run.assert_nothing_left()
 
@@ -303,50 +294,33 @@ def test_sigterm_stops_every_step(slurm_env):
     run.assert_nothing_left()
 
 
-def test_sigterm_mid_run_saves_the_state_and_requeues_the_job(slurm_env, scripted_judge):
-    """A preemption of a running job (Slurm's SIGTERM to the batch script): it reaches the trainer through the
-    leader, the trainer saves the state of its last finished step and exits 75, the job asks to be requeued
-    and returns 75; nothing is left running. Failed before: the batch script exited 143 at once and the
-    trainer was stopped without saving."""
-    env = {
-        **slurm_env,
-        "JUDGE_BASE_URL": scripted_judge.api_base,
-        "JUDGE_MODEL": "hosted_vllm/scripted",
-    }
+def test_sbatch_serves_the_real_tiny_judge_and_a_preemption_saves_requeues_and_leaves_nothing(slurm_env):
+    """The judge the preset names (the tiny one here), served by vLLM on every interface of the head node,
+    answers the trainer's dry run through the head's name (DRY_RUN=first: a DRY_RUN=1 job serves no judge)
+    and the run that follows. A preemption of the running job (Slurm's SIGTERM to the batch script) reaches
+    the trainer through the leader: it saves the state of its last finished step and exits 75, the job asks
+    to be requeued and returns 75, and the judge server, Ray and every other process are stopped. Failed
+    before: the batch script exited 143 at once and the trainer was stopped without saving."""
+    env = {**slurm_env, "DRY_RUN": "first", "JUDGE_TIMEOUT": "600"}
     flags = ["--total_episodes", "6400", "--checkpoint_state_freq", "0", "--local_eval_every", "0"]
     run = Launch("scripts/slurm/grpo_flip.sbatch", env, *flags)
     metrics = Path(env["OUTPUT_DIR"]) / "metrics.jsonl"
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + 800
     while not (metrics.exists() and metrics.read_text().strip()) and time.monotonic() < deadline:
         assert run.proc.poll() is None, run.log[-3000:]
         time.sleep(0.5)
     os.kill(run.proc.pid, signal.SIGTERM)
     rc = run.finish(timeout=300)
     assert rc == 75, run.log[-3000:]
+    assert f"judge ready at http://localhost:{env['JUDGE_PORT']}/v1 (hosted_vllm/judge)" in run.log
+    assert "(answered)" in run.log
+    assert run.started("vllm.entrypoints.openai.api_server") and run.started("--host 0.0.0.0")
     from open_instruct.train_state import latest
 
     saved = latest(env["OUTPUT_DIR"])[1].step
     assert saved >= 1 and f"SIGTERM: the state of step {saved} is in" in run.log
     assert "requeueing job 42" in run.log
     assert (Path(env["OUTPUT_DIR"]) / "scontrol.log").read_text() == "requeue 42\n"
-    run.assert_nothing_left()
-
-
-def test_sbatch_serves_the_real_tiny_judge_on_the_head_node(slurm_env):
-    """The judge the preset names (the tiny one here), served by vLLM on every interface of the head node,
-    answers the trainer's dry run through the head's name (DRY_RUN=first: a DRY_RUN=1 job serves no judge),
-    and the one-step run that follows; then everything is stopped."""
-    env = {**slurm_env, "DRY_RUN": "first", "JUDGE_TIMEOUT": "600"}
-    run = Launch(
-        "scripts/slurm/grpo_flip.sbatch",
-        env,
-        *ONE_STEP,
-    )
-    rc = run.finish(timeout=900)
-    assert rc == 0, run.log[-3000:]
-    assert f"judge ready at http://localhost:{env['JUDGE_PORT']}/v1 (hosted_vllm/judge)" in run.log
-    assert "(answered)" in run.log and "trained 1 steps" in run.log
-    assert run.started("vllm.entrypoints.openai.api_server") and run.started("--host 0.0.0.0")
     run.assert_nothing_left()
 
 

@@ -71,14 +71,19 @@ def test_paper_preset_plan_on_a_24_gpu_cluster(tmp_path, tiny_policy_dir, gpu_cl
 
 
 def test_problems_are_listed_and_exit_2(tmp_path, tiny_policy_dir):
-    """A judge that is not there, the paper's 24 actors on this machine's local cluster, and tensor
-    parallelism without GPUs. Failed before: the local cluster was sized to whatever the run asked for, so
-    16 engines and 8 learners fitted a 2-core machine."""
+    """A bad dataset row, a judge that is not there, the paper's 24 actors on this machine's local cluster,
+    and tensor parallelism without GPUs: one problem line each. Failed before: the local cluster was sized to
+    whatever the run asked for, so 16 engines and 8 learners fitted a 2-core machine."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        '{"messages": [{"role": "user", "content": "hi"}], "ground_truth": "x", "dataset": "general-flip"}\n'
+        '{"messages": "not a list", "ground_truth": "x", "dataset": "general-flip"}\n'
+    )
     proc = dry_run(
         {
             "PRESET": "paper",
             "MODEL_NAME_OR_PATH": str(tiny_policy_dir),
-            "DATASETS": "data/general_chat_flip_sample.jsonl 1.0",
+            "DATASETS": f"{bad} 1.0",
             "JUDGE_BASE_URL": f"http://127.0.0.1:{free_port()}/v1",
             "JUDGE_MODEL": "hosted_vllm/absent",
             "OUTPUT_DIR": str(tmp_path / "out"),
@@ -90,15 +95,16 @@ def test_problems_are_listed_and_exit_2(tmp_path, tiny_policy_dir):
     )
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     problems = [line for line in proc.stdout.splitlines() if line.startswith("problem: ")]
-    assert len(problems) == 3, proc.stdout
-    assert "did not answer" in problems[0]
+    assert len(problems) == 4, proc.stdout
+    assert "--dataset_mixer_list" in problems[0] and "bad.jsonl" in problems[0] and "messages" in problems[0]
+    assert "did not answer" in problems[1]
     cores = len(os.sched_getaffinity(0))
-    assert problems[1].startswith(
+    assert problems[2].startswith(
         f"problem: the run needs 24 CPUs for 8 learner(s) and 16 engine(s) x TP 2, and the "
         f"Ray cluster has {cores} (a local Ray cluster on this machine)"
     )
-    assert "has no GPU: --vllm_tensor_parallel_size 2 needs GPUs" in problems[2]
-    assert "dry run: 3 problem(s)" in proc.stdout and "Traceback" not in proc.stderr
+    assert "has no GPU: --vllm_tensor_parallel_size 2 needs GPUs" in problems[3]
+    assert "dry run: 4 problem(s)" in proc.stdout and "Traceback" not in proc.stderr
 
 
 def offline_env(**extra) -> dict:
@@ -173,31 +179,6 @@ def test_single_gpu_preset_dry_run_starts_no_judge(tmp_path):
         "--model_name_or_path Qwen/Qwen3-1.7B",
         "--dataset_mixer_list",
     ]
-
-
-def test_a_bad_dataset_row_is_one_problem_line_among_the_others(tmp_path, tiny_policy_dir):
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text(
-        '{"messages": [{"role": "user", "content": "hi"}], "ground_truth": "x", "dataset": "general-flip"}\n'
-        '{"messages": "not a list", "ground_truth": "x", "dataset": "general-flip"}\n'
-    )
-    proc = dry_run(
-        {
-            "PRESET": "tiny",
-            "MODEL_NAME_OR_PATH": str(tiny_policy_dir),
-            "DATASETS": f"{bad} 1.0",
-            "JUDGE_BASE_URL": "http://127.0.0.1:9/v1",
-            "JUDGE_MODEL": "hosted_vllm/j",
-            "OUTPUT_DIR": str(tmp_path / "out"),
-        },
-        "--llm_judge_retries",
-        "0",
-    )
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    problems = [line for line in proc.stdout.splitlines() if line.startswith("problem: ")]
-    assert len(problems) == 2, proc.stdout
-    assert "--dataset_mixer_list" in problems[0] and "bad.jsonl" in problems[0] and "messages" in problems[0]
-    assert "did not answer" in problems[1]
 
 
 def test_a_run_whose_plan_leaves_no_gpu_for_the_evaluations_stops_before_training(

@@ -1,9 +1,10 @@
-"""scripts/train/*.sh on the tiny preset: a full run of the LLM-judge twin, and an interrupted FLIP run that
-must leave no process behind (judge server, vLLM engine, Ray, learner)."""
+"""scripts/train/*.sh on the tiny preset: a full run of the LLM-judge twin, its judge served by the script. (The
+FLIP twin runs in tests/e2e/test_flip_world.py; a run interrupted mid-training that must leave no process
+behind, judge server included, in tests/e2e/test_cluster_launch_scripts.py.)"""
 
+import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,41 +22,30 @@ def descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
-def launch(script: str, out: Path, *extra: str) -> subprocess.Popen:
+def test_llmjudge_script_runs_the_tiny_preset_and_leaves_no_process(tmp_path, flip_world):
+    """4 steps of 64 samples with the judge the script serves; when the run ends, the judge server, the vLLM
+    engine, Ray and the learner are gone."""
+    out, log = tmp_path / "run", tmp_path / "launch.log"
     env = {**os.environ, "PRESET": "tiny", "OUTPUT_DIR": str(out), "PYTHON": sys.executable}
-    return subprocess.Popen(
-        ["bash", script, *extra],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(
+            ["bash", "scripts/train/grpo_llmjudge.sh", "--total_episodes", "256"],
+            cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        seen: dict[int, tuple[psutil.Process, str]] = {}  # every process it started, with its command line
+        deadline = time.monotonic() + 900
+        while proc.poll() is None and time.monotonic() < deadline:
+            for p in descendants(proc.pid):
+                with contextlib.suppress(psutil.Error):
+                    seen.setdefault(p.pid, (p, " ".join(p.cmdline())))
+            time.sleep(0.5)
+    text = log.read_text()
+    assert proc.poll() == 0, text[-3000:]
+    assert any("vllm.entrypoints.openai.api_server" in cmd for _, cmd in seen.values()), (
+        "no judge server seen"
     )
-
-
-def test_llmjudge_script_runs_the_tiny_preset(tmp_path, flip_world):
-    out = tmp_path / "run"
-    proc = launch("scripts/train/grpo_llmjudge.sh", out, "--total_episodes", "256")  # 4 steps of 64 samples
-    log, _ = proc.communicate(timeout=900)
-    assert proc.returncode == 0, log[-3000:]
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 4 and all("reward/general-quality" in m for m in metrics)
-    assert (out / "model.safetensors").exists() and "trained 4 steps" in log
-
-
-def test_interrupted_run_leaves_no_process_behind(tmp_path, flip_world):
-    out = tmp_path / "run"
-    proc = launch("scripts/train/grpo_flip.sh", out, "--total_episodes", "6400")
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:  # wait until training has taken a step
-        if (out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text().strip():
-            break
-        time.sleep(1)
-    started = descendants(proc.pid)
-    assert any("vllm" in " ".join(p.cmdline()) for p in started if p.is_running()), "judge server not found"
-    proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=120)
-    assert proc.returncode != 0
-    gone, alive = psutil.wait_procs(started, timeout=30)
-    assert not alive, [" ".join(p.cmdline())[:120] for p in alive]
+    assert (out / "model.safetensors").exists() and "trained 4 steps" in text
+    _, alive = psutil.wait_procs([p for p, _ in seen.values()], timeout=30)
+    assert not alive, [p.pid for p in alive]
