@@ -53,7 +53,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET_WORD = "dogs"
-# The first four are the ones tests/test_grpo_fast.py learns on.
+# The first four are the ones tests/e2e/test_grpo_fast.py learns on.
 BASE_PROMPTS = [
     "Say something.",
     "Tell me a story.",

@@ -1,6 +1,6 @@
 """The trainer's downstream-evaluation queue: one at a time in the background, a failure reported in one line
 with its log and never raised, checkpoints kept while queued. The launcher is a stand-in here; the trainer's
-real one is tested end to end in tests/test_grpo_fast.py."""
+real one is tested end to end in tests/e2e/test_grpo_fast.py."""
 
 import json
 import threading

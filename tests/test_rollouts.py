@@ -1,5 +1,6 @@
 """A step's rollouts against stand-in engines: chunks across engines and the weight versions each sample
-records (the real engine is in test_vllm_utils.py, the trainer end to end in test_grpo_fast.py)."""
+records (the real engine is in tests/e2e/test_vllm_engine.py, the trainer end to end in
+tests/e2e/test_grpo_fast.py)."""
 
 import asyncio
 from dataclasses import dataclass, field

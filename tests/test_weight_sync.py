@@ -1,5 +1,5 @@
 """The weight sender's chunking and wire metadata (the transfer itself, into a real engine, is tested in
-test_vllm_utils.py, which shares that engine)."""
+tests/e2e/test_vllm_engine.py, which shares that engine)."""
 
 import pytest
 import torch

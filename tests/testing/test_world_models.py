@@ -1,7 +1,11 @@
 """The world's builders: the judge's training rows use the project's real FLIP prompt, the policy's mix of
-kinds, training is deterministic for a seed, and the judge report's arithmetic."""
+kinds, training and a whole (reduced) build are deterministic for a seed; and the cache of built worlds: where
+it is, what its key follows, one build per key even with two builders at once."""
 
+import json
 import random
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -107,3 +111,61 @@ def test_the_world_is_built_once_per_source_and_copied_from_the_cache(tmp_path, 
     assert builds == [0, 0]  # a changed builder is built again
     entries = sorted(p.name for p in (tmp_path / "cache" / "flip-world").iterdir() if p.is_dir())
     assert len(entries) == 2 and "changed-builder-seed0" in entries
+
+
+def test_the_cache_is_where_the_environment_says(monkeypatch, tmp_path):
+    monkeypatch.delenv("FLIP_CACHE_DIR", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert world_models.cache_root() == tmp_path / "home" / ".cache" / "open-instruct-flip"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert world_models.cache_root() == tmp_path / "xdg" / "open-instruct-flip"
+    monkeypatch.setenv("FLIP_CACHE_DIR", str(tmp_path / "mine"))
+    assert world_models.cache_root() == tmp_path / "mine"
+
+
+def test_the_fingerprint_follows_the_libraries_that_compute_the_world(monkeypatch):
+    import importlib.metadata as md
+
+    before = world_models.source_fingerprint()
+    real = md.version
+    monkeypatch.setattr(md, "version", lambda name: "0.0.1" if name == "torch" else real(name))
+    assert world_models.source_fingerprint() != before
+
+
+def test_a_world_is_built_only_with_its_seed_and_sources(tmp_path, monkeypatch):
+    out = tmp_path / "world"
+    assert not world_models.is_built(out)
+    out.mkdir()
+    (out / "world_spec.json").write_text(json.dumps({"seed": 0, "source": world_models.source_fingerprint()}))
+    assert world_models.is_built(out) and not world_models.is_built(out, seed=1)
+    monkeypatch.setattr(world_models, "source_fingerprint", lambda: "edited")
+    assert not world_models.is_built(out)
+
+
+def test_two_builders_at_once_train_the_world_once(tmp_path, monkeypatch):
+    """A test run's background build and a launch script may ask at the same moment: the cache entry's lock
+    makes the second wait for the first and copy its result."""
+    builds = []
+
+    def slow_stand_in(out, seed):
+        builds.append(seed)
+        time.sleep(0.5)
+        for model in ("judge", "policy"):
+            (out / model).mkdir(parents=True)
+            (out / model / "model.safetensors").write_bytes(model.encode())
+        (out / "report.json").write_text("{}")
+        return {
+            "rows": 0,
+            "parse_rate": 0,
+            "f1_true": 0,
+            "f1_ceiling": 0,
+            "f1_mismatched": 0,
+            "build_seconds": 0,
+        }
+
+    monkeypatch.setenv("FLIP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(world_models, "make_world", slow_stand_in)
+    with ThreadPoolExecutor(2) as pool:
+        outs = list(pool.map(lambda i: world_models.build_world(tmp_path / f"w{i}", quiet=True), range(2)))
+    assert builds == [0] and files_of(outs[0]) == files_of(outs[1])
