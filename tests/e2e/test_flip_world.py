@@ -80,12 +80,17 @@ def test_grpo_with_flip_rewards_learns_in_the_world(world_dir, tmp_path):
         sum(m["unparsed"] for m in metrics) < 0.1 * answers and sum(m["judge_failures"] for m in metrics) == 0
     )
     # judged by the world itself, not by the judge: the policy answers on task more often than before
+    # Each eval is 32 samples and the run's path depends on timing (async steps), so one eval against another
+    # is a coin toss at this size (seen: 0.34 at step 0, 0.44 at steps 10 and 20, 0.31 at step 25): the later
+    # half's evals are pooled.
     evals = sorted((out / "eval").glob("step_*.jsonl"), key=lambda p: int(p.stem.split("_")[1]))
-    before, after = read_jsonl(evals[0]), read_jsonl(evals[-1])
+    before = read_jsonl(evals[0])
+    after = [row for path in evals[len(evals) // 2 :] for row in read_jsonl(path)]
     rate = [
         world.on_task_rate((r["messages"][-1]["content"], r["response"]) for r in rows)
         for rows in (before, after)
     ]
+    assert evals[0].name == "step_0.jsonl" and len(evals) == 6
     assert rate[1] > rate[0], rate
     assert all("inferred_instruction" in r and "judge_output" in r for r in after)
     assert "reward" in proc.stdout and (out / "training_curves.png").exists()

