@@ -77,26 +77,26 @@ def test_a_reduced_world_is_the_same_byte_for_byte_when_built_twice(tmp_path):
     assert files_of(tmp_path / "c")["judge/model.safetensors"] != a["judge/model.safetensors"]
 
 
-def test_the_world_is_built_once_per_source_and_copied_from_the_cache(tmp_path, monkeypatch):
-    builds = []
+def stand_in_build(builds: list, seconds: float = 0.0):
+    """make_world's files without the training (the test above covers that); each call is noted in `builds`."""
 
-    def stand_in(out, seed):  # the files a build writes, without the training (the test above covers that)
+    def build(out, seed):
         builds.append(seed)
+        time.sleep(seconds)
         for model in ("judge", "policy"):
             (out / model).mkdir(parents=True)
             (out / model / "model.safetensors").write_bytes(f"{model} {seed}".encode())
         (out / "report.json").write_text("{}")
-        return {
-            "rows": 0,
-            "parse_rate": 0,
-            "f1_true": 0,
-            "f1_ceiling": 0,
-            "f1_mismatched": 0,
-            "build_seconds": 0,
-        }
+        report = ("rows", "parse_rate", "f1_true", "f1_ceiling", "f1_mismatched", "build_seconds")
+        return dict.fromkeys(report, 0)
 
+    return build
+
+
+def test_the_world_is_built_once_per_source_and_copied_from_the_cache(tmp_path, monkeypatch):
+    builds = []
     monkeypatch.setenv("FLIP_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(world_models, "make_world", stand_in)
+    monkeypatch.setattr(world_models, "make_world", stand_in_build(builds))
     first = world_models.build_world(tmp_path / "checkout1" / "world", quiet=True)
     second = world_models.build_world(tmp_path / "checkout2" / "world", quiet=True)
     assert builds == [0] and files_of(first) == files_of(second)
@@ -147,25 +147,8 @@ def test_two_builders_at_once_train_the_world_once(tmp_path, monkeypatch):
     """A test run's background build and a launch script may ask at the same moment: the cache entry's lock
     makes the second wait for the first and copy its result."""
     builds = []
-
-    def slow_stand_in(out, seed):
-        builds.append(seed)
-        time.sleep(0.5)
-        for model in ("judge", "policy"):
-            (out / model).mkdir(parents=True)
-            (out / model / "model.safetensors").write_bytes(model.encode())
-        (out / "report.json").write_text("{}")
-        return {
-            "rows": 0,
-            "parse_rate": 0,
-            "f1_true": 0,
-            "f1_ceiling": 0,
-            "f1_mismatched": 0,
-            "build_seconds": 0,
-        }
-
     monkeypatch.setenv("FLIP_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(world_models, "make_world", slow_stand_in)
+    monkeypatch.setattr(world_models, "make_world", stand_in_build(builds, seconds=0.5))
     with ThreadPoolExecutor(2) as pool:
         outs = list(pool.map(lambda i: world_models.build_world(tmp_path / f"w{i}", quiet=True), range(2)))
     assert builds == [0] and files_of(outs[0]) == files_of(outs[1])
