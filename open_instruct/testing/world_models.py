@@ -331,24 +331,28 @@ def _locked(path: Path):
 WORLD_FILES = ("judge", "policy", "report.json")
 
 
-def is_built(output_dir: str | Path, seed: int = 0) -> bool:
+def world_spec(seed: int) -> dict:
+    """What a built world's stamp (world_spec.json) says: its seed and the fingerprint of its sources."""
+    return {"seed": seed, "source": source_fingerprint()}
+
+
+def is_built(output_dir: str | Path, seed: int = 0, spec: dict | None = None) -> bool:
     """Whether `output_dir` holds the world of this seed and these sources (copied whole: the stamp goes last)."""
     stamp = Path(output_dir) / "world_spec.json"
-    return stamp.is_file() and json.loads(stamp.read_text()) == {"seed": seed, "source": source_fingerprint()}
+    return stamp.is_file() and json.loads(stamp.read_text()) == (spec or world_spec(seed))
 
 
 def build_world(output_dir: str | Path, seed: int = 0, quiet: bool = False) -> Path:
     """The world in `output_dir` (where the tiny preset reads it), built once per version of its sources and
     kept in the cache (cache_root()), so a new checkout or a cleaned `.cache` copies it instead of training
     again; a change to the builder's code, the prompts or the libraries gives a new cache entry."""
-    out = Path(output_dir)
-    if is_built(out, seed):
+    out, spec = Path(output_dir), world_spec(seed)
+    if is_built(out, spec=spec):
         return out
-    spec = {"seed": seed, "source": source_fingerprint()}
     stamp = out / "world_spec.json"
     cached = cache_root() / "flip-world" / f"{spec['source']}-seed{seed}"
     with _locked(cached.with_name(cached.name + ".lock")):
-        if not (cached / "world_spec.json").is_file():
+        if not is_built(cached, spec=spec):
             partial = cached.with_name(cached.name + ".partial")
             for leftover in (partial, cached):  # a build or a copy that was cut short
                 shutil.rmtree(leftover, ignore_errors=True)
