@@ -51,19 +51,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from open_instruct.testing.verifiers import WORD_PROMPTS
+
 REPO = Path(__file__).resolve().parent.parent
 TARGET_WORD = "dogs"
-# The first four are the ones tests/e2e/test_grpo_fast.py learns on.
-BASE_PROMPTS = [
-    "Say something.",
-    "Tell me a story.",
-    "Write a line.",
-    "What do you like?",
-    "Describe a city.",
-    "Give me three words.",
-    "Write about food.",
-    "Explain the weather.",
-]
 STAGES = ["generation", "reward", "training", "weight_sync"]
 SEED = 1
 TEMPERATURE = 1.0
@@ -72,7 +63,7 @@ MAX_PROMPT_TOKENS = 256
 
 def write_prompts(path: Path, n: int, reward: str) -> None:
     """n prompts in our RLVR schema; the `dataset` column names the verifier (FLIP's truth is the prompt)."""
-    texts = [BASE_PROMPTS[i] if i < len(BASE_PROMPTS) else f"Write line {i}." for i in range(n)]
+    texts = [WORD_PROMPTS[i] if i < len(WORD_PROMPTS) else f"Write line {i}." for i in range(n)]
     rows = [
         {
             "messages": [{"role": "user", "content": t}],

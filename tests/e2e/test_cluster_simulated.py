@@ -15,6 +15,7 @@ import torch
 from open_instruct import cluster
 from open_instruct.grpo_config import parse_args
 from open_instruct.testing.ray_cluster import SimulatedCluster
+from open_instruct.testing.verifiers import write_word_rows
 
 REPO = Path(__file__).resolve().parents[2]
 PAPER_FLAGS = [
@@ -189,31 +190,6 @@ def test_four_learners_on_two_nodes_train_like_one(stage, gpu_cluster, driver, t
     )  # the step moved the weights
 
 
-def word_data(path: Path, n: int = 6) -> Path:
-    prompts = [
-        "Say something.",
-        "Tell me a story.",
-        "Write a line.",
-        "What do you like?",
-        "Describe a city.",
-        "Give me three words.",
-    ][:n]
-    path.write_text(
-        "".join(
-            json.dumps(
-                {
-                    "messages": [{"role": "user", "content": p}],
-                    "ground_truth": "dogs",
-                    "dataset": "word-share",
-                }
-            )
-            + "\n"
-            for p in prompts
-        )
-    )
-    return path
-
-
 def test_trainer_runs_four_learners_on_two_nodes(gpu_cluster, tiny_policy_dir, tmp_path):
     """The trainer itself on the simulated cluster: 2 x 2 ZeRO-3 learners on two GPU nodes, the engine on a
     third, the driver on the head node. 3 prompts x 3 samples of 15-28 tokens a step in micro-batches of 36:
@@ -228,7 +204,7 @@ def test_trainer_runs_four_learners_on_two_nodes(gpu_cluster, tiny_policy_dir, t
         "--model_name_or_path",
         str(tiny_policy_dir),
         "--dataset_mixer_list",
-        str(word_data(tmp_path / "word.jsonl")),
+        str(write_word_rows(tmp_path / "word.jsonl", 6)),
         "1.0",
         "--output_dir",
         str(out),

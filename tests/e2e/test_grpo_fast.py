@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from open_instruct.testing.verifiers import write_word_rows
+
 REPO = Path(__file__).resolve().parents[2]
 
 REQUIRED = {
@@ -52,21 +54,7 @@ def test_reward_rises_with_a_verifiable_reward(tmp_path, tiny_policy_dir):
     """Learning check: the reward is the share of response words equal to 'dogs' (a word the untrained
     tiny policy writes now and then, so some groups have signal); it must rise clearly within 30 steps.
     Measured: about 0.00 over the first five steps, 0.3 over the last five."""
-    data = tmp_path / "word.jsonl"
-    prompts = ["Say something.", "Tell me a story.", "Write a line.", "What do you like?"]
-    data.write_text(
-        "".join(
-            json.dumps(
-                {
-                    "messages": [{"role": "user", "content": p}],
-                    "ground_truth": "dogs",
-                    "dataset": "word-share",
-                }
-            )
-            + "\n"
-            for p in prompts
-        )
-    )
+    data = write_word_rows(tmp_path / "word.jsonl", 4)
     proc, out, metrics = train(
         tmp_path,
         tiny_policy_dir,

@@ -15,6 +15,7 @@ import torch
 
 from open_instruct.testing.ray_cluster import kill_tree
 from open_instruct.testing.scripted_judge import Reply, ScriptedJudge, response_of
+from open_instruct.testing.verifiers import write_word_rows
 from open_instruct.train_state import latest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,31 +41,7 @@ def jsonl(path: Path) -> list[dict]:
 
 def word_data(tmp_path: Path) -> Path:
     """8 prompts scored by the `word-share` verifier (no judge): 4 steps per epoch at 2 prompts a step."""
-    data = tmp_path / "word.jsonl"
-    prompts = [
-        "Say something.",
-        "Tell me a story.",
-        "Write a line.",
-        "What do you like?",
-        "Describe a city.",
-        "Give me three words.",
-        "Write about food.",
-        "Explain the weather.",
-    ]
-    data.write_text(
-        "".join(
-            json.dumps(
-                {
-                    "messages": [{"role": "user", "content": p}],
-                    "ground_truth": "dogs",
-                    "dataset": "word-share",
-                }
-            )
-            + "\n"
-            for p in prompts
-        )
-    )
-    return data
+    return write_word_rows(tmp_path / "word.jsonl", 8)
 
 
 def saved_step(out: Path) -> int:
