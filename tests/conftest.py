@@ -177,7 +177,7 @@ def judge_server(tiny_judge_dir, tmp_path_factory):
         "PYTHON": sys.executable,
     }
     launcher = subprocess.Popen(
-        ["bash", "scripts/serve_judge.sh", str(tiny_judge_dir), str(port), "--", "--enforce-eager"],
+        ["bash", "scripts/serve_judge.sh", str(tiny_judge_dir), str(port)],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from open_instruct import judge_server
 from open_instruct.judge_server import JudgeServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -111,6 +112,17 @@ def test_judge_server_listens_where_asked():
     everywhere = JudgeServer("m", port=8123, host="0.0.0.0")
     assert everywhere.command()[everywhere.command().index("--host") + 1] == "0.0.0.0"
     assert everywhere.api_base == "http://127.0.0.1:8123/v1"  # reached locally through loopback
+
+
+def test_judge_server_on_cpu_runs_eagerly_unless_the_user_says_otherwise(monkeypatch):
+    # torch.compile's warm-up doubled every CPU judge server's start-up (67 s against 32 s) for no gain
+    monkeypatch.setattr(judge_server, "has_cuda", lambda: False)
+    cmd = JudgeServer("m", port=8123).command()
+    assert cmd[-3:] == ["--dtype", "float32", "--enforce-eager"]
+    mine = JudgeServer("m", port=8123, extra_args=["--no-enforce-eager"]).command()
+    assert mine.index("--no-enforce-eager") > mine.index("--enforce-eager")  # argparse: the last one wins
+    monkeypatch.setattr(judge_server, "has_cuda", lambda: True)
+    assert not {"--enforce-eager", "--dtype"} & set(JudgeServer("m", port=8123).command())  # GPU: defaults
 
 
 # --------------------------------------------------------------------------------------------------

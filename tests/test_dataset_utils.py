@@ -126,8 +126,16 @@ def test_load_errors_name_the_file(tmp_path):
 
 
 def test_unreachable_hub_id_fails_fast_with_one_line(monkeypatch):
+    import datasets.config
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    # Both libraries read the variables once, at import: in a run where an earlier test imported them, only
+    # these make the load fail at once instead of waiting on the network (23 s in the suite before).
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
     with pytest.raises(DatasetError) as err:
         du.load_mixture(["nobody-here/no-such-dataset", "1.0"], ["train"], seed=0)
     msg = str(err.value)
