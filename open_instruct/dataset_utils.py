@@ -364,10 +364,46 @@ _OLMO_THINKER = (
     "{% endfor %}"
 )
 
+# Qwen3's format (the Qwen3 chat models' own template renders this text; tests/test_dataset_utils.py holds it):
+# ChatML turns; an assistant turn before the last user turn keeps only its answer (the reasoning before
+# </think>, or in `reasoning_content`, is dropped); one after it is written as <think>\nREASONING\n</think>\n\n
+# ANSWER; the generation prompt opens the assistant turn, and with enable_thinking=False (a
+# --chat_template_kwargs entry) it also closes an empty think block, so the model answers at once. Tool calls
+# and tool turns are not rendered (the trainer has no tools).
+_QWEN3 = (
+    "{% set ns = namespace(last_query=messages | length - 1) %}"
+    "{% for m in messages %}{% if m['role'] == 'user' %}{% set ns.last_query = loop.index0 %}{% endif %}{% endfor %}"
+    "{% for m in messages %}"
+    "{% if m['role'] == 'assistant' %}"
+    "{% set content = m['content'] if m['content'] is string else '' %}"
+    "{% set reasoning = m.get('reasoning_content', none) %}"
+    "{% if reasoning is not string %}"
+    "{% set reasoning = '' %}"
+    "{% if '</think>' in content %}"
+    "{% set reasoning = content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') %}"
+    "{% set content = content.split('</think>')[-1].lstrip('\n') %}"
+    "{% endif %}"
+    "{% endif %}"
+    "{% if loop.index0 > ns.last_query and (loop.last or reasoning) %}"
+    "{{ '<|im_start|>assistant\n<think>\n' + reasoning.strip('\n') + '\n</think>\n\n' + content.lstrip('\n') }}"
+    "{% else %}"
+    "{{ '<|im_start|>assistant\n' + content }}"
+    "{% endif %}"
+    "{{ '<|im_end|>\n' }}"
+    "{% else %}"
+    "{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+    "{% if enable_thinking is defined and enable_thinking is false %}{{ '<think>\n\n</think>\n\n' }}{% endif %}"
+    "{% endif %}"
+)
+
 CHAT_TEMPLATES: dict[str, str] = {
     "chatml": _CHATML,
     "tulu": _TULU,
     "olmo_thinker": _OLMO_THINKER,
+    "qwen3": _QWEN3,
 }
 
 
@@ -407,13 +443,22 @@ class PromptRow:
 
 
 def tokenize_prompts(
-    rows: Sequence[dict], tokenizer: Any, chat_template: str, max_prompt_token_length: int
+    rows: Sequence[dict],
+    tokenizer: Any,
+    chat_template: str,
+    max_prompt_token_length: int,
+    template_kwargs: dict | None = None,
 ) -> tuple[list[PromptRow], int]:
     """Tokenized prompts of the (validated) rows, and how many were dropped for being longer than
-    `max_prompt_token_length` tokens (dropped, not truncated: a cut prompt asks a different question)."""
+    `max_prompt_token_length` tokens (dropped, not truncated: a cut prompt asks a different question).
+    `template_kwargs` reach the template as variables (e.g. enable_thinking)."""
     texts = [
         tokenizer.apply_chat_template(
-            row["messages"], chat_template=chat_template, tokenize=False, add_generation_prompt=True
+            row["messages"],
+            chat_template=chat_template,
+            tokenize=False,
+            add_generation_prompt=True,
+            **(template_kwargs or {}),
         )
         for row in rows
     ]

@@ -6,6 +6,7 @@ on AI2's infrastructure (oe-eval jobs, Beaker, the code API) are accepted and re
 
 import argparse
 import dataclasses
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,12 @@ class GRPOConfig:
         2048, "prompts longer than this (after the chat template) are dropped and counted"
     )
     chat_template_name: str | None = opt(
-        None, "named chat template (e.g. olmo_thinker, chatml, tulu); default: the tokenizer's own"
+        None, "named chat template (olmo_thinker, qwen3, chatml, tulu); default: the tokenizer's own"
+    )
+    chat_template_kwargs: str = opt(
+        "",
+        "a JSON object of variables for the policy's chat template, e.g. '{\"enable_thinking\": false}' to "
+        "have a Qwen3 policy answer without reasoning; empty: none (a Qwen3 template then thinks)",
     )
     # ---- model
     model_name_or_path: str = opt(
@@ -241,6 +247,11 @@ class GRPOConfig:
     @property
     def num_training_steps(self) -> int:
         return max(1, self.total_episodes // self.batch_size)
+
+    @property
+    def template_kwargs(self) -> dict[str, Any]:
+        """--chat_template_kwargs parsed (validate() has checked it is a JSON object)."""
+        return json.loads(self.chat_template_kwargs) if self.chat_template_kwargs.strip() else {}
 
 
 # Flags from the published scripts that drive AI2's infrastructure. Accepted, reported once, not used
@@ -483,7 +494,16 @@ def validate(cfg: GRPOConfig) -> list[str]:
             f"--total_episodes ({cfg.total_episodes}) is less than one step ({cfg.batch_size} samples)",
         ),
     ]
-    return [msg for ok, msg in checks if not ok] + eval_problems(cfg)
+    return [msg for ok, msg in checks if not ok] + template_kwargs_problems(cfg) + eval_problems(cfg)
+
+
+def template_kwargs_problems(cfg: GRPOConfig) -> list[str]:
+    try:
+        if isinstance(cfg.template_kwargs, dict):
+            return []
+    except json.JSONDecodeError as e:
+        return [f"--chat_template_kwargs is not JSON ({e.msg} at character {e.pos + 1})"]
+    return ["--chat_template_kwargs must be a JSON object like '{\"enable_thinking\": false}'"]
 
 
 def eval_problems(cfg: GRPOConfig) -> list[str]:

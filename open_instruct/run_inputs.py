@@ -55,7 +55,7 @@ def read_inputs(cfg: GRPOConfig, problems: list[str] | None = None) -> Inputs:
     if out.tokenizer is not None and train is not None:
         longest = cfg.max_prompt_token_length
         out.prompts, dropped = dataset_utils.tokenize_prompts(
-            train, out.tokenizer, out.chat_template, longest
+            train, out.tokenizer, out.chat_template, longest, cfg.template_kwargs
         )
         if not out.prompts:
             attempt(
@@ -64,7 +64,7 @@ def read_inputs(cfg: GRPOConfig, problems: list[str] | None = None) -> Inputs:
             )
         if evals:
             out.eval_prompts, _ = dataset_utils.tokenize_prompts(
-                evals, out.tokenizer, out.chat_template, longest
+                evals, out.tokenizer, out.chat_template, longest, cfg.template_kwargs
             )
     names = {row["dataset"] for row in (train or []) + (evals or [])}
     needs_judge = any(n.lower().startswith("general-") for n in names)

@@ -105,6 +105,16 @@ def tiny_policy_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_arch_dirs(tmp_path_factory) -> dict[str, Path]:
+    """One tiny random model of each real family (testing/tiny_models.py ARCHS: qwen3-tied, qwen3-untied,
+    olmo3), each with its family's chat template, built offline once per session (under a second each)."""
+    from open_instruct.testing.tiny_models import ARCHS, build_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny-archs")
+    return {arch: build_tiny_model(root / arch, seed=0, arch=arch) for arch in ARCHS}
+
+
+@pytest.fixture(scope="session")
 def flip_world() -> Path:
     """The small world's judge and policy (open_instruct/testing/world_models.py) in .cache/flip-world, where
     the tiny preset looks for them. Trained once per version of the builder (about 6 minutes on 2 cores, in

@@ -332,7 +332,7 @@ def test_chat_template_selection(tokenizer):
     assert du.get_chat_template(tokenizer, "tokenizer") == tokenizer.chat_template
     assert {"chatml", "tulu", "olmo_thinker"} <= set(du.CHAT_TEMPLATES)
     with pytest.raises(
-        DatasetError, match="unknown chat template 'llama9'; known: chatml, tulu, olmo_thinker"
+        DatasetError, match="unknown chat template 'llama9'; known: chatml, tulu, olmo_thinker, qwen3"
     ):
         du.get_chat_template(tokenizer, "llama9")
 
@@ -403,6 +403,83 @@ def test_olmo_thinker_renders_as_open_instruct_does(tokenizer, messages, generat
         messages, chat_template=template, tokenize=False, add_generation_prompt=generation_prompt
     )
     assert text == expected
+
+
+# Qwen3's published format, as the Qwen3 chat models' own template renders it (thinking on unless
+# enable_thinking=False; reasoning kept only after the last user turn).
+QWEN3_GOLDEN = [
+    (
+        CONVERSATION,
+        {},
+        True,
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n"
+        "<|im_start|>user\nWrite a haiku.<|im_end|>\n<|im_start|>assistant\n",
+    ),
+    (
+        CONVERSATION,
+        {"enable_thinking": False},
+        True,
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n"
+        "<|im_start|>user\nWrite a haiku.<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n",
+    ),
+    (  # a past turn's reasoning is dropped; a system turn is a plain ChatML turn
+        [
+            {"role": "system", "content": "Be kind."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "<think>\nGreet back.\n</think>\n\nHello!"},
+            {"role": "user", "content": "Write a haiku."},
+        ],
+        {"enable_thinking": True},
+        True,
+        "<|im_start|>system\nBe kind.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+        "<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nWrite a haiku.<|im_end|>\n"
+        "<|im_start|>assistant\n",
+    ),
+    (  # the answer to the last question keeps its reasoning, from the text or from reasoning_content
+        [
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "<think>\nAdd them.\n</think>\n\n4"},
+        ],
+        {},
+        False,
+        "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n<think>\nAdd them.\n</think>\n\n4<|im_end|>\n",
+    ),
+    (
+        [
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "4", "reasoning_content": "Add them."},
+        ],
+        {},
+        False,
+        "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n<think>\nAdd them.\n</think>\n\n4<|im_end|>\n",
+    ),
+    (  # the last assistant turn gets an empty think block when it has no reasoning
+        [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}],
+        {},
+        False,
+        "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n4<|im_end|>\n",
+    ),
+]
+
+
+@pytest.mark.parametrize(("messages", "kwargs", "generation_prompt", "expected"), QWEN3_GOLDEN)
+def test_qwen3_renders_the_published_format(tokenizer, messages, kwargs, generation_prompt, expected):
+    template = du.get_chat_template(tokenizer, "qwen3")
+    text = tokenizer.apply_chat_template(
+        messages, chat_template=template, tokenize=False, add_generation_prompt=generation_prompt, **kwargs
+    )
+    assert text == expected
+
+
+def test_template_kwargs_reach_the_template_when_prompts_are_tokenized(tokenizer):
+    rows = [{"messages": CONVERSATION[:1], "ground_truth": "x", "dataset": "general-flip"}]
+    template = du.get_chat_template(tokenizer, "qwen3")
+    (thinking,), _ = du.tokenize_prompts(rows, tokenizer, template, 256)
+    (direct,), _ = du.tokenize_prompts(rows, tokenizer, template, 256, {"enable_thinking": False})
+    assert tokenizer.decode(thinking.prompt_token_ids).endswith("<|im_start|>assistant\n")
+    assert tokenizer.decode(direct.prompt_token_ids).endswith(
+        "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    )
 
 
 def test_tokenize_prompts_and_drop_long_ones(tokenizer):

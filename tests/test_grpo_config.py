@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from open_instruct.grpo_config import GRPOConfig, parse_args
+from open_instruct.grpo_config import GRPOConfig, parse_args, template_kwargs_problems
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -114,6 +114,10 @@ def run(*args):
             "--eval_include_path /no/such: no such folder",
         ),
         (
+            ["--model_name_or_path", "m", "--chat_template_kwargs", "{enable_thinking: false}"],
+            "--chat_template_kwargs is not JSON (Expecting property name enclosed in double quotes at character 2)",
+        ),
+        (
             ["--model_name_or_path", "m", "--truncated_importance_sampling_ratio_cap", "0"],
             "--async_steps 1 trains on samples from weights up to 1 update(s) old",
         ),
@@ -124,6 +128,16 @@ def test_flag_mistakes_are_usage_errors_without_traceback(args, message):
     proc = run(*args)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "usage:" not in proc.stderr, proc.stderr
+
+
+def test_chat_template_kwargs_is_a_json_object():
+    cfg, _ = parse_args(["--model_name_or_path", "m", "--chat_template_kwargs", '{"enable_thinking": false}'])
+    assert cfg.template_kwargs == {"enable_thinking": False}
+    assert parse_args(["--model_name_or_path", "m"])[0].template_kwargs == {}
+    cfg.chat_template_kwargs = "[1]"
+    assert template_kwargs_problems(cfg) == [
+        "--chat_template_kwargs must be a JSON object like '{\"enable_thinking\": false}'"
+    ]
 
 
 def test_help_documents_every_flag():

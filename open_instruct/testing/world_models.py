@@ -256,16 +256,21 @@ def write_data(output_dir: str | Path, seed: int = 0) -> Path:
 
 
 def source_fingerprint() -> str:
-    """A hash of everything a build depends on (this file, the world, the model builder, the judge prompts, and
-    the versions of the libraries that compute it), so a cached build made from other code is rebuilt."""
+    """A hash of everything a build depends on (this file, the world, the parts of tiny_models.py it calls, the
+    judge prompts, and the versions of the libraries that compute it), so a cached build made from other code
+    is rebuilt, and one made before an unrelated change to tiny_models.py (another architecture) is not."""
     import importlib.metadata as md
+    import inspect
 
     from open_instruct.prompts import PROMPTS_DIR
+    from open_instruct.testing import tiny_models as tm
 
-    files = [Path(__file__), Path(world.__file__), Path(__file__).with_name("tiny_models.py")]
-    files += sorted(PROMPTS_DIR.glob("FLIP_*.prompt"))
+    files = [Path(__file__), Path(world.__file__), *sorted(PROMPTS_DIR.glob("FLIP_*.prompt"))]
+    used = [inspect.getsource(f) for f in (tm.corpus, tm.build_tokenizer, tm.build_model)]
+    used += [repr(v) for v in (tm.SPECIAL_TOKENS, tm.CHAT_TEMPLATE, tm._WORDS)]
     versions = " ".join(f"{name}=={md.version(name)}" for name in ("torch", "transformers", "tokenizers"))
-    return hashlib.sha256(b"".join(f.read_bytes() for f in files) + versions.encode()).hexdigest()[:16]
+    text = b"".join(f.read_bytes() for f in files) + "".join(used).encode() + versions.encode()
+    return hashlib.sha256(text).hexdigest()[:16]
 
 
 def cache_root() -> Path:

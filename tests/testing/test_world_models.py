@@ -124,6 +124,18 @@ def test_the_cache_is_where_the_environment_says(monkeypatch, tmp_path):
     assert world_models.cache_root() == tmp_path / "mine"
 
 
+def test_the_fingerprint_follows_the_model_builder_it_calls_and_nothing_else(monkeypatch):
+    from open_instruct.testing import tiny_models
+
+    before = world_models.source_fingerprint()
+    monkeypatch.setattr(
+        tiny_models, "build_arch_model", lambda *a, **k: None
+    )  # another architecture's builder
+    assert world_models.source_fingerprint() == before
+    monkeypatch.setattr(tiny_models, "SPECIAL_TOKENS", [*tiny_models.SPECIAL_TOKENS, "<|x|>"])
+    assert world_models.source_fingerprint() != before
+
+
 def test_the_fingerprint_follows_the_libraries_that_compute_the_world(monkeypatch):
     import importlib.metadata as md
 
