@@ -3,6 +3,7 @@ a run that had to stop (a judge outage, an actor that died, a wait past its time
 status 1; a run stopped by SIGTERM with its state saved (preempted, resumable) is one line and exit status 75;
 Ctrl-C is exit status 130."""
 
+import argparse
 import sys
 from collections.abc import Callable
 
@@ -49,3 +50,13 @@ def run_command(body: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def parse_bool(text: str) -> bool:
+    """A flag's true/false value, as the published scripts write it (`True`, `false`, `1`, ...)."""
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")

@@ -26,8 +26,8 @@ overall, the unweighted mean over subsets; n judged; failures), report.md with a
 run_config.json. Rerunning with the same --output-dir resumes: examples already judged are skipped, failed
 ones are judged again, and results are recomputed from every prediction in the directory. The dataset,
 judge model and the settings that change answers (--llm_judge_max_tokens, --llm_judge_temperature,
---llm_judge_max_context_length, --llm_judge_on_unparsed, --flip_echo_overlap_max, --seed) must match the
-directory's run_config.json.
+--llm_judge_max_context_length, --llm_judge_on_unparsed, --llm_judge_enable_thinking,
+--llm_judge_structured_output, --flip_echo_overlap_max, --seed) must match the directory's run_config.json.
 
 Exit status: 0 when every example was judged, 1 when some examples failed (rerun to retry them), 2 for
 bad flags or input (one line naming the file, row or flag), or a judge that cannot be reached at all.
@@ -38,7 +38,7 @@ import asyncio
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 from open_instruct.cli_utils import UserError, run_command
@@ -123,7 +123,7 @@ class ExampleJudge:
 
         async def compare(i: int, j: int, chosen_as: str) -> dict:
             a, b = (responses[i], responses[j]) if chosen_as == "A" else (responses[j], responses[i])
-            result = await self.client.judge(pairwise_messages, ex.prompt, a, b)
+            result = await self.client.judge(pairwise_messages, ex.prompt, a, b, judge_type="pairwise")
             verdict = extract_preference(result.text) if result.ok else None
             return {
                 "chosen": i,
@@ -147,7 +147,9 @@ class ExampleJudge:
         n = len(ex.responses)
         order = reward_bench.listwise_order(self.seed, ex.id, n)
         shown = [ex.responses[k] for k in order]
-        result = await self.client.judge(lambda p, *rs: listwise_messages(p, list(rs)), ex.prompt, *shown)
+        result = await self.client.judge(
+            lambda p, *rs: listwise_messages(p, list(rs)), ex.prompt, *shown, judge_type="listwise"
+        )
         pick = extract_best_index(result.text) if result.ok else None
         picked = order[pick] if pick is not None and pick < n else None
         call = {
@@ -199,6 +201,8 @@ class RunConfig:
     on_unparsed: str
     seed: int
     echo_overlap_max: float
+    judge_enable_thinking: bool | None = None  # a run saved before these settings existed had their defaults
+    judge_structured_output: bool = False
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "RunConfig":
@@ -212,6 +216,8 @@ class RunConfig:
             on_unparsed=args.llm_judge_on_unparsed,
             seed=args.seed,
             echo_overlap_max=args.flip_echo_overlap_max,
+            judge_enable_thinking=args.llm_judge_enable_thinking,
+            judge_structured_output=args.llm_judge_structured_output,
         )
 
     def check_or_save(self, path: Path) -> None:
@@ -225,8 +231,11 @@ class RunConfig:
             raise UserError(
                 f"{path}: not valid JSON ({e.msg}); remove it or use another --output-dir"
             ) from None
+        defaults = {f.name: f.default for f in fields(self) if f.default is not MISSING}
         differ = [
-            f"{k} {saved.get(k)!r} (this run: {v!r})" for k, v in asdict(self).items() if saved.get(k) != v
+            f"{k} {saved.get(k, defaults.get(k))!r} (this run: {v!r})"
+            for k, v in asdict(self).items()
+            if saved.get(k, defaults.get(k)) != v
         ]
         if differ:
             raise UserError(

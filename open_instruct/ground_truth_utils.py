@@ -19,6 +19,8 @@ Every result says whether the judge answered (`judge_ok`) and whether its answer
 A judge that could not be reached gives `score=None`: such a sample has no reward and must not be
 trained on. When the judge answered but no instruction parses, the `raw` policy (the published
 recipe's behaviour) scores F1 against the judge's raw text and flags `parsed=False`; `fail` gives None.
+An answer cut off inside the judge's reasoning (an unclosed <think>) is unparsed and gives None under either
+policy: its raw text is unfinished thinking, not an answer.
 """
 
 from abc import ABC, abstractmethod
@@ -121,9 +123,13 @@ class LMJudgeVerifier(Verifier):
                 error=f"response restates the instruction (word-pair overlap {echo:.2f} >= {self.echo_overlap_max:g})",
                 details={"echo_overlap": echo},
             )
-        result = await self.client.judge(lambda r: judge_utils.flip_messages(r, context), response)
+        result = await self.client.judge(
+            lambda r: judge_utils.flip_messages(r, context), response, judge_type="flip"
+        )
         if not result.ok:
             return VerifierResult(None, judge_ok=False, error=result.error, cost=result.cost)
+        if judge_utils.cut_in_reasoning(result.text):
+            return cut_off(result)
         inferred = judge_utils.extract_inferred_instruction(result.text)
         parsed = inferred is not None
         if not parsed and self.on_unparsed == "fail":
@@ -165,14 +171,20 @@ class LMJudgeVerifier(Verifier):
         reference = ground_truth if self.judge_type == "quality_ref" else None
         if reference is None:
             result = await self.client.judge(
-                lambda p, r: judge_utils.pointwise_messages(p, r), prompt, response
+                lambda p, r: judge_utils.pointwise_messages(p, r), prompt, response, judge_type="quality"
             )
         else:
             result = await self.client.judge(
-                lambda p, r, ref: judge_utils.pointwise_messages(p, r, ref), prompt, response, reference
+                lambda p, r, ref: judge_utils.pointwise_messages(p, r, ref),
+                prompt,
+                response,
+                reference,
+                judge_type="quality_ref",
             )
         if not result.ok:
             return VerifierResult(None, judge_ok=False, error=result.error, cost=result.cost)
+        if judge_utils.cut_in_reasoning(result.text):
+            return cut_off(result)
         score = judge_utils.extract_score(result.text)
         if score is None or not 0 <= score <= 10:
             error = "judge answer has no score" if score is None else f"judge score {score:g} is outside 0-10"
@@ -182,6 +194,19 @@ class LMJudgeVerifier(Verifier):
                 fallback, parsed=False, error=error, cost=result.cost, judge_output=result.text
             )
         return VerifierResult(score / 10.0, cost=result.cost, extracted=score, judge_output=result.text)
+
+
+def cut_off(result) -> VerifierResult:
+    """A judge answer cut off inside its reasoning: unparsed and no reward, whatever --llm_judge_on_unparsed
+    says (there is no answer to score; its raw text is the judge's unfinished thinking)."""
+    return VerifierResult(
+        None,
+        parsed=False,
+        cost=result.cost,
+        judge_output=result.text,
+        error="judge answer cut off inside its reasoning (no </think>): raise --llm_judge_max_tokens or pass "
+        "--llm_judge_enable_thinking false",
+    )
 
 
 # --------------------------------------------------------------------------------------------------

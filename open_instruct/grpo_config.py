@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
+from open_instruct.cli_utils import parse_bool
 from open_instruct.judge_config import BY_NAME
 
 
@@ -89,6 +90,8 @@ class GRPOConfig:
     llm_judge_endpoint_cooldown: float = judge_opt("llm_judge_endpoint_cooldown")
     llm_judge_retries: int = judge_opt("llm_judge_retries")
     llm_judge_temperature: float = judge_opt("llm_judge_temperature")
+    llm_judge_enable_thinking: bool | None = judge_opt("llm_judge_enable_thinking")
+    llm_judge_structured_output: bool = judge_opt("llm_judge_structured_output")
     flip_echo_overlap_max: float = judge_opt("flip_echo_overlap_max")
     llm_judge_on_unparsed: Literal["raw", "fail"] = opt(
         "raw",
@@ -283,15 +286,6 @@ INFRA_FLAG_PREFIXES = (
 )
 
 
-def _bool(text: str) -> bool:
-    low = text.strip().lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors: the usage is what --help is for."""
 
@@ -332,9 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
             kw["required"] = True
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         kind, origin = f.type, get_origin(f.type)
-        if kind is bool:
+        if kind is bool or kind == bool | None:
             # `--flag`, `--flag true` and `--flag False` all work, as in the published scripts
-            kw.update(type=_bool, nargs="?", const=True, default=default)
+            kw.update(type=parse_bool, nargs="?", const=True, default=default)
         elif origin is list:
             kw.update(nargs="*", type=get_args(kind)[0], default=default)
         elif origin is Literal:

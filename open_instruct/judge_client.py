@@ -62,6 +62,15 @@ class JudgeConfig:
     max_tokens: int = 2048
     """Most tokens the judge may write (`llm_judge_max_tokens` in the published recipe)."""
     temperature: float = 0.0
+    enable_thinking: bool | None = None
+    """Sent with every request as `chat_template_kwargs: {"enable_thinking": ...}` (vLLM's server passes it to
+    the judge's chat template). None sends nothing and the template decides: Qwen3's thinks, as the published
+    recipe's judge did. False makes a Qwen3 judge answer at once: a FLIP answer is one sentence, and a thinking
+    answer that `max_tokens` cuts off inside its reasoning has no answer at all (it counts as unparsed and is
+    not rewarded)."""
+    structured_output: bool = False
+    """Ask the server for the judge type's JSON (`response_format` with a JSON schema, vLLM's structured
+    outputs), so every answer parses; the judge then writes JSON from its first token, with no room to think."""
     max_context_length: int = 25000
     """Judge context window in tokens; longer prompts have their long texts cut in the middle."""
     cache_size: int = 4096
@@ -232,18 +241,21 @@ class JudgeClient:
                 break
         return messages, True
 
-    async def judge(self, build: Callable[..., list[Message]], *texts: str) -> JudgeResult:
-        """Call the judge on `build(*texts)`, shortening the texts first if the prompt would not fit."""
+    async def judge(
+        self, build: Callable[..., list[Message]], *texts: str, judge_type: str | None = None
+    ) -> JudgeResult:
+        """Call the judge on `build(*texts)`, shortening the texts first if the prompt would not fit.
+        `judge_type` (judge_utils.JUDGE_TYPES) is the JSON schema asked for under `structured_output`."""
         messages, truncated = self.fit_context(build, list(texts))
-        result = await self.complete(messages)
+        result = await self.complete(messages, judge_type)
         if truncated and not result.truncated:
             result = replace(result, truncated=True)
         self.stats.truncated += int(truncated)
         return result
 
-    async def complete(self, messages: list[Message]) -> JudgeResult:
+    async def complete(self, messages: list[Message], judge_type: str | None = None) -> JudgeResult:
         """The judge's answer to `messages`: one call of its own, or the answer to an identical request."""
-        key = tuple((m["role"], m["content"]) for m in messages)
+        key = (judge_type, *((m["role"], m["content"]) for m in messages))
         remembered = self._answers.get(key)
         if remembered is not None:
             self._answers.move_to_end(key)
@@ -254,7 +266,7 @@ class JudgeClient:
         if task is not None:
             self.stats.deduplicated += 1
             return _shared(await asyncio.shield(task))
-        task = asyncio.ensure_future(self._call(messages))
+        task = asyncio.ensure_future(self._call(messages, judge_type))
         pending[key] = task
         task.add_done_callback(lambda t: self._settle(pending, key, t))
         return await asyncio.shield(task)
@@ -275,7 +287,7 @@ class JudgeClient:
             self._semaphores[loop] = asyncio.Semaphore(self.config.max_concurrency * len(self.pool))
         return self._semaphores[loop]
 
-    async def _call(self, messages: list[Message]) -> JudgeResult:
+    async def _call(self, messages: list[Message], judge_type: str | None) -> JudgeResult:
         """One judge call: to the least busy replica; on a retryable failure, at once to a replica not yet
         tried, and when none is left, after a backoff to any (each backoff spends one of `retries`)."""
         cfg, pool, semaphore = self.config, self.pool, self._semaphore()
@@ -290,7 +302,9 @@ class JudgeClient:
                 self._in_flight += 1
                 self.stats.max_in_flight = max(self.stats.max_in_flight, self._in_flight)
                 try:
-                    answer = await asyncio.wait_for(self._request(pool.bases[i], messages), cfg.timeout)
+                    answer = await asyncio.wait_for(
+                        self._request(pool.bases[i], messages, judge_type), cfg.timeout
+                    )
                     error = None
                 except Exception as exc:  # noqa: BLE001
                     error = exc
@@ -315,21 +329,37 @@ class JudgeClient:
             await asyncio.sleep(delay * (0.5 + random.random()))
         return self._failure(error, attempts, time.perf_counter() - start)
 
-    async def _request(self, api_base: str | None, messages: list[Message]) -> tuple[str, int, int, float]:
+    def request_options(self, judge_type: str | None) -> dict:
+        """What a request carries besides the messages and sampling settings: the chat template's
+        enable_thinking and, under structured_output, the judge type's JSON schema."""
+        from open_instruct.judge_utils import response_format
+
+        options: dict = {}
+        if self.config.enable_thinking is not None:
+            options["chat_template_kwargs"] = {"enable_thinking": self.config.enable_thinking}
+        if self.config.structured_output and judge_type is not None:
+            options["response_format"] = response_format(judge_type)
+        return options
+
+    async def _request(
+        self, api_base: str | None, messages: list[Message], judge_type: str | None
+    ) -> tuple[str, int, int, float]:
         """(text, prompt tokens, completion tokens, cost) of one request to one replica."""
         cfg = self.config
+        options = self.request_options(judge_type)
         if self.direct:
             payload = dict(
                 model=cfg.model.split("/", 1)[1],
                 messages=messages,
                 max_tokens=cfg.max_tokens,
                 temperature=cfg.temperature,
+                **options,
             )
             data = await self._http.chat(
                 api_base, payload, cfg.api_key or os.environ.get("HOSTED_VLLM_API_KEY")
             )
             usage = data.get("usage") or {}
-            text = data["choices"][0]["message"].get("content") or ""
+            text = answer_text(data["choices"][0]["message"])
             return text, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0), 0.0
         kwargs = dict(
             model=cfg.model,
@@ -339,14 +369,21 @@ class JudgeClient:
             timeout=cfg.timeout,
             num_retries=0,  # retries are ours, with backoff and accounting
         )
+        if "response_format" in options:
+            kwargs["response_format"] = options["response_format"]
+        if "chat_template_kwargs" in options:  # litellm passes extra_body through to the server
+            kwargs["extra_body"] = {"chat_template_kwargs": options["chat_template_kwargs"]}
         if api_base:
             kwargs["api_base"] = api_base
         if cfg.api_key:
             kwargs["api_key"] = cfg.api_key
         response = await self._litellm.acompletion(**kwargs)
         usage = getattr(response, "usage", None)
+        message = response.choices[0].message
         return (
-            response.choices[0].message.content or "",
+            answer_text(
+                {"content": message.content, "reasoning_content": getattr(message, "reasoning_content", None)}
+            ),
             int(getattr(usage, "prompt_tokens", 0) or 0),
             int(getattr(usage, "completion_tokens", 0) or 0),
             float((getattr(response, "_hidden_params", None) or {}).get("response_cost") or 0.0),
@@ -390,6 +427,17 @@ class JudgeClient:
             seconds=seconds,
             unreachable=unreachable,
         )
+
+
+def answer_text(message: dict) -> str:
+    """The judge's answer as one text. A server with a reasoning parser returns the reasoning apart
+    (`reasoning_content`, or `reasoning`): it is put back as a <think> block, left open when no answer
+    follows it, so an answer cut off inside its reasoning reads the same either way (judge_utils.cut_in_reasoning)."""
+    content = message.get("content") or ""
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    if not reasoning:
+        return content
+    return f"<think>{reasoning}</think>{content}" if content.strip() else f"<think>{reasoning}"
 
 
 def _shared(result: JudgeResult) -> JudgeResult:

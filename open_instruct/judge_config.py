@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
-from open_instruct.cli_utils import UserError
+from open_instruct.cli_utils import UserError, parse_bool
 from open_instruct.ground_truth_utils import ECHO_OVERLAP_MAX
 from open_instruct.judge_client import JudgeConfig
 
@@ -123,6 +123,23 @@ JUDGE_FLAGS = [
         "the judge's sampling temperature",
         "--judge-temperature",
         float,
+    ),
+    JudgeFlag(
+        "llm_judge_enable_thinking",
+        "enable_thinking",
+        "true or false: sent to the judge's chat template as enable_thinking with every request (vLLM); unset, "
+        "nothing is sent and a Qwen3 judge thinks, as in the published recipe; an answer cut off inside its "
+        "reasoning is unparsed and not rewarded",
+        None,
+        parse_bool,
+    ),
+    JudgeFlag(
+        "llm_judge_structured_output",
+        "structured_output",
+        "true or false: ask the judge server for the judge type's JSON (a JSON schema in response_format, "
+        "vLLM's structured outputs), so every answer parses",
+        None,
+        parse_bool,
     ),
     JudgeFlag(
         "flip_echo_overlap_max",

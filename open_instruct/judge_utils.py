@@ -306,6 +306,35 @@ def extract_best_index(text: object) -> int | None:
     return int(m.group(1))
 
 
+# The answer's JSON type per judge type, for the schema of structured outputs.
+_ANSWER_SCHEMA = {
+    "flip": {"type": "string"},
+    "quality": {"type": "number"},
+    "quality_ref": {"type": "number"},
+    "pairwise": {"type": "string", "enum": ["A", "B"]},
+    "listwise": {"type": "integer", "minimum": 0},
+}
+
+
+def response_format(judge_type: str) -> dict:
+    """The OpenAI `response_format` asking for the judge type's JSON: REASONING, then the answer's key."""
+    key = JUDGE_TYPES[judge_type].output_key
+    schema = {
+        "type": "object",
+        "properties": {"REASONING": {"type": "string"}, key: _ANSWER_SCHEMA[judge_type]},
+        "required": ["REASONING", key],
+        "additionalProperties": False,
+    }
+    return {"type": "json_schema", "json_schema": {"name": f"{judge_type}_answer", "schema": schema}}
+
+
+def cut_in_reasoning(text: object) -> bool:
+    """Whether an answer stops inside a <think> block it opened (no </think> after its last <think>): a
+    thinking judge cut off by max_tokens before it answered. There is no answer in it to score."""
+    lower = str(text or "").lower()
+    return lower.rfind("<think>") > lower.rfind("</think>")
+
+
 EXTRACTORS: dict[str, Callable[[object], object]] = {
     "flip": extract_inferred_instruction,
     "quality": extract_score,

@@ -238,17 +238,23 @@ class PolicyLearner:
             "grad_norm": 0.0,
             "updates": 0,
             "micro_batches": 0,
+            "logprob_diff_sum": 0.0,
+            "logprob_diff_max": 0.0,
         }
         reuse = (
             cfg.num_epochs > 1 or len(batch.micro_batches) > 1
         )  # later updates need the step's first policy
         old = self._old_logprobs(batch) if reuse else None
-        for _ in range(cfg.num_epochs):
+        for epoch in range(cfg.num_epochs):
             for m, (micros, mb_tokens) in enumerate(zip(batch.micro_batches, batch.num_tokens, strict=True)):
                 for i, micro in enumerate(micros):
                     b = collate(micro, self.pad_id, self.device, batch.packed_rows)
                     logprobs = token_logprobs(self.model, b, cfg.temperature)
                     old_lp = old[m][i] if old is not None else logprobs.detach()
+                    if epoch == 0:  # old_lp: this step's policy before any update
+                        diff = (old_lp - b["vllm_logprobs"]).abs() * b["mask"]
+                        totals["logprob_diff_sum"] += float(diff.sum())
+                        totals["logprob_diff_max"] = max(totals["logprob_diff_max"], float(diff.max()))
                     ref_lp = None
                     if self.ref_model is not None:
                         with torch.no_grad():

@@ -39,6 +39,13 @@ def step_metrics(
         "unparsed": sum(r.judge_ok and not r.parsed for r in flat),
         "kl": sum(t["kl_sum"] for t in train_stats) / tokens if tokens else float("nan"),
         "clip_fraction": sum(t["clipped_tokens"] for t in train_stats) / tokens if tokens else float("nan"),
+        # |learner - engine| log-prob of each trained token, before the update: kernels and weight sync alone
+        # when on-policy (--async_steps 0, about 1e-6 in float32); with --async_steps 1 it also holds up to
+        # one update of staleness.
+        "logprob_diff_mean": sum(t["logprob_diff_sum"] for t in train_stats) / tokens
+        if tokens
+        else float("nan"),
+        "logprob_diff_max": max((t["logprob_diff_max"] for t in train_stats), default=float("nan")),
         "response_length_mean": response_tokens / max(len(samples), 1),
         "stop_rate": sum(c["finish_reason"] == "stop" for c in samples) / max(len(samples), 1),
         "tokens_per_second": response_tokens / step_seconds if step_seconds else 0.0,

@@ -317,6 +317,22 @@ def test_other_settings_in_the_same_output_dir_are_refused(tmp_path, capsys):
     )
 
 
+def test_a_run_saved_before_the_thinking_settings_resumes_and_a_changed_one_is_refused(tmp_path, capsys):
+    data, out = write_rows(tmp_path / "rb2.jsonl", ROWS[:1]), tmp_path / "out"
+    with ScriptedJudge(RB2Judge()) as judge:
+        assert main(eval_args(judge, data, out, "--method", "flip")) == 0
+        saved = json.loads((out / "run_config.json").read_text())
+        for key in ("judge_enable_thinking", "judge_structured_output"):
+            del saved[key]  # as an earlier version wrote it
+        (out / "run_config.json").write_text(json.dumps(saved))
+        assert main(eval_args(judge, data, out, "--method", "flip")) == 0
+        capsys.readouterr()
+        assert (
+            main(eval_args(judge, data, out, "--method", "flip", "--llm_judge_enable_thinking", "false")) == 2
+        )
+    assert "judge_enable_thinking None (this run: False)" in capsys.readouterr().err
+
+
 def with_row(index, **change):
     rows = [dict(r) for r in ROWS[:3]]
     rows[index].update(change)

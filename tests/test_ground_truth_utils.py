@@ -128,6 +128,35 @@ def test_unparsed_fail_policy_gives_no_reward():
     assert result.judge_ok and not result.parsed and result.score is None
 
 
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Reply("<think>\nThe response lists three cities, so the user probably asked", finish_reason="length"),
+        Reply(
+            "", reasoning="The response lists three cities, so", finish_reason="length"
+        ),  # reasoning parser
+    ],
+)
+@pytest.mark.parametrize("name", ["general-flip", "general-quality"])
+def test_an_answer_cut_off_inside_its_reasoning_is_unparsed_and_not_rewarded(reply, name):
+    """Failed before: under `raw` FLIP scored F1 against the judge's unfinished thinking (and the quality
+    judge gave 0.0); there is no answer to score, so no reward, whatever the unparsed policy."""
+    messages = [{"role": "user", "content": "Name three cities in Japan."}]
+    with ScriptedJudge(lambda m, n: reply) as judge:
+        result = run(build_verifier(name, make_client(judge)), messages, "Tokyo, Kyoto, Osaka")
+    assert result.judge_ok and not result.parsed and result.score is None
+    assert result.error.startswith("judge answer cut off inside its reasoning") and result.judge_output
+
+
+def test_an_answer_after_the_reasoning_parser_s_reasoning_is_read():
+    reply = Reply(json.dumps({"INFERRED INSTRUCTION": "Name three cities in Japan."}), reasoning="Cities.")
+    with ScriptedJudge(lambda m, n: reply) as judge:
+        result = run(
+            build_verifier("general-flip", make_client(judge)), None, "Tokyo", "Name three cities in Japan."
+        )
+    assert result.parsed and result.score == 1.0 and result.judge_output.startswith("<think>Cities.</think>")
+
+
 def test_judge_failure_is_no_reward_never_zero():
     with ScriptedJudge(lambda m, n: Reply("down", status=500)) as judge:
         result = run(

@@ -29,6 +29,31 @@ def test_success_reports_text_and_usage():
     assert judge.received[0][1]["content"].count("Roses are red.") == 1
 
 
+def test_thinking_and_structured_output_are_sent_only_when_asked():
+    """Unset: the request carries neither (the server's defaults, as the published recipe ran). Set: the chat
+    template's enable_thinking, and the judge type's JSON schema as response_format (vLLM's names)."""
+    with ScriptedJudge(lambda m, n: Reply(OK)) as judge:
+        asyncio.run(client_for(judge).judge(flip_messages, "Roses are red.", judge_type="flip"))
+        asked = client_for(judge, enable_thinking=False, structured_output=True)
+        asyncio.run(asked.judge(flip_messages, "Roses are red.", judge_type="flip"))
+        asyncio.run(asked.complete(flip_messages("no judge type")))  # a ping: no schema to ask for
+    plain, structured, ping = judge.bodies
+    assert "chat_template_kwargs" not in plain and "response_format" not in plain
+    assert structured["chat_template_kwargs"] == {"enable_thinking": False}
+    schema = structured["response_format"]["json_schema"]["schema"]
+    assert structured["response_format"]["type"] == "json_schema"
+    assert schema["required"] == ["REASONING", "INFERRED INSTRUCTION"] and not schema["additionalProperties"]
+    assert "response_format" not in ping and ping["chat_template_kwargs"] == {"enable_thinking": False}
+
+
+def test_the_same_prompt_with_another_schema_is_another_request():
+    with ScriptedJudge(lambda m, n: Reply(OK)) as judge:
+        client = client_for(judge, structured_output=True)
+        for judge_type in ("quality", "quality", "pairwise"):
+            asyncio.run(client.complete(flip_messages("same"), judge_type))
+    assert judge.requests == 2 and client.stats.deduplicated == 1
+
+
 def test_5xx_is_retried_then_succeeds():
     with ScriptedJudge(lambda m, n: Reply("busy", status=503) if n < 2 else Reply(OK)) as judge:
         client = client_for(judge, retries=3)

@@ -51,6 +51,8 @@ def test_step_metrics_by_hand():
             "tokens": 10.0,
             "kl_sum": 0.5,
             "clipped_tokens": 2.0,
+            "logprob_diff_sum": 0.002,
+            "logprob_diff_max": 0.0004,
             "grad_norm": 3.0,
             "updates": 1,
             "lr": 1e-6,
@@ -60,6 +62,8 @@ def test_step_metrics_by_hand():
             "tokens": 10.0,
             "kl_sum": 1.5,
             "clipped_tokens": 0.0,
+            "logprob_diff_sum": 0.004,
+            "logprob_diff_max": 0.0009,
             "grad_norm": 3.0,
             "updates": 1,
             "lr": 1e-6,
@@ -74,6 +78,8 @@ def test_step_metrics_by_hand():
     assert m["rewarded"] == 3  # every sample is rewarded or a failed judge call: 3 + 1 = 4
     assert m["loss"] == pytest.approx(4.0 / 20) and m["kl"] == pytest.approx(2.0 / 20)
     assert m["clip_fraction"] == pytest.approx(2.0 / 20)
+    # engine vs learner: the token-weighted mean over both ranks, the largest on either
+    assert m["logprob_diff_mean"] == pytest.approx(0.006 / 20) and m["logprob_diff_max"] == 0.0009
     assert m["response_length_mean"] == pytest.approx(20 / 4) and m["stop_rate"] == pytest.approx(3 / 4)
     assert m["tokens_per_second"] == pytest.approx(20 / 4.0)
     # the word-share group trains both samples; the FLIP group has one reward left and is dropped
@@ -94,6 +100,7 @@ def test_a_step_that_trained_nothing_reports_nan_not_zero():
     ro = rollout()
     m = step_metrics(ro, group_advantages([r.score for g in ro.results for r in g], 2), [], 0.0, 0.0, 1.0)
     assert math.isnan(m["loss"]) and math.isnan(m["grad_norm"]) and math.isnan(m["lr"])
+    assert math.isnan(m["logprob_diff_mean"]) and math.isnan(m["logprob_diff_max"])
 
 
 def test_curves_are_a_png_with_every_panel(tmp_path):

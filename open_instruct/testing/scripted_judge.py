@@ -42,6 +42,9 @@ class Reply:
     """A body sent as it is (text/html), in place of the chat completion: a proxy's error page."""
     stall: bool = False
     """Send the headers and half of the answer, then never finish it."""
+    reasoning: str | None = None
+    """Sent apart as `reasoning_content`, as vLLM's server does with a reasoning parser."""
+    finish_reason: str = "stop"
 
 
 Handler = Callable[[list[dict], int], Reply]
@@ -83,6 +86,7 @@ class ScriptedJudge:
         self.in_flight = 0
         self.max_in_flight = 0
         self.received: list[list[dict]] = []
+        self.bodies: list[dict] = []  # every request body, whole
         self.authorizations: list[str | None] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -98,6 +102,7 @@ class ScriptedJudge:
         n = self.requests
         self.requests += 1
         self.received.append(body["messages"])
+        self.bodies.append(body)
         self.authorizations.append(request.headers.get("Authorization"))
         async with self._semaphore:
             self.in_flight += 1
@@ -128,8 +133,12 @@ class ScriptedJudge:
                 "choices": [
                     {
                         "index": 0,
-                        "finish_reason": "stop",
-                        "message": {"role": "assistant", "content": reply.text},
+                        "finish_reason": reply.finish_reason,
+                        "message": {
+                            "role": "assistant",
+                            "content": reply.text,
+                            **({"reasoning_content": reply.reasoning} if reply.reasoning is not None else {}),
+                        },
                     }
                 ],
                 "usage": {

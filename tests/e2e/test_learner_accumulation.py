@@ -43,7 +43,7 @@ KEYS = [(2, 10_000, 0.0), (2, 20, 0.0), (3, 20, 0.0), (2, 10_000, 0.5), (3, 20, 
 
 def test_micro_batches_accumulate_to_the_full_batch_update(tmp_path, tiny_judge_dir):
     """One micro-batch vs several (a small pack_length), under ZeRO-2 and ZeRO-3, two steps: same loss, same
-    gradient norm, same updated weights. With a KL penalty (beta > 0) the reference policy is loaded as well,
+    gradient norm, same updated weights, same engine-vs-learner log-prob gap. With a KL penalty (beta > 0) the reference policy is loaded as well,
     partitioned under ZeRO-3, and its KL term (non-zero once the policy has moved) matches too."""
     out = tmp_path / "runs.pt"
     proc = subprocess.run(
@@ -67,6 +67,9 @@ def test_micro_batches_accumulate_to_the_full_batch_update(tmp_path, tiny_judge_
                 assert mine["grad_norm"] == pytest.approx(theirs["grad_norm"], rel=1e-4)
                 assert mine["loss_sum"] == pytest.approx(theirs["loss_sum"], rel=1e-4, abs=1e-6)
                 assert mine["kl_sum"] == pytest.approx(theirs["kl_sum"], rel=1e-3, abs=1e-6)
+                # learner vs engine (-6.0 for every token here), before the update, whatever the micro-batching
+                for k in ("logprob_diff_sum", "logprob_diff_max"):
+                    assert mine[k] == pytest.approx(theirs[k], rel=1e-4) and mine[k] > 0
             for name, w in base["weights"].items():
                 torch.testing.assert_close(other["weights"][name], w, atol=2e-4, rtol=0)
     assert runs[(2, 10_000, 0.5)]["stats"][1]["kl_sum"] > 0  # the policy moved away from the reference
