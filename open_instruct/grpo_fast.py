@@ -175,10 +175,12 @@ class Trainer:
             )
             self.packed_rows = reports[0]["packed_rows"]  # how the learners want micro-batches laid out
             ray.get([e.ready.remote() for e in self.engines], timeout=self.timeout)
+            model_class = ray.get(self.engines[0].model_class.remote(), timeout=self.timeout)
             weight_sync.init_weight_sync(self.learners, self.engines, timeout=self.timeout)
         print(
-            f"actors: {len(self.engines)} vLLM engine(s), {len(self.learners)} learner(s) on {len(nodes)} node(s), "
-            f"ready in {time.perf_counter() - t0:.0f}s; learner rendezvous {reports[0]['rendezvous']}"
+            f"actors: {len(self.engines)} vLLM engine(s) running {model_class}, {len(self.learners)} learner(s) "
+            f"on {len(nodes)} node(s), ready in {time.perf_counter() - t0:.0f}s; learner rendezvous "
+            f"{reports[0]['rendezvous']}"
         )
         for line in self.placement.describe():
             print(f"  {line}")

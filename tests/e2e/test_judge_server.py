@@ -5,6 +5,7 @@ written), not the rewards or the accuracies."""
 
 import contextlib
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -16,21 +17,29 @@ from open_instruct.net_utils import free_port
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_flip_score_against_real_vllm_judge(judge_server, tmp_path):
-    out = tmp_path / "scored.jsonl"
-    proc = subprocess.run(
+def flip_score(server, out: Path, *flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [
             *(
                 f"{sys.executable} -m open_instruct.flip score --input data/flip_demo.jsonl --output "
-                f"{out} --judge-model {judge_server.litellm_model} --judge-api-base {judge_server.api_base} "
+                f"{out} --judge-model {server.litellm_model} --judge-api-base {server.api_base} "
                 "--judge-max-tokens 32 --judge-max-context-length 2048 --max-concurrency 8 --no-progress"
-            ).split()
+            ).split(),
+            *flags,
         ],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+def test_flip_score_against_real_vllm_judge(judge_server, tmp_path):
+    """Then with --llm_judge_structured_output: the server constrains every answer to the FLIP JSON schema
+    (random weights write nonsense without it; with it, JSON that a random model never closes within 32
+    tokens, so the prefix is what can be checked)."""
+    out = tmp_path / "scored.jsonl"
+    proc = flip_score(judge_server, out)
     assert proc.returncode == 0, proc.stderr
     n_in = len((REPO / "data/flip_demo.jsonl").read_text().splitlines())
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -41,6 +50,18 @@ def test_flip_score_against_real_vllm_judge(judge_server, tmp_path):
         assert isinstance(row["reward"], float) and 0.0 <= row["reward"] <= 1.0
         assert isinstance(row["judge_output"], str)
     assert f"scored {n_in} rows" in proc.stdout and "judge failures 0" in proc.stdout
+    assert not any(re.match(SCHEMA_PREFIX, r["judge_output"]) for r in rows)
+
+    structured = flip_score(
+        judge_server, tmp_path / "structured.jsonl", "--llm_judge_structured_output", "true"
+    )
+    assert structured.returncode == 0, structured.stderr
+    rows = [json.loads(line) for line in (tmp_path / "structured.jsonl").read_text().splitlines()]
+    assert len(rows) == n_in and all(r["judge_ok"] for r in rows)
+    assert all(re.match(SCHEMA_PREFIX, r["judge_output"]) for r in rows), [r["judge_output"] for r in rows]
+
+
+SCHEMA_PREFIX = r'\s*\{\s*"REASONING"\s*:\s*"'
 
 
 def test_reward_server_against_the_real_vllm_judge(judge_server, tmp_path):
