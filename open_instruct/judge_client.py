@@ -331,7 +331,8 @@ class JudgeClient:
 
     def request_options(self, judge_type: str | None) -> dict:
         """What a request carries besides the messages and sampling settings: the chat template's
-        enable_thinking and, under structured_output, the judge type's JSON schema."""
+        enable_thinking and, under structured_output, the judge type's JSON schema as OpenAI's
+        `response_format` (vLLM turns it into its structured outputs)."""
         from open_instruct.judge_utils import response_format
 
         options: dict = {}

@@ -31,19 +31,25 @@ def test_success_reports_text_and_usage():
 
 def test_thinking_and_structured_output_are_sent_only_when_asked():
     """Unset: the request carries neither (the server's defaults, as the published recipe ran). Set: the chat
-    template's enable_thinking, and the judge type's JSON schema as response_format (vLLM's names)."""
+    template's enable_thinking, and the judge type's JSON schema."""
     with ScriptedJudge(lambda m, n: Reply(OK)) as judge:
         asyncio.run(client_for(judge).judge(flip_messages, "Roses are red.", judge_type="flip"))
         asked = client_for(judge, enable_thinking=False, structured_output=True)
         asyncio.run(asked.judge(flip_messages, "Roses are red.", judge_type="flip"))
         asyncio.run(asked.complete(flip_messages("no judge type")))  # a ping: no schema to ask for
     plain, structured, ping = judge.bodies
-    assert "chat_template_kwargs" not in plain and "response_format" not in plain
+    assert not {"chat_template_kwargs", "structured_outputs", "response_format"} & set(plain)
     assert structured["chat_template_kwargs"] == {"enable_thinking": False}
-    schema = structured["response_format"]["json_schema"]["schema"]
     assert structured["response_format"]["type"] == "json_schema"
+    schema = structured["response_format"]["json_schema"]["schema"]
     assert schema["required"] == ["REASONING", "INFERRED INSTRUCTION"] and not schema["additionalProperties"]
     assert "response_format" not in ping and ping["chat_template_kwargs"] == {"enable_thinking": False}
+    # a judge of another provider gets the same (litellm passes it on)
+    other = JudgeClient(JudgeConfig("openai/gpt-4o-mini", structured_output=True)).request_options("pairwise")
+    assert other["response_format"]["json_schema"]["schema"]["properties"]["BETTER_RESPONSE"]["enum"] == [
+        "A",
+        "B",
+    ]
 
 
 def test_the_same_prompt_with_another_schema_is_another_request():
