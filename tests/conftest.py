@@ -139,6 +139,20 @@ def gpu_cluster():
         yield cluster
 
 
+@pytest.fixture
+def driver(gpu_cluster):
+    """This test process as a Ray driver on the simulated cluster's head node (its address). A test that needs
+    Ray in this process uses this cluster rather than a local one of its own: a second cluster started beside
+    the simulated one takes ports its nodes' workers need, and the simulated cluster's actors then die."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(address=gpu_cluster.address, log_to_driver=False)
+    yield ray.util.get_node_ip_address()
+    ray.shutdown()
+
+
 @dataclass
 class ServedJudge:
     """A judge server as a client sees it."""

@@ -42,15 +42,6 @@ PROMPTS = ["write a poem about cats", "explain python code in three steps", "giv
 TOLERANCE = 1e-3  # float32 on both sides
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def spread(src: Path, out: Path) -> Path:
     """The model with its matrices drawn wider than the default init, so greedy decoding depends on the whole
     network rather than echoing the last token (what a freshly initialised tiny model does)."""
@@ -68,7 +59,7 @@ def spread(src: Path, out: Path) -> Path:
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
-def test_vllm_runs_each_family_as_transformers_does(arch, ray_local, tiny_arch_dirs, tmp_path):
+def test_vllm_runs_each_family_as_transformers_does(arch, driver, tiny_arch_dirs, tmp_path):
     import ray
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

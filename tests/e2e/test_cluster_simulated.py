@@ -26,18 +26,6 @@ PAPER_FLAGS = [
 ]
 
 
-@pytest.fixture
-def driver(gpu_cluster):
-    """This test process as a Ray driver on the simulated cluster's head node."""
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(address=gpu_cluster.address, log_to_driver=False)
-    yield ray.util.get_node_ip_address()
-    ray.shutdown()
-
-
 def test_paper_placement_puts_eight_learners_on_one_node_and_engines_on_the_others(gpu_cluster, driver):
     plan, found, problem = cluster.plan_for_cluster(parse_args(PAPER_FLAGS)[0])
     assert problem is None and len(found) == 4 and plan.on_gpu
