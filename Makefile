@@ -21,7 +21,7 @@ demo: $(STAMP)
 demo-score: $(STAMP)
 	bash scripts/demo_flip_score.sh
 
-## test: the whole suite, the end-to-end tests in tests/e2e/ included (about 35 minutes on 2 cores the first
+## test: the whole suite, the end-to-end tests in tests/e2e/ included (about 36 minutes on 2 cores the first
 ## time, when the small world is trained into the user's cache); prints the 25 slowest and the total
 test: $(STAMP)
 	$(PY) -m pytest -q --durations=25 tests
