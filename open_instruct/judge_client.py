@@ -70,7 +70,8 @@ class JudgeConfig:
     not rewarded)."""
     structured_output: bool = False
     """Ask the server for the judge type's JSON (`response_format` with a JSON schema, vLLM's structured
-    outputs), so every answer parses; the judge then writes JSON from its first token, with no room to think."""
+    outputs), so every answer that ends within max_tokens parses; the judge then writes JSON from its first
+    token, with no room to think."""
     max_context_length: int = 25000
     """Judge context window in tokens; longer prompts have their long texts cut in the middle."""
     cache_size: int = 4096

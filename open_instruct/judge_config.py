@@ -137,7 +137,7 @@ JUDGE_FLAGS = [
         "llm_judge_structured_output",
         "structured_output",
         "true or false: ask the judge server for the judge type's JSON (a JSON schema in response_format, "
-        "vLLM's structured outputs), so every answer parses",
+        "vLLM's structured outputs), so every answer that ends within the token limit parses",
         None,
         parse_bool,
     ),
