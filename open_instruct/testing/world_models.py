@@ -82,6 +82,18 @@ def encode(tokenizer, messages: list[dict], answer: str) -> tuple[list[int], lis
     return p, a
 
 
+def answer_loss(model, ids, mask, labels):
+    """The causal LM loss of transformers' `model(..., labels=labels).loss` (mean over the tokens whose label
+    is not -100), with logits computed only where a label is: the vocabulary projection of the prompt
+    positions, whose logits nothing uses, is skipped."""
+    import torch.nn.functional as F
+
+    hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    targets = labels[:, 1:]  # position t predicts token t + 1
+    scored = targets != -100
+    return F.cross_entropy(model.lm_head(hidden[:, :-1][scored]), targets[scored])
+
+
 def train(
     model,
     examples: list[tuple[list[int], list[int]]],
@@ -91,7 +103,9 @@ def train(
     seed: int,
     desc: str,
 ):
-    """Next-token training on the answer tokens only; AdamW, linear warm-up then cosine decay."""
+    """Next-token training on the answer tokens only (answer_loss: the judge's answer is a tenth of its row,
+    the FLIP prompt the rest, and projecting every prompt position onto the vocabulary took a quarter of a
+    step); AdamW, linear warm-up then cosine decay."""
     import torch
     from tqdm import tqdm
 
@@ -115,7 +129,7 @@ def train(
             ids[i, : len(row)] = torch.tensor(row)
             labels[i, len(p) : len(row)] = torch.tensor(a)
             mask[i, : len(row)] = 1
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss = answer_loss(model, ids, mask, labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -33,6 +33,31 @@ def test_policy_rows_follow_the_mix():
     assert abs(on - world_models.POLICY_MIX["on_task"]) < 0.03
 
 
+def test_the_answer_loss_is_transformers_loss_and_its_gradient():
+    """answer_loss skips the logits of prompt positions: the same loss and gradients as transformers' own."""
+    tokenizer = build_tokenizer(vocab_size=600, seed=0, lines=world_models.tokenizer_corpus(0)[:400])
+    model = build_model(tokenizer, 64, 1, seed=3)
+    ids = torch.randint(5, 600, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[2, 9:] = 0  # a padded row
+    labels = torch.full_like(ids, -100)
+    labels[0, 4:] = ids[0, 4:]
+    labels[1, 10:] = ids[1, 10:]
+    labels[2, 6:9] = ids[2, 6:9]
+    grads = []
+    for answer_only in (False, True):
+        model.zero_grad()
+        if answer_only:
+            loss = world_models.answer_loss(model, ids, mask, labels)
+        else:
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        grads.append((loss.item(), [p.grad.clone() for p in model.parameters()]))
+    (want, want_grads), (got, got_grads) = grads
+    assert abs(got - want) < 1e-5 and want > 0
+    assert all(torch.allclose(g, w, atol=1e-6) for g, w in zip(got_grads, want_grads, strict=True))
+
+
 def test_training_is_deterministic_for_a_seed():
     tokenizer = build_tokenizer(vocab_size=600, seed=0, lines=world_models.tokenizer_corpus(0)[:400])
     rng = random.Random(0)
