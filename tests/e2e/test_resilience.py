@@ -220,33 +220,6 @@ def test_a_grace_that_runs_out_stops_at_once_and_the_newest_complete_state_resum
     rerun_to_the_end(tiny_policy_dir, out, flags, kept)
 
 
-def test_ctrl_c_during_training_with_wandb_prints_one_line_and_leaves_no_process(tmp_path, tiny_policy_dir):
-    """Ctrl-C mid-run with the progress bar and wandb (offline) running: the trainer ends with one line (no
-    "Exception ignored in ... tqdm/wandb" traceback from their shutdown) and nothing it started is left
-    running. (SIGTERM, the same with a state saved: the test above.)"""
-    flags = [
-        "--dataset_mixer_list", str(word_data(tmp_path)), "1.0", *ON_POLICY.split(), "--checkpoint_state_freq",
-        "0", "--with_tracking",
-    ]  # fmt: skip
-    out = tmp_path / "stopped"
-    proc = subprocess.Popen(
-        command(tiny_policy_dir, out, *flags), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        text=True, env=wandb_env(tmp_path), start_new_session=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and proc.poll() is None and steps_logged(out) < 2:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be stopped"
-    started = psutil.Process(proc.pid).children(recursive=True)  # Ray's daemons and actors
-    os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole foreground group
-    _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 130, stderr[-3000:]
-    assert "Exception ignored" not in stderr and "Traceback" not in stderr, stderr[-3000:]
-    assert stderr.strip().splitlines()[-1].startswith("interrupted"), stderr[-3000:]
-    _, alive = psutil.wait_procs(started, timeout=60)
-    assert not alive, [" ".join(_cmdline(p)[:2]) for p in alive]
-
-
 def outage_after(requests_ok: int):
     """A judge that answers the first `requests_ok` calls, then is down (503) and leaks a key in its error."""
 
@@ -334,7 +307,10 @@ def test_judge_outage_stops_with_state_saved_then_resumes(tmp_path, tiny_policy_
 
 def test_a_dead_engine_stops_the_run_with_one_line_and_the_state_resumes(tmp_path, tiny_policy_dir):
     """Mid-run, a second run on the same output directory is refused; then the vLLM engine is killed: the run
-    stops with one line, and the rerun resumes from the state saved."""
+    stops with one line, and the rerun resumes from the state saved. That rerun, with the progress bar and
+    wandb (offline) running, gets Ctrl-C after a step: it ends with one line (no "Exception ignored in ...
+    tqdm/wandb" traceback from their shutdown) and nothing it started is left running. (SIGTERM, the same
+    with a state saved: test_sigterm_saves_the_last_finished_step_...)"""
     out = tmp_path / "run"
     flags = [
         *(
@@ -374,12 +350,27 @@ def test_a_dead_engine_stops_the_run_with_one_line_and_the_state_resumes(tmp_pat
     saved = latest(out)[1].step
     assert saved >= 2
 
-    flags[-1] = str(8 * (saved + 1))  # one more step is enough to see it resume
-    rerun = subprocess.run(
-        command(tiny_policy_dir, out, *flags), cwd=REPO, capture_output=True, text=True, timeout=600
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    rerun = subprocess.Popen(
+        command(tiny_policy_dir, out, *flags, "--with_tracking"),
+        cwd=REPO,
+        env=wandb_env(tmp_path),
+        start_new_session=True,  # its own group, as a terminal's foreground job
+        **pipes,
     )
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert f"resuming from step {saved}" in rerun.stdout
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and rerun.poll() is None and steps_logged(out) <= saved:
+        time.sleep(0.05)
+    assert rerun.poll() is None, "the rerun ended before it could be stopped"
+    started = psutil.Process(rerun.pid).children(recursive=True)  # Ray's daemons and actors
+    os.killpg(rerun.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole foreground group
+    stdout, stderr = rerun.communicate(timeout=300)
+    assert f"resuming from step {saved}" in stdout
+    assert rerun.returncode == 130, stderr[-3000:]
+    assert "Exception ignored" not in stderr and "Traceback" not in stderr, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1].startswith("interrupted"), stderr[-3000:]
+    _, alive = psutil.wait_procs(started, timeout=60)
+    assert not alive, [" ".join(_cmdline(p)[:2]) for p in alive]
 
 
 def _cmdline(p: psutil.Process) -> list[str]:
