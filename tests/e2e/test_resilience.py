@@ -115,15 +115,32 @@ def rerun_to_the_end(policy: Path, out: Path, flags: list[str], from_step: int) 
     assert [m["step"] for m in jsonl(out / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
 
 
-def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_policy_dir, uninterrupted):
-    data = word_data(tmp_path)
-    flags = ["--dataset_mixer_list", str(data), "1.0", *ON_POLICY.split()]
+def test_cut_short_twice_then_resumed_matches_an_uninterrupted_run(tmp_path, tiny_policy_dir, uninterrupted):
+    """States are saved every step. First a SIGTERM with almost no grace: the run stops wherever it is, a state
+    save included, and whatever it left, the newest complete state loads. The rerun is then SIGKILLed
+    mid-run; the third run resumes from its newest state and ends where the uninterrupted run ended."""
+    flags = [
+        "--dataset_mixer_list",
+        str(word_data(tmp_path)),
+        "1.0",
+        *ON_POLICY.split(),
+        "--preemption_grace_s",
+        "0.05",
+    ]
     ref_out = uninterrupted
 
     out = tmp_path / "crashed"
-    kill_tree(start_until(tiny_policy_dir, out, flags, lambda o: saved_step(o) >= 3))
+    proc = start_until(tiny_policy_dir, out, flags, lambda o: saved_step(o) >= 2, stderr=subprocess.PIPE)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode in (75, 130), stderr[-3000:]  # saved in time, or stopped by the grace running out
+    kept = latest(out)[1].step
+    assert 2 <= kept < 5, kept  # at least 2 steps left for the rerun to be killed in
+
+    proc = start_until(tiny_policy_dir, out, flags, lambda o: saved_step(o) > kept)
+    kill_tree(proc)
     killed_at = latest(out)[1].step
-    assert 3 <= killed_at < 6
+    assert kept < killed_at < 6
     rerun_to_the_end(tiny_policy_dir, out, flags, killed_at)  # every step once, in order
     # No prompt skipped or repeated: the same prompts as the uninterrupted run, step by step, and the
     # first epoch (steps 1-4) visits each of the 8 prompts once.
@@ -197,27 +214,6 @@ def wandb_env(tmp_path: Path) -> dict:
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path)}
     env.pop("WANDB_API_KEY", None)
     return env
-
-
-def test_a_grace_that_runs_out_stops_at_once_and_the_newest_complete_state_resumes(tmp_path, tiny_policy_dir):
-    """SIGTERM with almost no grace while states are saved every step: the run stops wherever it is, a state
-    save included; whatever it left, the newest complete state loads and the rerun finishes every step."""
-    flags = [
-        "--dataset_mixer_list",
-        str(word_data(tmp_path)),
-        "1.0",
-        *ON_POLICY.split(),
-        "--preemption_grace_s",
-        "0.05",
-    ]
-    out = tmp_path / "cut"
-    proc = start_until(tiny_policy_dir, out, flags, lambda o: saved_step(o) >= 2, stderr=subprocess.PIPE)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode in (75, 130), stderr[-3000:]  # saved in time, or stopped by the grace running out
-    kept = latest(out)[1].step
-    assert kept >= 2
-    rerun_to_the_end(tiny_policy_dir, out, flags, kept)
 
 
 def outage_after(requests_ok: int):
