@@ -142,9 +142,31 @@ def test_the_local_task_scores_right_answers_through_lm_eval(tmp_path, monkeypat
         loglikelihood_rolling = loglikelihood
 
     tasks = [Selected(TASK_NAME, TASK_NAME, None, None)]
-    manager = TaskManager(include_path=str(write_task(tmp_path / "tasks")))
+    manager = TaskManager(include_path=str(write_task(tmp_path / "tasks")), include_defaults=False)
     args = Namespace(max_length=None, limit=None)
     results = run_tasks(HalfRight(), tasks, manager, args)
     assert headline(tasks[0], results[TASK_NAME]) == ("exact_match,first-number", 0.5)
     assert results[TASK_NAME]["n"] == 4 and len(prompts) == 4
     assert prompts[0].startswith("<user>What is 0 + 1? Answer with the number only.")
+
+
+def test_only_the_include_path_is_indexed_when_it_defines_every_task(tmp_path):
+    """lm-eval's own tasks (about 14,000, 6 s to index) are indexed only when a task asked for is not the
+    include path's; a built-in name beside the include path still resolves."""
+    from open_instruct.evaluate import task_index
+
+    folder = str(write_task(tmp_path / "tasks"))
+    manager, tasks = task_index([TASK_NAME], folder)
+    assert manager.all_tasks == [TASK_NAME] and [t.lm_eval for t in tasks] == [TASK_NAME]
+    manager, tasks = task_index([TASK_NAME, "ifeval", "arc_easy"], folder)
+    assert {TASK_NAME, "ifeval", "arc_easy"} <= set(manager.all_tasks) and len(manager.all_tasks) > 1000
+    assert [t.name for t in tasks] == [TASK_NAME, "ifeval", "arc_easy"]
+
+
+def test_vllm_runs_in_this_process_on_cpu_and_as_vllm_chooses_on_gpu():
+    from open_instruct.evaluate import PROMPT_ROOM, vllm_settings
+
+    model_args, env = vllm_settings(on_gpu=False, max_length=8)
+    assert model_args == {"dtype": "float32", "enforce_eager": True, "max_model_len": 8 + PROMPT_ROOM}
+    assert env == {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    assert vllm_settings(on_gpu=True, max_length=None) == ({}, {})
