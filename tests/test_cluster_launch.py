@@ -115,14 +115,19 @@ def test_judge_server_listens_where_asked():
 
 
 def test_judge_server_on_cpu_runs_eagerly_unless_the_user_says_otherwise(monkeypatch):
-    # torch.compile's warm-up doubled every CPU judge server's start-up (67 s against 32 s) for no gain
+    # torch.compile's warm-up doubled every CPU judge server's start-up (67 s against 32 s) for no gain, and a
+    # worker process of its own took 35 s against 21 s
     monkeypatch.setattr(judge_server, "has_cuda", lambda: False)
     cmd = JudgeServer("m", port=8123).command()
     assert cmd[-3:] == ["--dtype", "float32", "--enforce-eager"]
     mine = JudgeServer("m", port=8123, extra_args=["--no-enforce-eager"]).command()
     assert mine.index("--no-enforce-eager") > mine.index("--enforce-eager")  # argparse: the last one wins
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    env = JudgeServer("m", port=8123).environment()
+    assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0" and env["VLLM_CPU_KVCACHE_SPACE"] == "1"
     monkeypatch.setattr(judge_server, "has_cuda", lambda: True)
     assert not {"--enforce-eager", "--dtype"} & set(JudgeServer("m", port=8123).command())  # GPU: defaults
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in JudgeServer("m", port=8123).environment()
 
 
 # --------------------------------------------------------------------------------------------------
