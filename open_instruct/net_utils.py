@@ -38,9 +38,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def rendezvous_address() -> tuple[str, int]:
-    """This node's address as Ray knows it and a port free on it. Learner rank 0 calls it in its own actor and
-    then hosts the learners' TCP store there (cluster.create_learners)."""
+    """This node's address as Ray knows it and a port free on every address of the node. Learner rank 0 calls
+    it in its own actor and then hosts the learners' TCP store there (cluster.create_learners); the store
+    listens on all addresses, so a port some process holds on another one (loopback, say) would fail it
+    with EADDRINUSE although it binds on the node's own address."""
     import ray
 
-    ip = ray.util.get_node_ip_address()
-    return ip, free_port(ip)
+    return ray.util.get_node_ip_address(), free_port("0.0.0.0")
